@@ -1,1 +1,56 @@
-fn main() {}
+//! The `kvm-mcp` binary: parses the command line, loads the config, and hands over to
+//! the CLI, the supervisor or (later) the MCP server. Errors print as one line on stderr.
+
+use clap::Parser;
+use kvm_mcp::cli::{Cli, Command};
+use kvm_mcp::config::Config;
+use kvm_mcp::error::{ErrorKind, chain};
+use kvm_mcp::ids::VmName;
+use kvm_mcp::ops::Ops;
+
+fn fail(kind: ErrorKind, err: &(dyn std::error::Error + 'static)) -> std::process::ExitCode {
+    eprintln!("kvm-mcp: {}", chain(err));
+    std::process::ExitCode::from(u8::try_from(kind.exit_code()).unwrap_or(1))
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::discover(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return fail(ErrorKind::InvalidInput, &e),
+    };
+    // A CLI command reports through its output and exit status; its stderr carries
+    // warnings only. Long-running commands log at the configured level.
+    let quiet = matches!(cli.command, Command::Vm(_) | Command::Host(_) | Command::Profiles);
+    if let Err(e) = kvm_mcp::logging::init(&cfg.logging, quiet) {
+        eprintln!("kvm-mcp: cannot open log file: {e}");
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(ErrorKind::Internal, &e),
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Supervise { name, adopt, ready_fd } => {
+                let name = match VmName::new(&name) {
+                    Ok(n) => n,
+                    Err(e) => return fail(ErrorKind::InvalidInput, &e),
+                };
+                match kvm_mcp::supervisor::run(&cfg, &name, adopt, ready_fd).await {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => fail(ErrorKind::Internal, &e),
+                }
+            }
+            cmd => {
+                let ops = match Ops::new(cfg) {
+                    Ok(o) => o,
+                    Err(e) => return fail(e.kind(), &e),
+                };
+                match kvm_mcp::cli::run(&ops, cli.json, cmd).await {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => fail(e.kind(), &e),
+                }
+            }
+        }
+    })
+}

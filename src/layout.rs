@@ -1,0 +1,98 @@
+//! Where a VM's files live. Durable things (definition, status, event log, console and
+//! QEMU logs) go under `<state_dir>/vms/<name>/`; sockets and pid files of a running VM
+//! under `<run_dir>/<name>/`.
+
+use std::path::{Path, PathBuf};
+
+use crate::ids::VmName;
+
+/// The state directory's VM folder name.
+pub const VMS_DIR: &str = "vms";
+
+/// Paths of one VM.
+#[derive(Debug, Clone)]
+pub struct VmPaths {
+    /// `<state_dir>/vms/<name>`.
+    pub state: PathBuf,
+    /// `<run_dir>/<name>`.
+    pub run: PathBuf,
+}
+
+impl VmPaths {
+    /// Paths of `name` under the given roots.
+    #[must_use]
+    pub fn new(state_dir: &Path, run_dir: &Path, name: &VmName) -> Self {
+        Self { state: state_dir.join(VMS_DIR).join(name.as_str()), run: run_dir.join(name.as_str()) }
+    }
+
+    /// The definition.
+    #[must_use]
+    pub fn spec(&self) -> PathBuf {
+        self.state.join("spec.json")
+    }
+    /// flock target that serialises mutations.
+    #[must_use]
+    pub fn lock(&self) -> PathBuf {
+        self.state.join("lock")
+    }
+    /// Present while a create is under way; a VM with it is incomplete.
+    #[must_use]
+    pub fn creating(&self) -> PathBuf {
+        self.state.join("creating")
+    }
+    /// Status written by the supervisor.
+    #[must_use]
+    pub fn status(&self) -> PathBuf {
+        self.state.join("status.json")
+    }
+    /// Transition log.
+    #[must_use]
+    pub fn events(&self) -> PathBuf {
+        self.state.join("events.jsonl")
+    }
+    /// QEMU's stdout/stderr.
+    #[must_use]
+    pub fn qemu_log(&self) -> PathBuf {
+        self.state.join("qemu.log")
+    }
+    /// The supervisor's own log.
+    #[must_use]
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.state.join("supervisor.log")
+    }
+    /// Serial console output.
+    #[must_use]
+    pub fn serial_log(&self) -> PathBuf {
+        self.state.join("serial.log")
+    }
+    /// Command monitor.
+    #[must_use]
+    pub fn qmp_sock(&self) -> PathBuf {
+        self.run.join("qmp.sock")
+    }
+    /// Event monitor held by the supervisor.
+    #[must_use]
+    pub fn events_sock(&self) -> PathBuf {
+        self.run.join("qmp-events.sock")
+    }
+    /// Guest agent channel.
+    #[must_use]
+    pub fn qga_sock(&self) -> PathBuf {
+        self.run.join("qga.sock")
+    }
+    /// Serial console socket.
+    #[must_use]
+    pub fn serial_sock(&self) -> PathBuf {
+        self.run.join("serial.sock")
+    }
+    /// Held (flock) by the live supervisor for its whole life.
+    #[must_use]
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.run.join("supervisor.lock")
+    }
+    /// Written by a front end before it stops the VM: "do not restart".
+    #[must_use]
+    pub fn stop_intent(&self) -> PathBuf {
+        self.run.join("stop-requested")
+    }
+}

@@ -1,0 +1,21 @@
+//! kvm-mcp: run QEMU/KVM virtual machines without libvirt, as MCP tools and a command
+//! line. See the README's Architecture section for how the modules fit together.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod ids;
+pub mod layout;
+pub mod lock;
+pub mod logging;
+pub mod metrics;
+pub mod netplan;
+pub mod ops;
+pub mod procid;
+pub mod profile;
+pub mod qemu;
+pub mod qmp;
+pub mod spec;
+pub mod state;
+pub mod supervisor;

@@ -1,0 +1,41 @@
+//! `tracing` set-up: human-readable logs on stderr (stdout may be a protocol), plus an
+//! optional log file, text or JSON lines.
+
+use crate::config::LogSettings;
+
+/// Installs the global subscriber: `logging.level` (or `RUST_LOG`) for the file, and for
+/// stderr too unless `quiet_stderr`, which limits stderr to warnings.
+///
+/// # Errors
+/// The log file cannot be opened.
+pub fn init(settings: &LogSettings, quiet_stderr: bool) -> std::io::Result<()> {
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.level))
+    };
+    let stderr_filter = if quiet_stderr && std::env::var_os("RUST_LOG").is_none() {
+        tracing_subscriber::EnvFilter::new("warn")
+    } else {
+        filter()
+    };
+    let stderr =
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter);
+    let file = match &settings.file {
+        Some(path) => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f));
+            Some(if settings.json {
+                layer.json().with_filter(filter()).boxed()
+            } else {
+                layer.with_filter(filter()).boxed()
+            })
+        }
+        None => None,
+    };
+    let _ = tracing_subscriber::registry().with(stderr).with(file).try_init();
+    Ok(())
+}

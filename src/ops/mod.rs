@@ -1,0 +1,157 @@
+//! The one command surface. The CLI, the MCP server and the HTTP server parse their
+//! input, call these operations and format the result; none of them holds logic or
+//! state of its own. Every operation works from the state directory, so front ends are
+//! peers; mutations of one VM are serialised by its file lock.
+
+mod host;
+mod vm;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use host::{DiskSpace, HostInfo, ProfileInfo};
+pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
+
+use crate::config::{Config, ConfigError};
+use crate::error::ErrorKind;
+use crate::ids::NameError;
+use crate::profile::{ProfileError, Profiles};
+use crate::qmp::QmpError;
+
+/// How long a mutation waits for another front end to release a VM's lock.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// An operation that failed; `kind()` tells front ends how to present it.
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("no VM named {name:?}; `list_vms` shows the defined VMs")]
+    NotFound { name: String },
+    #[error("a VM named {name:?} already exists; pick another name or delete it first")]
+    Exists { name: String },
+    #[error("VM {name:?} is already running")]
+    AlreadyRunning { name: String },
+    #[error("VM {name:?} is {state}; stop it first or pass force: true")]
+    Active { name: String, state: String },
+    #[error("VM {name:?} is {state}, not running; start it first")]
+    NotRunning { name: String, state: String },
+    #[error("VM {name:?} is busy: another operation on it did not finish within {secs} s")]
+    Busy { name: String, secs: u64 },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("VM {name:?} failed to start: {message}")]
+    StartFailed { name: String, message: String, log_tail: Vec<String> },
+    #[error("VM {name:?}: {what}")]
+    Qmp {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: QmpError,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("VM {name:?}: {what} did not happen within {secs} s")]
+    Timeout { name: String, what: &'static str, secs: u64 },
+}
+
+impl OpsError {
+    /// The kind front ends map to exit codes, HTTP statuses and tool errors.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OpsError::NotFound { .. } => ErrorKind::NotFound,
+            OpsError::Exists { .. }
+            | OpsError::AlreadyRunning { .. }
+            | OpsError::Active { .. }
+            | OpsError::NotRunning { .. }
+            | OpsError::Busy { .. } => ErrorKind::Conflict,
+            OpsError::Invalid { .. } | OpsError::Name(_) | OpsError::Config(_) => ErrorKind::InvalidInput,
+            OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
+            OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
+            OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+        }
+    }
+
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| OpsError::Io { what, path, source }
+    }
+
+    pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
+        OpsError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+/// One step of a long operation, for progress notifications.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// Steps done so far.
+    pub step: u32,
+    /// Total steps when known.
+    pub total: Option<u32>,
+    /// What is happening now.
+    pub message: String,
+}
+
+/// Receives progress; front ends forward it (MCP `notifications/progress`) or ignore it.
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
+
+/// A progress sink that drops everything.
+pub fn no_progress(_: Progress) {}
+
+/// The operations, bound to one configuration.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    cfg: Config,
+    profiles: Profiles,
+    exe: PathBuf,
+}
+
+impl Ops {
+    /// Loads profiles and checks that the configured default profile exists.
+    ///
+    /// # Errors
+    /// A profile file is bad or `vm.default_os_variant` names no profile.
+    pub fn new(cfg: Config) -> Result<Self, OpsError> {
+        let profiles = Profiles::load(cfg.qemu.profiles_dir.as_deref())?;
+        if let Err(e) = profiles.get(&cfg.vm.default_os_variant) {
+            return Err(OpsError::Config(ConfigError::Invalid {
+                key: "vm.default_os_variant".into(),
+                reason: e.to_string(),
+            }));
+        }
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kvm-mcp"));
+        Ok(Self { cfg, profiles, exe })
+    }
+
+    /// Uses `exe` as the binary started as `supervise` (tests and embedders).
+    #[must_use]
+    pub fn with_exe(mut self, exe: PathBuf) -> Self {
+        self.exe = exe;
+        self
+    }
+
+    /// The configuration in use.
+    #[must_use]
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The loaded profiles.
+    #[must_use]
+    pub fn profiles(&self) -> &Profiles {
+        &self.profiles
+    }
+}

@@ -1,0 +1,7 @@
+//! Everything that knows QEMU's command line and processes: the pure argv builder
+//! ([`cmdline`]), the only place that spawns processes ([`launcher`]) and accelerator
+//! detection ([`accel`]).
+
+pub mod accel;
+pub mod cmdline;
+pub mod launcher;
