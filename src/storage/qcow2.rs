@@ -14,6 +14,7 @@
 
 mod header;
 mod inspect;
+mod refcount;
 mod resize;
 
 use std::ffi::OsStr;

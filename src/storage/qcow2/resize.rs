@@ -9,21 +9,17 @@
 //! A crash at any point leaves either the old or the new image, at worst
 //! with leaked clusters that `qemu-img check -r leaks` reclaims.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::header::{
-    Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_SIZE, be64, put32, put64,
+    Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_SIZE, put32, put64,
 };
 use super::inspect::{header_error, read_header};
+use super::refcount::{Refcounts, read_at};
 use crate::storage::atomic::ensure_free_space;
 use crate::storage::error::StorageError;
-
-/// The offset bits of refcount-table and L1 entries (bits 9..=55).
-const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
 /// Grows the image at `path` to `new_size_bytes`; the format is detected
 /// as in [`super::inspect`]. Raw files are extended (sparsely). For qcow2
@@ -122,113 +118,6 @@ fn check_writable(path: &Path, header: &Header) -> Result<(), StorageError> {
     Err(StorageError::unsupported(path, feature))
 }
 
-/// The refcount structures of an image, read once.
-struct Refcounts {
-    cluster_size: u64,
-    order: u32,
-    table: Vec<u64>,
-    /// Refcount blocks we changed or created, by table index.
-    blocks: BTreeMap<usize, Vec<u8>>,
-}
-
-impl Refcounts {
-    fn read(path: &Path, file: &File, header: &Header) -> Result<Self, StorageError> {
-        let cs = header.cluster_size();
-        let table_bytes = u64::from(header.refcount_table_clusters) * cs;
-        let raw = read_at(path, file, header.refcount_table_offset, table_bytes)?;
-        let table = raw
-            .chunks_exact(8)
-            .map(|c| be64(c, 0) & OFFSET_MASK)
-            .collect();
-        Ok(Self {
-            cluster_size: cs,
-            order: header.refcount_order,
-            table,
-            blocks: BTreeMap::new(),
-        })
-    }
-
-    fn entries_per_block(&self) -> u64 {
-        (self.cluster_size * 8) >> self.order
-    }
-
-    /// One past the highest cluster with a non-zero refcount.
-    fn end_cluster(&self, path: &Path, file: &File) -> Result<u64, StorageError> {
-        let mut end = 0;
-        for (i, &offset) in self.table.iter().enumerate() {
-            if offset == 0 {
-                continue;
-            }
-            let block = read_at(path, file, offset, self.cluster_size)?;
-            let last = (0..self.entries_per_block())
-                .rev()
-                .find(|&j| get_refcount(&block, j, self.order) != 0);
-            if let Some(j) = last {
-                end = i as u64 * self.entries_per_block() + j + 1;
-            }
-        }
-        Ok(end)
-    }
-
-    /// The block at table `index`, read from the file on first use.
-    fn block_mut(
-        &mut self,
-        path: &Path,
-        file: &File,
-        index: usize,
-    ) -> Result<&mut Vec<u8>, StorageError> {
-        let offset = self.table[index];
-        if offset == 0 {
-            return Err(StorageError::InvalidImage {
-                path: path.to_path_buf(),
-                format: "qcow2",
-                reason: format!("refcount block {index} is missing"),
-            });
-        }
-        match self.blocks.entry(index) {
-            Entry::Occupied(e) => Ok(e.into_mut()),
-            Entry::Vacant(e) => Ok(e.insert(read_at(path, file, offset, self.cluster_size)?)),
-        }
-    }
-
-    fn set(
-        &mut self,
-        path: &Path,
-        file: &File,
-        cluster: u64,
-        value: u64,
-    ) -> Result<(), StorageError> {
-        let per = self.entries_per_block();
-        let index = usize::try_from(cluster / per).unwrap_or(usize::MAX);
-        if index >= self.table.len() {
-            return Err(StorageError::unsupported(
-                path,
-                "a full refcount table (growing it is not implemented)",
-            ));
-        }
-        let order = self.order;
-        let block = self.block_mut(path, file, index)?;
-        set_refcount(block, cluster % per, order, value);
-        Ok(())
-    }
-
-    /// Writes back every block read or created.
-    fn write_blocks(&self, file: &File) -> std::io::Result<()> {
-        for (&index, block) in &self.blocks {
-            file.write_all_at(block, self.table[index])?;
-        }
-        Ok(())
-    }
-
-    /// Table indices with no refcount block that clusters `[start, end)` need.
-    fn missing_blocks(&self, start: u64, end: u64) -> Vec<u64> {
-        let per = self.entries_per_block();
-        (start / per..end.div_ceil(per))
-            .filter(|&i| self.table.get(i as usize).is_none_or(|&o| o == 0))
-            .collect()
-    }
-}
-
 fn grow_l1(
     path: &Path,
     file: &File,
@@ -261,7 +150,7 @@ fn grow_l1(
     }
     if new_blocks
         .iter()
-        .any(|&i| usize::try_from(i).map_or(true, |i| i >= refs.table.len()))
+        .any(|&i| usize::try_from(i).map_or(true, |i| i >= refs.table_len()))
     {
         return Err(StorageError::unsupported(
             path,
@@ -289,9 +178,7 @@ fn grow_l1(
     for (k, &i) in new_blocks.iter().enumerate() {
         let index = usize::try_from(i).unwrap_or(usize::MAX);
         let offset = (start + l1_clusters + k as u64) * cs;
-        refs.blocks
-            .insert(index, vec![0u8; usize::try_from(cs).unwrap_or(0)]);
-        refs.table[index] = offset;
+        refs.add_block(index, offset);
         placed.push((index, offset));
     }
     for c in start..start + total {
@@ -321,7 +208,7 @@ fn grow_l1(
     file.sync_data().map_err(w)?;
     // 5. Free the old L1 clusters; a crash before this only leaks them.
     if header.l1_size > 0 {
-        refs.blocks.clear();
+        refs.forget_blocks();
         let first = header.l1_table_offset / cs;
         let count = (u64::from(header.l1_size) * 8).div_ceil(cs);
         for c in first..first + count {
@@ -333,42 +220,230 @@ fn grow_l1(
     Ok(())
 }
 
-fn read_at(path: &Path, file: &File, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
-    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| StorageError::read(path, e))?;
-    Ok(buf)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ErrorKind;
+    use crate::storage::qcow2::header::be64;
+    use crate::storage::qcow2::{CreateOptions, create_blank};
+    use crate::storage::testutil::{
+        SmallTmpfs, assert_check_clean, qemu_img, qemu_img_info, qemu_io,
+    };
+    use std::fs;
 
-/// Refcount entry `index` of a block whose entries are `1 << order` bits:
-/// big-endian bytes from order 3 up; below that, packed from bit 0.
-fn get_refcount(block: &[u8], index: u64, order: u32) -> u64 {
-    let bits = 1u64 << order;
-    if bits >= 8 {
-        let width = (bits / 8) as usize;
-        let at = index as usize * width;
-        block[at..at + width]
-            .iter()
-            .fold(0, |acc, &b| (acc << 8) | u64::from(b))
-    } else {
-        let per_byte = 8 / bits;
-        let shift = (index % per_byte) * bits;
-        (u64::from(block[(index / per_byte) as usize]) >> shift) & ((1 << bits) - 1)
+    const GIB: u64 = 1 << 30;
+
+    fn s(p: &Path) -> &str {
+        p.to_str().unwrap()
     }
-}
 
-fn set_refcount(block: &mut [u8], index: u64, order: u32, value: u64) {
-    let bits = 1u64 << order;
-    if bits >= 8 {
-        let width = (bits / 8) as usize;
-        let at = index as usize * width;
-        let bytes = value.to_be_bytes();
-        block[at..at + width].copy_from_slice(&bytes[8 - width..]);
-    } else {
-        let per_byte = 8 / bits;
-        let shift = (index % per_byte) * bits;
-        let mask = ((1u64 << bits) - 1) << shift;
-        let byte = &mut block[(index / per_byte) as usize];
-        *byte = ((u64::from(*byte) & !mask) | ((value << shift) & mask)) as u8;
+    fn blank(dir: &Path, size: u64) -> std::path::PathBuf {
+        let path = dir.join("disk.qcow2");
+        create_blank(&path, size, &CreateOptions::default()).unwrap();
+        path
+    }
+
+    fn l1_offset(path: &Path) -> u64 {
+        be64(&fs::read(path).unwrap()[..48], 40)
+    }
+
+    #[test]
+    fn growth_within_l1_capacity_only_changes_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), 700 << 20);
+        let l1_before = l1_offset(&path);
+
+        resize_offline(&path, GIB).unwrap();
+
+        assert_check_clean(&path);
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], GIB);
+        assert_eq!(l1_offset(&path), l1_before);
+    }
+
+    #[test]
+    fn growth_past_l1_capacity_keeps_data_and_passes_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+        qemu_io(&path, "write -P 0x5a 512M 64k");
+
+        resize_offline(&path, 100 * GIB).unwrap();
+
+        assert_check_clean(&path);
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], 100 * GIB);
+        qemu_io(&path, "read -P 0x5a 512M 64k");
+        qemu_io(&path, "write -P 0x77 99G 64k");
+        assert_check_clean(&path);
+    }
+
+    #[test]
+    fn growth_of_qemu_made_image_to_multi_cluster_l1_passes_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.qcow2");
+        qemu_img(&["create", "-f", "qcow2", s(&path), "2G"]);
+        qemu_io(&path, "write -P 0x33 1G 1M");
+
+        resize_offline(&path, 10 << 40).unwrap();
+
+        assert_check_clean(&path);
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], 10u64 << 40);
+        qemu_io(&path, "read -P 0x33 1G 1M");
+    }
+
+    #[test]
+    fn growth_needing_a_new_refcount_block_passes_check() {
+        // One 16-bit refcount block covers 2 GiB of file; pad the file to
+        // 4 GiB so the new L1 table lands where no block exists yet.
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(4 * GIB)
+            .unwrap();
+
+        resize_offline(&path, 8 * GIB).unwrap();
+
+        assert_check_clean(&path);
+        assert_eq!(l1_offset(&path), 4 * GIB);
+        qemu_io(&path, "write -P 0x44 7G 64k");
+        assert_check_clean(&path);
+    }
+
+    #[test]
+    fn growth_of_v2_image_passes_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.qcow2");
+        qemu_img(&["create", "-f", "qcow2", "-o", "compat=0.10", s(&path), "1G"]);
+
+        resize_offline(&path, 3 * GIB).unwrap();
+
+        assert_check_clean(&path);
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], 3 * GIB);
+    }
+
+    #[test]
+    fn growth_of_extended_l2_image_passes_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.qcow2");
+        qemu_img(&[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            s(&path),
+            "1G",
+        ]);
+        qemu_io(&path, "write -P 0x21 900M 64k");
+
+        resize_offline(&path, 2 * GIB).unwrap();
+
+        assert_check_clean(&path);
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], 2 * GIB);
+        qemu_io(&path, "write -P 0x22 1900M 64k");
+        qemu_io(&path, "read -P 0x21 900M 64k");
+        assert_check_clean(&path);
+    }
+
+    #[test]
+    fn same_size_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+        let before = fs::read(&path).unwrap();
+
+        resize_offline(&path, GIB).unwrap();
+
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn shrinking_qcow2_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), 2 * GIB);
+
+        let err = resize_offline(&path, GIB).unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], 2 * GIB);
+    }
+
+    #[test]
+    fn growth_beyond_qemu_l1_limit_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+
+        let err = resize_offline(&path, 4 << 50).unwrap_err();
+
+        assert!(matches!(err, StorageError::InvalidSize { .. }), "{err}");
+    }
+
+    #[test]
+    fn dirty_image_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&INCOMPAT_DIRTY.to_be_bytes(), 72)
+            .unwrap();
+
+        let err = resize_offline(&path, 2 * GIB).unwrap_err();
+
+        assert!(
+            matches!(err, StorageError::UnsupportedFeature { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn image_with_persistent_bitmap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+        qemu_img(&["bitmap", "--add", s(&path), "b0"]);
+
+        let err = resize_offline(&path, 2 * GIB).unwrap_err();
+
+        assert!(
+            matches!(err, StorageError::UnsupportedFeature { .. }),
+            "{err}"
+        );
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], GIB);
+    }
+
+    #[test]
+    fn growth_without_space_for_l1_leaves_image_unchanged() {
+        let fs = SmallTmpfs::mount();
+        let path = blank(fs.path(), GIB);
+        let before = fs::read(&path).unwrap();
+
+        let err = resize_offline(&path, 1 << 50).unwrap_err();
+
+        assert!(
+            matches!(err, StorageError::InsufficientSpace { .. }),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn raw_image_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.raw");
+        qemu_img(&["create", "-f", "raw", s(&path), "1G"]);
+
+        resize_offline(&path, 3 * GIB).unwrap();
+
+        assert_eq!(qemu_img_info(&path)[0]["virtual-size"], 3 * GIB);
+    }
+
+    #[test]
+    fn shrinking_raw_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.raw");
+        qemu_img(&["create", "-f", "raw", s(&path), "1G"]);
+
+        let err = resize_offline(&path, GIB / 2).unwrap_err();
+
+        assert!(matches!(err, StorageError::InvalidSize { .. }), "{err}");
+        assert_eq!(fs::metadata(&path).unwrap().len(), GIB);
     }
 }
