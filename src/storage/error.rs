@@ -33,6 +33,21 @@ pub enum StorageError {
         /// The existing file.
         path: PathBuf,
     },
+    /// A QEMU process has the image open, so it may not be changed.
+    #[error("{} is in use by a QEMU process", path.display())]
+    InUse {
+        /// The image.
+        path: PathBuf,
+    },
+    /// Taking the image lock failed for a reason other than contention.
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        /// The image.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// Opening a file failed.
     #[error("cannot open {}", path.display())]
     Open {
@@ -180,10 +195,11 @@ impl StorageError {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::AlreadyExists { .. } => ErrorKind::Conflict,
+            Self::AlreadyExists { .. } | Self::InUse { .. } => ErrorKind::Conflict,
             Self::Open { source, .. } | Self::ResolvePath { source, .. } => io_kind(source),
             Self::Read { .. }
             | Self::Write { .. }
+            | Self::Lock { .. }
             | Self::FreeSpace { .. }
             | Self::AllowedDir { .. }
             | Self::NoAllowedDirs => ErrorKind::Internal,

@@ -123,3 +123,53 @@ impl Drop for SmallTmpfs {
         }
     }
 }
+
+/// A `qemu-io` process holding an image open (and so its QEMU locks), in
+/// its own process group, killed and reaped on drop.
+pub(crate) struct QemuHolding {
+    child: std::process::Child,
+}
+
+impl QemuHolding {
+    /// Starts `qemu-io` on `path` and waits (up to 5 s) until it holds
+    /// QEMU's locks.
+    pub(crate) fn start(path: &Path) -> Self {
+        use std::os::unix::process::CommandExt;
+        let child = Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "sleep 30000"])
+            .arg(path)
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("cannot run qemu-io (install qemu-utils)");
+        let holding = Self { child };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !qemu_lock_held(path) {
+            assert!(std::time::Instant::now() < deadline, "qemu-io never locked");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        holding
+    }
+}
+
+impl Drop for QemuHolding {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id().cast_signed());
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether some process holds a lock on QEMU's lock bytes of `path`.
+fn qemu_lock_held(path: &Path) -> bool {
+    let file = std::fs::File::open(path).expect("image exists");
+    let mut lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 100,
+        l_len: 200,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_OFD_GETLK(&mut lock)).expect("F_OFD_GETLK");
+    lock.l_type != libc::F_UNLCK as libc::c_short
+}

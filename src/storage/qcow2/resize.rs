@@ -13,6 +13,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, fcntl};
+
 use super::header::{
     Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_SIZE, put32, put64,
 };
@@ -26,10 +29,13 @@ use crate::storage::error::StorageError;
 /// the header size is updated and, when the L1 table is too small, a
 /// larger one is allocated. Shrinking is refused; the same size is a no-op.
 ///
-/// The image must not be in use by a running VM.
+/// The image must not be in use: the call takes the byte-range locks QEMU
+/// uses for its images and fails with `InUse` if a QEMU process (a VM,
+/// `qemu-img`, `qemu-nbd`) has the file open; while it runs, QEMU cannot
+/// open the image either.
 ///
 /// # Errors
-/// `InvalidSize` for shrinking, a qcow2 size not a multiple of 512, or one
+/// `InUse` if QEMU has the image open; `InvalidSize` for shrinking, a qcow2 size not a multiple of 512, or one
 /// past QEMU's 32 MiB L1 limit; `UnsupportedFeature` for a dirty or corrupt
 /// image, persistent bitmaps, or a full refcount table; `InsufficientSpace`;
 /// I/O errors naming `path`.
@@ -39,9 +45,39 @@ pub fn resize_offline(path: &Path, new_size_bytes: u64) -> Result<(), StorageErr
         .write(true)
         .open(path)
         .map_err(|e| StorageError::open(path, e))?;
+    lock_against_qemu(path, &file)?;
     match read_header(path, &file)? {
         Some(header) => resize_qcow2(path, &file, &header, new_size_bytes),
         None => resize_raw(path, &file, new_size_bytes),
+    }
+}
+
+/// QEMU's image locking (`raw_apply_lock_bytes` in block/file-posix.c)
+/// takes OFD locks on byte 100 + n for each permission n it holds and on
+/// 200 + n for each it will not share; every QEMU user of an image holds at
+/// least one of them. An exclusive OFD lock over all of them therefore
+/// fails while QEMU has the image open, and keeps QEMU out until our file
+/// is closed.
+const QEMU_LOCK_START: i64 = 100;
+const QEMU_LOCK_LEN: i64 = 200;
+
+fn lock_against_qemu(path: &Path, file: &File) -> Result<(), StorageError> {
+    let lock = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: QEMU_LOCK_START,
+        l_len: QEMU_LOCK_LEN,
+        l_pid: 0,
+    };
+    match fcntl(file, FcntlArg::F_OFD_SETLK(&lock)) {
+        Ok(_) => Ok(()),
+        Err(Errno::EAGAIN | Errno::EACCES) => Err(StorageError::InUse {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(StorageError::Lock {
+            path: path.to_path_buf(),
+            source: std::io::Error::from(e),
+        }),
     }
 }
 
@@ -227,7 +263,7 @@ mod tests {
     use crate::storage::qcow2::header::be64;
     use crate::storage::qcow2::{CreateOptions, create_blank};
     use crate::storage::testutil::{
-        SmallTmpfs, assert_check_clean, qemu_img, qemu_img_info, qemu_io,
+        QemuHolding, SmallTmpfs, assert_check_clean, qemu_img, qemu_img_info, qemu_io,
     };
     use std::fs;
 
@@ -422,6 +458,18 @@ mod tests {
             "{err}"
         );
         assert_eq!(fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn image_open_in_qemu_is_refused_as_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = blank(dir.path(), GIB);
+        let _qemu = QemuHolding::start(&path);
+
+        let err = resize_offline(&path, 2 * GIB).unwrap_err();
+
+        assert!(matches!(err, StorageError::InUse { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Conflict);
     }
 
     #[test]
