@@ -18,4 +18,5 @@ pub mod qemu;
 pub mod qmp;
 pub mod spec;
 pub mod state;
+pub mod storage;
 pub mod supervisor;
