@@ -250,5 +250,22 @@ fn kind_of_io(err: &io::Error) -> Option<ErrorKind> {
     }
 }
 
+/// Turns an rtnetlink error into an `io::Error`, keeping the kernel's errno
+/// when there is one so [`NetworkError::kind`] can classify it.
+pub(crate) fn netlink_io(err: rtnetlink::Error) -> io::Error {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => msg.to_io(),
+        other => io::Error::other(other),
+    }
+}
+
+/// The errno carried by an rtnetlink error, if the kernel sent one.
+pub(crate) fn netlink_errno(err: &rtnetlink::Error) -> Option<i32> {
+    match err {
+        rtnetlink::Error::NetlinkError(msg) => Some(msg.raw_code().abs()),
+        _ => None,
+    }
+}
+
 /// Result alias for the network module.
 pub type Result<T, E = NetworkError> = std::result::Result<T, E>;
