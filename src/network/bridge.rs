@@ -293,3 +293,16 @@ fn bridge_index(name: &IfName, msg: &LinkMessage) -> Result<u32> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::network::ErrorKind;
+
+    #[test]
+    fn connect_without_a_runtime_is_unavailable() {
+        let err = Netlink::connect().unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+    }
+}

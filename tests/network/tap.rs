@@ -55,14 +55,16 @@ fn tap_with_a_taken_name_is_conflict() {
 }
 
 #[test]
-fn tap_over_an_existing_bridge_name_is_refused() {
+fn tap_over_an_existing_bridge_name_is_conflict() {
     let result = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
         nl.create_bridge(&ifname("kmbr0")).await.expect("bridge");
-        Tap::create(&ifname("kmbr0"), false).map(drop)
+        Tap::create(&ifname("kmbr0"), false)
+            .map(drop)
+            .map_err(|e| e.kind())
     });
 
-    assert!(result.is_err());
+    assert_eq!(result, Err(ErrorKind::Conflict));
 }
 
 #[test]
