@@ -11,6 +11,7 @@ pub mod lock;
 pub mod logging;
 pub mod metrics;
 pub mod netplan;
+pub mod network;
 pub mod ops;
 pub mod procid;
 pub mod profile;

@@ -1,0 +1,19 @@
+//! Host networking for VMs without libvirt: validated interface names and
+//! MAC addresses, non-persistent tap devices whose fd is handed to QEMU,
+//! bridges and link statistics over rtnetlink, and neighbour-table lookups
+//! that map a guest's MAC to the IP addresses seen on its bridge. Everything
+//! acts on the network namespace of the calling thread.
+
+mod bridge;
+mod error;
+mod ifname;
+mod mac;
+mod neigh;
+mod tap;
+
+pub use bridge::{LinkStats, Netlink};
+pub use error::{ErrorKind, NetworkError, Result};
+pub use ifname::{IFNAME_MAX_BYTES, IfName};
+pub use mac::{MAC_CANDIDATES_MAX, MacAddr, QEMU_OUI};
+pub use neigh::NeighbourEntry;
+pub use tap::Tap;

@@ -1,0 +1,4 @@
+//! Helpers shared by the integration tests; never exported by the library.
+
+pub mod netns;
+pub mod qemu;

@@ -1,0 +1,14 @@
+//! Tests of `kvm_mcp::network` against the real kernel (and QEMU), each in
+//! its own network namespace.
+
+mod bridge;
+mod neigh;
+mod qemu;
+mod tap;
+
+use kvm_mcp::network::IfName;
+
+/// Shorthand for a known-good interface name.
+fn ifname(name: &str) -> IfName {
+    IfName::new(name).expect("valid interface name")
+}

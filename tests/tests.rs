@@ -1,0 +1,7 @@
+//! The crate's one integration test binary; each module tests one area.
+//!
+//! The network tests need root (or `CAP_NET_ADMIN` + `CAP_SYS_ADMIN`): each
+//! runs in a network namespace of its own, never on the host's interfaces.
+
+mod common;
+mod network;
