@@ -1,3 +1,4 @@
+#![allow(clippy::disallowed_methods)] // tests spawn QEMU, qemu-img and ip themselves
 //! The crate's one integration test binary; each module tests one area.
 //!
 //! The network tests need root (or `CAP_NET_ADMIN` + `CAP_SYS_ADMIN`): each

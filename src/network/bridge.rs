@@ -54,9 +54,8 @@ impl Netlink {
     /// [`NetworkError::Connect`] if the socket cannot be opened or there is
     /// no tokio runtime on this thread.
     pub fn connect() -> Result<Self> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|e| NetworkError::Connect {
-            source: std::io::Error::other(e),
-        })?;
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| NetworkError::Connect { source: std::io::Error::other(e) })?;
         let (connection, handle, _unsolicited) =
             rtnetlink::new_connection().map_err(|source| NetworkError::Connect { source })?;
         runtime.spawn(connection);
@@ -84,14 +83,10 @@ impl Netlink {
     pub async fn ensure_bridge(&self, name: &IfName, create: bool) -> Result<u32> {
         match self.link(name).await? {
             Some(msg) => bridge_index(name, &msg),
-            None if !create => Err(NetworkError::BridgeMissing {
-                name: name.to_string(),
-            }),
+            None if !create => Err(NetworkError::BridgeMissing { name: name.to_string() }),
             None => match self.create_bridge(name).await {
                 // Someone created it between the lookup and ours: use theirs.
-                Err(NetworkError::CreateBridge { source, .. })
-                    if source.raw_os_error() == Some(libc::EEXIST) =>
-                {
+                Err(NetworkError::CreateBridge { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
                     let msg = self.require_link(name).await?;
                     bridge_index(name, &msg)
                 }
@@ -112,10 +107,7 @@ impl Netlink {
             .add(LinkBridge::new(name.as_str()).build())
             .execute()
             .await
-            .map_err(|e| NetworkError::CreateBridge {
-                name: name.to_string(),
-                source: netlink_io(e),
-            })?;
+            .map_err(|e| NetworkError::CreateBridge { name: name.to_string(), source: netlink_io(e) })?;
         Ok(self.require_link(name).await?.header.index)
     }
 
@@ -130,12 +122,7 @@ impl Netlink {
         let bridge_index = self.require_link(bridge).await?.header.index;
         self.handle
             .link()
-            .set(
-                LinkUnspec::new_with_index(link_index)
-                    .controller(bridge_index)
-                    .up()
-                    .build(),
-            )
+            .set(LinkUnspec::new_with_index(link_index).controller(bridge_index).up().build())
             .execute()
             .await
             .map_err(|e| NetworkError::AttachLink {
@@ -157,10 +144,7 @@ impl Netlink {
             .set(LinkUnspec::new_with_index(index).up().build())
             .execute()
             .await
-            .map_err(|e| NetworkError::SetUp {
-                name: name.to_string(),
-                source: netlink_io(e),
-            })
+            .map_err(|e| NetworkError::SetUp { name: name.to_string(), source: netlink_io(e) })
     }
 
     /// Deletes link `name`. Returns `false` if there was no such link, so
@@ -176,10 +160,7 @@ impl Netlink {
         match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(false),
-            Err(e) => Err(NetworkError::DeleteLink {
-                name: name.to_string(),
-                source: netlink_io(e),
-            }),
+            Err(e) => Err(NetworkError::DeleteLink { name: name.to_string(), source: netlink_io(e) }),
         }
     }
 
@@ -194,14 +175,10 @@ impl Netlink {
             .link(name)
             .await
             .map_err(|e| match e {
-                NetworkError::LookupLink { name, source } => {
-                    NetworkError::ReadStats { name, source }
-                }
+                NetworkError::LookupLink { name, source } => NetworkError::ReadStats { name, source },
                 other => other,
             })?
-            .ok_or_else(|| NetworkError::LinkMissing {
-                name: name.to_string(),
-            })?;
+            .ok_or_else(|| NetworkError::LinkMissing { name: name.to_string() })?;
         msg.attributes
             .iter()
             .find_map(|attr| match attr {
@@ -217,9 +194,7 @@ impl Netlink {
                 }),
                 _ => None,
             })
-            .ok_or_else(|| NetworkError::StatsMissing {
-                name: name.to_string(),
-            })
+            .ok_or_else(|| NetworkError::StatsMissing { name: name.to_string() })
     }
 
     /// Adds `address/prefix_len` to link `name` (for bridges this program
@@ -232,27 +207,15 @@ impl Netlink {
     pub async fn add_address(&self, name: &IfName, address: IpAddr, prefix_len: u8) -> Result<()> {
         let max_prefix = if address.is_ipv4() { 32 } else { 128 };
         if prefix_len > max_prefix {
-            return Err(NetworkError::InvalidPrefix {
-                address,
-                prefix_len,
-            });
+            return Err(NetworkError::InvalidPrefix { address, prefix_len });
         }
         let index = self.require_link(name).await?.header.index;
-        match self
-            .handle
-            .address()
-            .add(index, address, prefix_len)
-            .execute()
-            .await
-        {
+        match self.handle.address().add(index, address, prefix_len).execute().await {
             Ok(()) => Ok(()),
             Err(e) if netlink_errno(&e) == Some(libc::EEXIST) => Ok(()),
-            Err(e) => Err(NetworkError::AddAddress {
-                name: name.to_string(),
-                address,
-                prefix_len,
-                source: netlink_io(e),
-            }),
+            Err(e) => {
+                Err(NetworkError::AddAddress { name: name.to_string(), address, prefix_len, source: netlink_io(e) })
+            }
         }
     }
 
@@ -262,20 +225,13 @@ impl Netlink {
         match replies.try_next().await {
             Ok(msg) => Ok(msg),
             Err(e) if netlink_errno(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(NetworkError::LookupLink {
-                name: name.to_string(),
-                source: netlink_io(e),
-            }),
+            Err(e) => Err(NetworkError::LookupLink { name: name.to_string(), source: netlink_io(e) }),
         }
     }
 
     /// Like [`Netlink::link`], but a missing link is an error.
     pub(super) async fn require_link(&self, name: &IfName) -> Result<LinkMessage> {
-        self.link(name)
-            .await?
-            .ok_or_else(|| NetworkError::LinkMissing {
-                name: name.to_string(),
-            })
+        self.link(name).await?.ok_or_else(|| NetworkError::LinkMissing { name: name.to_string() })
     }
 }
 
@@ -285,13 +241,7 @@ fn bridge_index(name: &IfName, msg: &LinkMessage) -> Result<u32> {
         matches!(attr, LinkAttribute::LinkInfo(infos)
             if infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))))
     });
-    if is_bridge {
-        Ok(msg.header.index)
-    } else {
-        Err(NetworkError::NotABridge {
-            name: name.to_string(),
-        })
-    }
+    if is_bridge { Ok(msg.header.index) } else { Err(NetworkError::NotABridge { name: name.to_string() }) }
 }
 
 #[cfg(test)]

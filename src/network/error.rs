@@ -197,9 +197,7 @@ impl NetworkError {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidName { .. } | Self::InvalidMac { .. } | Self::InvalidPrefix { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Self::InvalidName { .. } | Self::InvalidMac { .. } | Self::InvalidPrefix { .. } => ErrorKind::InvalidInput,
             Self::MacExhausted { .. } | Self::NotABridge { .. } => ErrorKind::Conflict,
             Self::LinkMissing { .. } | Self::BridgeMissing { .. } => ErrorKind::NotFound,
             Self::StatsMissing { .. } => ErrorKind::Internal,
@@ -214,9 +212,7 @@ impl NetworkError {
             | Self::DeleteLink { source, .. }
             | Self::ReadStats { source, .. }
             | Self::AddAddress { source, .. }
-            | Self::ListNeighbours { source, .. } => {
-                kind_of_io(source).unwrap_or(ErrorKind::Internal)
-            }
+            | Self::ListNeighbours { source, .. } => kind_of_io(source).unwrap_or(ErrorKind::Internal),
         }
     }
 }
@@ -227,9 +223,7 @@ fn kind_of_io(err: &io::Error) -> Option<ErrorKind> {
         libc::ENODEV | libc::ENOENT | libc::ENXIO => Some(ErrorKind::NotFound),
         libc::EEXIST | libc::EBUSY | libc::EADDRINUSE => Some(ErrorKind::Conflict),
         libc::EINVAL | libc::ERANGE | libc::ENAMETOOLONG => Some(ErrorKind::InvalidInput),
-        libc::EPERM | libc::EACCES | libc::EOPNOTSUPP | libc::EAFNOSUPPORT => {
-            Some(ErrorKind::Unavailable)
-        }
+        libc::EPERM | libc::EACCES | libc::EOPNOTSUPP | libc::EAFNOSUPPORT => Some(ErrorKind::Unavailable),
         _ => None,
     }
 }

@@ -29,10 +29,7 @@ impl IfName {
     ///
     /// [`NetworkError::InvalidName`] when the name breaks the rules above.
     pub fn new(name: &str) -> Result<Self, NetworkError> {
-        let invalid = |reason| NetworkError::InvalidName {
-            name: name.to_owned(),
-            reason,
-        };
+        let invalid = |reason| NetworkError::InvalidName { name: name.to_owned(), reason };
         if name.is_empty() {
             return Err(invalid("empty"));
         }
@@ -42,13 +39,8 @@ impl IfName {
         if name == "." || name == ".." {
             return Err(invalid("reserved name"));
         }
-        if !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        {
-            return Err(invalid(
-                "only ASCII letters, digits, '-', '_' and '.' are allowed",
-            ));
+        if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            return Err(invalid("only ASCII letters, digits, '-', '_' and '.' are allowed"));
         }
         Ok(Self(name.to_owned()))
     }
@@ -102,10 +94,7 @@ mod tests {
     fn fifteen_byte_name_is_accepted() {
         let name = IfName::new("vmtap-abcdefghi");
 
-        assert_eq!(
-            name.map(String::from).ok().as_deref(),
-            Some("vmtap-abcdefghi")
-        );
+        assert_eq!(name.map(String::from).ok().as_deref(), Some("vmtap-abcdefghi"));
     }
 
     #[test]

@@ -38,12 +38,7 @@ impl MacAddr {
     /// [`NetworkError::InvalidMac`] for multicast or all-zero addresses.
     pub fn new(octets: [u8; 6]) -> Result<Self, NetworkError> {
         let candidate = Self(octets);
-        candidate
-            .check()
-            .map_err(|reason| NetworkError::InvalidMac {
-                input: candidate.to_string(),
-                reason,
-            })?;
+        candidate.check().map_err(|reason| NetworkError::InvalidMac { input: candidate.to_string(), reason })?;
         Ok(candidate)
     }
 
@@ -81,18 +76,11 @@ impl MacAddr {
     ///
     /// [`NetworkError::MacExhausted`] if [`MAC_CANDIDATES_MAX`] candidates are
     /// all taken, which only happens when `in_use` is absurdly large.
-    pub fn pick_unique(
-        vm_uuid: &Uuid,
-        nic_index: u8,
-        in_use: &HashSet<MacAddr>,
-    ) -> Result<Self, NetworkError> {
+    pub fn pick_unique(vm_uuid: &Uuid, nic_index: u8, in_use: &HashSet<MacAddr>) -> Result<Self, NetworkError> {
         (0..MAC_CANDIDATES_MAX)
             .map(|attempt| Self::candidate(vm_uuid, nic_index, attempt))
             .find(|mac| !in_use.contains(mac))
-            .ok_or(NetworkError::MacExhausted {
-                nic_index,
-                attempts: MAC_CANDIDATES_MAX,
-            })
+            .ok_or(NetworkError::MacExhausted { nic_index, attempts: MAC_CANDIDATES_MAX })
     }
 
     fn candidate(vm_uuid: &Uuid, nic_index: u8, attempt: u32) -> Self {
@@ -101,19 +89,10 @@ impl MacAddr {
             .iter()
             .chain(std::iter::once(&nic_index))
             .chain(attempt.to_le_bytes().iter())
-            .fold(FNV_OFFSET_BASIS, |h, &b| {
-                (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
-            });
+            .fold(FNV_OFFSET_BASIS, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME));
         let folded = (hash ^ (hash >> 24) ^ (hash >> 48)).to_be_bytes();
         // The QEMU OUI has the multicast bit clear, so the result is always valid.
-        Self([
-            QEMU_OUI[0],
-            QEMU_OUI[1],
-            QEMU_OUI[2],
-            folded[5],
-            folded[6],
-            folded[7],
-        ])
+        Self([QEMU_OUI[0], QEMU_OUI[1], QEMU_OUI[2], folded[5], folded[6], folded[7]])
     }
 
     fn check(self) -> Result<(), &'static str> {
@@ -139,10 +118,7 @@ impl FromStr for MacAddr {
 
     /// Parses six colon-separated pairs of hex digits, in either case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason| NetworkError::InvalidMac {
-            input: s.to_owned(),
-            reason,
-        };
+        let invalid = |reason| NetworkError::InvalidMac { input: s.to_owned(), reason };
         let mut octets = [0u8; 6];
         let mut parts = s.split(':');
         for octet in &mut octets {
@@ -295,9 +271,7 @@ mod tests {
 
     #[test]
     fn pick_unique_with_all_candidates_taken_is_conflict() {
-        let in_use: HashSet<_> = (0..MAC_CANDIDATES_MAX)
-            .map(|a| MacAddr::candidate(&VM, 0, a))
-            .collect();
+        let in_use: HashSet<_> = (0..MAC_CANDIDATES_MAX).map(|a| MacAddr::candidate(&VM, 0, a)).collect();
 
         let err = MacAddr::pick_unique(&VM, 0, &in_use).unwrap_err();
 

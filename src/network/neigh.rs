@@ -6,9 +6,7 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::neighbour::{
-    NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState,
-};
+use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use serde::Serialize;
 
 use super::bridge::Netlink;
@@ -39,30 +37,18 @@ impl Netlink {
     ///
     /// [`NetworkError::LinkMissing`] if the bridge does not exist,
     /// [`NetworkError::ListNeighbours`] if a dump fails.
-    pub async fn neighbours_by_mac(
-        &self,
-        bridge: &IfName,
-        mac: MacAddr,
-    ) -> Result<Vec<NeighbourEntry>> {
+    pub async fn neighbours_by_mac(&self, bridge: &IfName, mac: MacAddr) -> Result<Vec<NeighbourEntry>> {
         let index = self.require_link(bridge).await?.header.index;
         let mut entries = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut dump = self
-                .handle
-                .neighbours()
-                .get()
-                .set_address_family(family)
-                .execute();
+            let mut dump = self.handle.neighbours().get().set_address_family(family).execute();
             loop {
                 match dump.try_next().await {
                     Ok(Some(msg)) => entries.extend(entry_for(&msg, index, mac)),
                     Ok(None) => break,
                     Err(e) if netlink_errno(&e) == Some(libc::EAFNOSUPPORT) => break,
                     Err(e) => {
-                        return Err(NetworkError::ListNeighbours {
-                            bridge: bridge.to_string(),
-                            source: netlink_io(e),
-                        });
+                        return Err(NetworkError::ListNeighbours { bridge: bridge.to_string(), source: netlink_io(e) });
                     }
                 }
             }
@@ -93,10 +79,7 @@ fn entry_for(msg: &NeighbourMessage, index: u32, mac: MacAddr) -> Option<Neighbo
     if lladdr? != mac.octets().as_slice() {
         return None;
     }
-    Some(NeighbourEntry {
-        ip: ip?,
-        state: state_name(msg.header.state),
-    })
+    Some(NeighbourEntry { ip: ip?, state: state_name(msg.header.state) })
 }
 
 fn state_name(state: NeighbourState) -> String {

@@ -100,11 +100,7 @@ impl Tap {
         if vnet_hdr {
             flags |= IFF_VNET_HDR;
         }
-        let mut req = IfReq {
-            name: [0; libc::IFNAMSIZ],
-            flags,
-            _pad: [0; 22],
-        };
+        let mut req = IfReq { name: [0; libc::IFNAMSIZ], flags, _pad: [0; 22] };
         // IfName guarantees at most 15 ASCII bytes, so the name stays NUL-terminated.
         for (dst, src) in req.name.iter_mut().zip(name.as_str().bytes()) {
             *dst = c_char::from_ne_bytes([src]);
@@ -113,18 +109,10 @@ impl Tap {
         // SAFETY: `fd` is an open /dev/net/tun descriptor and `req` is a live,
         // exclusively borrowed `struct ifreq` at least as large as the
         // kernel's, which the kernel reads and writes only during the call.
-        unsafe { tun_set_iff(fd.as_raw_fd(), &raw mut req) }.map_err(|errno| {
-            NetworkError::CreateTap {
-                name: name.to_string(),
-                source: io::Error::from(errno),
-            }
-        })?;
+        unsafe { tun_set_iff(fd.as_raw_fd(), &raw mut req) }
+            .map_err(|errno| NetworkError::CreateTap { name: name.to_string(), source: io::Error::from(errno) })?;
 
-        Ok(Self {
-            name: name.clone(),
-            fd,
-            vnet_hdr,
-        })
+        Ok(Self { name: name.clone(), fd, vnet_hdr })
     }
 
     /// The interface name.

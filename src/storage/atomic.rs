@@ -40,9 +40,7 @@ pub(crate) fn create_new(
 ) -> Result<(), StorageError> {
     let (dir, name) = split(path)?;
     if fs::symlink_metadata(path).is_ok() {
-        return Err(StorageError::AlreadyExists {
-            path: path.to_path_buf(),
-        });
+        return Err(StorageError::AlreadyExists { path: path.to_path_buf() });
     }
     if check == SpaceCheck::Before {
         ensure_free_space(path, &dir, needed_bytes)?;
@@ -63,9 +61,7 @@ pub(crate) fn create_new(
         .ok_or_else(|| StorageError::write(path, io::Error::other("temporary file vanished")))?;
     rename_no_replace(&dir_file, &temp_name, &dir, &name).map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
-            StorageError::AlreadyExists {
-                path: path.to_path_buf(),
-            }
+            StorageError::AlreadyExists { path: path.to_path_buf() }
         } else {
             StorageError::write(path, e)
         }
@@ -83,34 +79,22 @@ pub(crate) fn create_new(
 
 /// Fails with `InsufficientSpace` when the filesystem holding `dir` has
 /// fewer than `needed_bytes` free for unprivileged users.
-pub(crate) fn ensure_free_space(
-    path: &Path,
-    dir: &Path,
-    needed_bytes: u64,
-) -> Result<(), StorageError> {
-    let stat = nix::sys::statvfs::statvfs(dir).map_err(|e| StorageError::FreeSpace {
-        path: dir.to_path_buf(),
-        source: io::Error::from(e),
-    })?;
+pub(crate) fn ensure_free_space(path: &Path, dir: &Path, needed_bytes: u64) -> Result<(), StorageError> {
+    let stat = nix::sys::statvfs::statvfs(dir)
+        .map_err(|e| StorageError::FreeSpace { path: dir.to_path_buf(), source: io::Error::from(e) })?;
     let free_bytes = stat.blocks_available().saturating_mul(stat.fragment_size());
     if free_bytes < needed_bytes {
-        return Err(StorageError::InsufficientSpace {
-            path: path.to_path_buf(),
-            needed_bytes,
-            free_bytes,
-        });
+        return Err(StorageError::InsufficientSpace { path: path.to_path_buf(), needed_bytes, free_bytes });
     }
     Ok(())
 }
 
 /// The directory to create in and the file name, as given.
 fn split(path: &Path) -> Result<(PathBuf, std::ffi::OsString), StorageError> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| StorageError::InvalidFileName {
-            input: path.display().to_string(),
-            reason: "the path does not end in a file name",
-        })?;
+    let name = path.file_name().ok_or_else(|| StorageError::InvalidFileName {
+        input: path.display().to_string(),
+        reason: "the path does not end in a file name",
+    })?;
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -127,12 +111,7 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)
         temp_name.push(name);
         temp_name.push(format!(".tmp-{}-{n}", std::process::id()));
         let temp = dir.join(temp_name);
-        match OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&temp)
-        {
+        match OpenOptions::new().write(true).create_new(true).mode(0o644).open(&temp) {
             Ok(file) => return Ok((file, temp)),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = e,
             Err(e) => return Err(e),
@@ -142,12 +121,7 @@ fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)
 }
 
 /// Renames `from` to `to` (both names inside `dir`) unless `to` exists.
-fn rename_no_replace(
-    dir_file: &File,
-    from: &std::ffi::OsStr,
-    dir: &Path,
-    to: &std::ffi::OsStr,
-) -> io::Result<()> {
+fn rename_no_replace(dir_file: &File, from: &std::ffi::OsStr, dir: &Path, to: &std::ffi::OsStr) -> io::Result<()> {
     match renameat2(dir_file, from, dir_file, to, RenameFlags::RENAME_NOREPLACE) {
         Ok(()) => Ok(()),
         // Filesystems without RENAME_NOREPLACE: link(2) also refuses to
@@ -210,10 +184,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
 
-        let err = create_new(&path, 3, SpaceCheck::Before, |_| {
-            Err(io::Error::other("boom"))
-        })
-        .unwrap_err();
+        let err = create_new(&path, 3, SpaceCheck::Before, |_| Err(io::Error::other("boom"))).unwrap_err();
 
         assert!(matches!(err, StorageError::Write { .. }));
         assert!(dir_entries(dir.path()).is_empty());
@@ -224,10 +195,7 @@ mod tests {
         let fs = SmallTmpfs::mount();
         let path = fs.path().join("f");
 
-        let err = create_new(&path, 2 << 20, SpaceCheck::Before, |_| {
-            panic!("must not write")
-        })
-        .unwrap_err();
+        let err = create_new(&path, 2 << 20, SpaceCheck::Before, |_| panic!("must not write")).unwrap_err();
 
         assert!(matches!(
             err,
@@ -242,10 +210,7 @@ mod tests {
         let fs = SmallTmpfs::mount();
         let path = fs.path().join("f");
 
-        let err = create_new(&path, 0, SpaceCheck::Skip, |f| {
-            f.write_all(&vec![0xab; 2 << 20])
-        })
-        .unwrap_err();
+        let err = create_new(&path, 0, SpaceCheck::Skip, |f| f.write_all(&vec![0xab; 2 << 20])).unwrap_err();
 
         assert!(matches!(err, StorageError::Write { .. }));
         assert!(dir_entries(fs.path()).is_empty());

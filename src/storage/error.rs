@@ -201,39 +201,23 @@ impl StorageError {
     }
 
     pub(crate) fn open(path: &Path, source: io::Error) -> Self {
-        Self::Open {
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Open { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn read(path: &Path, source: io::Error) -> Self {
-        Self::Read {
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Read { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn write(path: &Path, source: io::Error) -> Self {
-        Self::Write {
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Write { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn invalid_size(path: &Path, size_bytes: u64, reason: impl Into<String>) -> Self {
-        Self::InvalidSize {
-            path: path.to_path_buf(),
-            size_bytes,
-            reason: reason.into(),
-        }
+        Self::InvalidSize { path: path.to_path_buf(), size_bytes, reason: reason.into() }
     }
 
     pub(crate) fn unsupported(path: &Path, feature: impl Into<String>) -> Self {
-        Self::UnsupportedFeature {
-            path: path.to_path_buf(),
-            feature: feature.into(),
-        }
+        Self::UnsupportedFeature { path: path.to_path_buf(), feature: feature.into() }
     }
 }
 
@@ -267,9 +251,7 @@ mod tests {
 
     #[test]
     fn already_exists_is_conflict() {
-        let err = StorageError::AlreadyExists {
-            path: PathBuf::from("/x/disk.qcow2"),
-        };
+        let err = StorageError::AlreadyExists { path: PathBuf::from("/x/disk.qcow2") };
 
         assert_eq!(err.kind(), ErrorKind::Conflict);
     }
@@ -286,10 +268,7 @@ mod tests {
         let err = StorageError::write(Path::new("/x/a"), io::Error::other("disk on fire"));
 
         assert_eq!(err.to_string(), "cannot write /x/a");
-        assert_eq!(
-            err.source().map(ToString::to_string).as_deref(),
-            Some("disk on fire")
-        );
+        assert_eq!(err.source().map(ToString::to_string).as_deref(), Some("disk on fire"));
     }
 
     #[test]
@@ -299,9 +278,6 @@ mod tests {
             allowed: vec![PathBuf::from("/var/lib/a"), PathBuf::from("/srv/b")],
         };
 
-        assert_eq!(
-            err.to_string(),
-            "\"../etc/passwd\" is outside the allowed directories (/var/lib/a, /srv/b)"
-        );
+        assert_eq!(err.to_string(), "\"../etc/passwd\" is outside the allowed directories (/var/lib/a, /srv/b)");
     }
 }

@@ -19,8 +19,7 @@ use std::str::FromStr;
 pub use error::{ErrorKind, StorageError};
 pub use paths::{resolve_confined, resolve_confined_new};
 pub use qcow2::{
-    CreateOptions, MAX_CHAIN_LEN, backing_chain, create_blank, create_overlay, inspect, inspect_as,
-    resize_offline,
+    CreateOptions, MAX_CHAIN_LEN, backing_chain, create_blank, create_overlay, inspect, inspect_as, resize_offline,
 };
 
 /// On-disk format of an image.

@@ -31,10 +31,7 @@ pub fn resolve_confined(input: &str, allowed_dirs: &[PathBuf]) -> Result<PathBuf
 /// # Errors
 /// `InvalidFileName` for a bad last component; otherwise as
 /// [`resolve_confined`] for the parent.
-pub fn resolve_confined_new(
-    input: &str,
-    allowed_dirs: &[PathBuf],
-) -> Result<PathBuf, StorageError> {
+pub fn resolve_confined_new(input: &str, allowed_dirs: &[PathBuf]) -> Result<PathBuf, StorageError> {
     let (parent, name) = match input.rfind('/') {
         Some(0) => ("/", &input[1..]),
         Some(i) => (&input[..i], &input[i + 1..]),
@@ -42,11 +39,7 @@ pub fn resolve_confined_new(
     };
     check_file_name(input, name)?;
     let allowed = canonical_dirs(allowed_dirs)?;
-    let dir = if parent.is_empty() {
-        allowed[0].clone()
-    } else {
-        resolve_in(parent, &allowed)?
-    };
+    let dir = if parent.is_empty() { allowed[0].clone() } else { resolve_in(parent, &allowed)? };
     if !dir.is_dir() {
         return Err(StorageError::ResolvePath {
             input: input.to_string(),
@@ -63,10 +56,7 @@ fn check_file_name(input: &str, name: &str) -> Result<(), StorageError> {
         n if n.contains('\0') => "the file name contains a NUL byte",
         _ => return Ok(()),
     };
-    Err(StorageError::InvalidFileName {
-        input: input.to_string(),
-        reason,
-    })
+    Err(StorageError::InvalidFileName { input: input.to_string(), reason })
 }
 
 fn canonical_dirs(allowed_dirs: &[PathBuf]) -> Result<Vec<PathBuf>, StorageError> {
@@ -75,25 +65,14 @@ fn canonical_dirs(allowed_dirs: &[PathBuf]) -> Result<Vec<PathBuf>, StorageError
     }
     allowed_dirs
         .iter()
-        .map(|dir| {
-            fs::canonicalize(dir).map_err(|source| StorageError::AllowedDir {
-                path: dir.clone(),
-                source,
-            })
-        })
+        .map(|dir| fs::canonicalize(dir).map_err(|source| StorageError::AllowedDir { path: dir.clone(), source }))
         .collect()
 }
 
 fn resolve_in(input: &str, allowed: &[PathBuf]) -> Result<PathBuf, StorageError> {
-    let outside = || StorageError::OutsideAllowedDirs {
-        input: input.to_string(),
-        allowed: allowed.to_vec(),
-    };
+    let outside = || StorageError::OutsideAllowedDirs { input: input.to_string(), allowed: allowed.to_vec() };
     if input.is_empty() {
-        return Err(StorageError::InvalidFileName {
-            input: String::new(),
-            reason: "the path is empty",
-        });
+        return Err(StorageError::InvalidFileName { input: String::new(), reason: "the path is empty" });
     }
     let joined = allowed[0].join(input);
     match fs::canonicalize(&joined) {
@@ -102,10 +81,7 @@ fn resolve_in(input: &str, allowed: &[PathBuf]) -> Result<PathBuf, StorageError>
         // Do not reveal whether a file outside the allowed directories
         // exists: a name that is outside even lexically is "outside".
         Err(_) if !allowed.iter().any(|dir| lexical(&joined).starts_with(dir)) => Err(outside()),
-        Err(source) => Err(StorageError::ResolvePath {
-            input: input.to_string(),
-            source,
-        }),
+        Err(source) => Err(StorageError::ResolvePath { input: input.to_string(), source }),
     }
 }
 
@@ -147,11 +123,7 @@ mod tests {
         fs::create_dir(&outside).unwrap();
         fs::write(allowed.join("disk.qcow2"), b"x").unwrap();
         fs::write(outside.join("secret"), b"x").unwrap();
-        Tree {
-            allowed: fs::canonicalize(&allowed).unwrap(),
-            outside: fs::canonicalize(&outside).unwrap(),
-            _root: root,
-        }
+        Tree { allowed: fs::canonicalize(&allowed).unwrap(), outside: fs::canonicalize(&outside).unwrap(), _root: root }
     }
 
     #[test]
@@ -168,11 +140,7 @@ mod tests {
         let t = tree();
         let secret = t.outside.join("secret");
 
-        let got = resolve_confined(
-            secret.to_str().unwrap(),
-            &[t.allowed.clone(), t.outside.clone()],
-        )
-        .unwrap();
+        let got = resolve_confined(secret.to_str().unwrap(), &[t.allowed.clone(), t.outside.clone()]).unwrap();
 
         assert_eq!(got, secret);
     }
@@ -181,13 +149,9 @@ mod tests {
     fn dot_dot_escape_is_refused() {
         let t = tree();
 
-        let err =
-            resolve_confined("../private/secret", std::slice::from_ref(&t.allowed)).unwrap_err();
+        let err = resolve_confined("../private/secret", std::slice::from_ref(&t.allowed)).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::OutsideAllowedDirs { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::OutsideAllowedDirs { .. }), "{err}");
         assert!(err.to_string().contains(t.allowed.to_str().unwrap()));
     }
 
@@ -195,13 +159,9 @@ mod tests {
     fn dot_dot_escape_to_missing_file_is_refused_as_outside() {
         let t = tree();
 
-        let err =
-            resolve_confined("../private/nope", std::slice::from_ref(&t.allowed)).unwrap_err();
+        let err = resolve_confined("../private/nope", std::slice::from_ref(&t.allowed)).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::OutsideAllowedDirs { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::OutsideAllowedDirs { .. }), "{err}");
     }
 
     #[test]
@@ -209,14 +169,10 @@ mod tests {
         let t = tree();
         let secret = t.outside.join("secret");
 
-        let err = resolve_confined(secret.to_str().unwrap(), std::slice::from_ref(&t.allowed))
-            .unwrap_err();
+        let err = resolve_confined(secret.to_str().unwrap(), std::slice::from_ref(&t.allowed)).unwrap_err();
 
         assert_eq!(err.kind(), ErrorKind::InvalidInput);
-        assert!(
-            matches!(err, StorageError::OutsideAllowedDirs { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::OutsideAllowedDirs { .. }), "{err}");
     }
 
     #[test]
@@ -226,10 +182,7 @@ mod tests {
 
         let err = resolve_confined("link.qcow2", std::slice::from_ref(&t.allowed)).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::OutsideAllowedDirs { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::OutsideAllowedDirs { .. }), "{err}");
     }
 
     #[test]
@@ -237,13 +190,9 @@ mod tests {
         let t = tree();
         symlink(&t.outside, t.allowed.join("sub")).unwrap();
 
-        let err =
-            resolve_confined_new("sub/new.qcow2", std::slice::from_ref(&t.allowed)).unwrap_err();
+        let err = resolve_confined_new("sub/new.qcow2", std::slice::from_ref(&t.allowed)).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::OutsideAllowedDirs { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::OutsideAllowedDirs { .. }), "{err}");
     }
 
     #[test]
@@ -305,13 +254,9 @@ mod tests {
     fn new_file_in_parent_outside_is_refused() {
         let t = tree();
 
-        let err = resolve_confined_new("../private/x.qcow2", std::slice::from_ref(&t.allowed))
-            .unwrap_err();
+        let err = resolve_confined_new("../private/x.qcow2", std::slice::from_ref(&t.allowed)).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::OutsideAllowedDirs { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::OutsideAllowedDirs { .. }), "{err}");
     }
 
     #[test]

@@ -51,17 +51,9 @@ pub struct CreateOptions {
 /// # Errors
 /// `AlreadyExists` if `path` exists, `InvalidSize`, `InsufficientSpace`,
 /// or an I/O error naming `path`.
-pub fn create_blank(
-    path: &Path,
-    virtual_size_bytes: u64,
-    opts: &CreateOptions,
-) -> Result<(), StorageError> {
+pub fn create_blank(path: &Path, virtual_size_bytes: u64, opts: &CreateOptions) -> Result<(), StorageError> {
     check_new_size(path, virtual_size_bytes)?;
-    let image = NewImage {
-        size: virtual_size_bytes,
-        backing: None,
-        lazy_refcounts: opts.lazy_refcounts,
-    };
+    let image = NewImage { size: virtual_size_bytes, backing: None, lazy_refcounts: opts.lazy_refcounts };
     write_new(path, &image, SpaceCheck::Before)
 }
 
@@ -92,9 +84,7 @@ pub fn create_overlay(
     }
     let name = backing.as_os_str().as_bytes();
     if name.len() > MAX_BACKING_NAME_BYTES {
-        return Err(invalid(format!(
-            "the name is longer than {MAX_BACKING_NAME_BYTES} bytes"
-        )));
+        return Err(invalid(format!("the name is longer than {MAX_BACKING_NAME_BYTES} bytes")));
     }
     let base = inspect_as(backing, backing_format).map_err(|e| match e {
         StorageError::Open { source, .. } => invalid(format!("cannot open it: {source}")),
@@ -113,21 +103,13 @@ pub fn create_overlay(
         None => base_size,
     };
     check_new_size(path, size)?;
-    let image = NewImage {
-        size,
-        backing: Some((name, backing_format)),
-        lazy_refcounts: false,
-    };
+    let image = NewImage { size, backing: Some((name, backing_format)), lazy_refcounts: false };
     write_new(path, &image, SpaceCheck::Before)
 }
 
 fn check_new_size(path: &Path, size: u64) -> Result<(), StorageError> {
     if !size.is_multiple_of(SECTOR_BYTES) {
-        return Err(StorageError::invalid_size(
-            path,
-            size,
-            format!("not a multiple of {SECTOR_BYTES}"),
-        ));
+        return Err(StorageError::invalid_size(path, size, format!("not a multiple of {SECTOR_BYTES}")));
     }
     if size > MAX_NEW_SIZE {
         return Err(StorageError::invalid_size(
@@ -154,9 +136,7 @@ fn bytes_to_path(bytes: &[u8]) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::testutil::{
-        SmallTmpfs, assert_check_clean, dir_entries, qemu_img, qemu_img_info, qemu_io,
-    };
+    use crate::storage::testutil::{SmallTmpfs, assert_check_clean, dir_entries, qemu_img, qemu_img_info, qemu_io};
     use crate::storage::{ErrorKind, ImageInfo};
     use std::fs;
 
@@ -183,9 +163,7 @@ mod tests {
     fn blank_image_with_lazy_refcounts_passes_check() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("lazy.qcow2");
-        let opts = CreateOptions {
-            lazy_refcounts: true,
-        };
+        let opts = CreateOptions { lazy_refcounts: true };
 
         create_blank(&path, GIB, &opts).unwrap();
 
@@ -280,12 +258,8 @@ mod tests {
 
         assert_check_clean(&overlay);
         assert_eq!(fs::read(&base).unwrap(), base_before);
-        let map: serde_json::Value = serde_json::from_str(&qemu_img(&[
-            "map",
-            "--output=json",
-            overlay.to_str().unwrap(),
-        ]))
-        .unwrap();
+        let map: serde_json::Value =
+            serde_json::from_str(&qemu_img(&["map", "--output=json", overlay.to_str().unwrap()])).unwrap();
         assert_eq!(map[0]["start"], 0);
         assert_eq!(map[0]["length"], 65536);
         assert_eq!(map[0]["depth"], 0);
@@ -313,8 +287,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let overlay = dir.path().join("overlay.qcow2");
 
-        let err = create_overlay(&overlay, Path::new("base.qcow2"), ImageFormat::Qcow2, None)
-            .unwrap_err();
+        let err = create_overlay(&overlay, Path::new("base.qcow2"), ImageFormat::Qcow2, None).unwrap_err();
 
         assert!(matches!(err, StorageError::InvalidBacking { .. }), "{err}");
     }
@@ -324,13 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let overlay = dir.path().join("overlay.qcow2");
 
-        let err = create_overlay(
-            &overlay,
-            &dir.path().join("nope.qcow2"),
-            ImageFormat::Qcow2,
-            None,
-        )
-        .unwrap_err();
+        let err = create_overlay(&overlay, &dir.path().join("nope.qcow2"), ImageFormat::Qcow2, None).unwrap_err();
 
         assert!(matches!(err, StorageError::InvalidBacking { .. }), "{err}");
         assert!(dir_entries(dir.path()).is_empty());
@@ -342,8 +309,7 @@ mod tests {
         let base = dir.path().join("base.raw");
         fs::write(&base, vec![0u8; 4096]).unwrap();
 
-        let err =
-            create_overlay(&dir.path().join("o"), &base, ImageFormat::Qcow2, None).unwrap_err();
+        let err = create_overlay(&dir.path().join("o"), &base, ImageFormat::Qcow2, None).unwrap_err();
 
         assert!(matches!(err, StorageError::InvalidImage { .. }), "{err}");
     }
@@ -357,10 +323,7 @@ mod tests {
         let err = create_blank(&path, GIB, &CreateOptions::default()).unwrap_err();
 
         assert_eq!(err.kind(), ErrorKind::Conflict);
-        assert_eq!(
-            err.to_string(),
-            format!("{} already exists", path.display())
-        );
+        assert_eq!(err.to_string(), format!("{} already exists", path.display()));
         assert_eq!(fs::read(&path).unwrap(), b"precious");
     }
 
@@ -377,8 +340,7 @@ mod tests {
     fn size_beyond_l1_limit_is_refused() {
         let dir = tempfile::tempdir().unwrap();
 
-        let err =
-            create_blank(&dir.path().join("d"), 4 << 50, &CreateOptions::default()).unwrap_err();
+        let err = create_blank(&dir.path().join("d"), 4 << 50, &CreateOptions::default()).unwrap_err();
 
         assert!(matches!(err, StorageError::InvalidSize { .. }), "{err}");
     }
@@ -407,10 +369,7 @@ mod tests {
 
         let err = create_blank(&path, GIB, &CreateOptions::default()).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::InsufficientSpace { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::InsufficientSpace { .. }), "{err}");
         assert_eq!(dir_entries(fs.path()), vec!["filler".to_string()]);
     }
 
@@ -419,11 +378,7 @@ mod tests {
         let fs = SmallTmpfs::mount();
         fs::write(fs.path().join("filler"), vec![1u8; 1 << 20]).unwrap();
         let path = fs.path().join("disk.qcow2");
-        let image = NewImage {
-            size: GIB,
-            backing: None,
-            lazy_refcounts: false,
-        };
+        let image = NewImage { size: GIB, backing: None, lazy_refcounts: false };
 
         let err = write_new(&path, &image, SpaceCheck::Skip).unwrap_err();
 

@@ -2,6 +2,8 @@
 //! out-of-space tests. Tests that need them fail (never skip) when the tools
 //! or root are missing.
 
+#![allow(clippy::disallowed_methods)] // tests run qemu-img, qemu-io and mount directly
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -30,21 +32,13 @@ pub(crate) fn qemu_img(args: &[&str]) -> String {
 
 /// `qemu-img info --output=json --backing-chain`, always an array.
 pub(crate) fn qemu_img_info(path: &Path) -> serde_json::Value {
-    let out = qemu_img(&[
-        "info",
-        "--output=json",
-        "--backing-chain",
-        path.to_str().expect("utf-8 test path"),
-    ]);
+    let out = qemu_img(&["info", "--output=json", "--backing-chain", path.to_str().expect("utf-8 test path")]);
     serde_json::from_str(&out).expect("qemu-img info output is JSON")
 }
 
 /// Asserts `qemu-img check` exits 0 and reports no errors.
 pub(crate) fn assert_check_clean(path: &Path) {
-    let out = run(
-        "qemu-img",
-        &["check", path.to_str().expect("utf-8 test path")],
-    );
+    let out = run("qemu-img", &["check", path.to_str().expect("utf-8 test path")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("No errors were found"),
@@ -57,16 +51,7 @@ pub(crate) fn assert_check_clean(path: &Path) {
 
 /// Runs one `qemu-io` command on a qcow2 image and returns its stdout.
 pub(crate) fn qemu_io(path: &Path, command: &str) -> String {
-    let out = stdout_of(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            command,
-            path.to_str().expect("utf-8 test path"),
-        ],
-    );
+    let out = stdout_of("qemu-io", &["-f", "qcow2", "-c", command, path.to_str().expect("utf-8 test path")]);
     assert!(!out.contains("Pattern verification failed"), "{out}");
     out
 }
@@ -97,15 +82,8 @@ impl SmallTmpfs {
             .arg(&path)
             .output()
             .expect("cannot run mount");
-        assert!(
-            out.status.success(),
-            "mounting a tmpfs needs root: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self {
-            dir: Some(dir),
-            path,
-        }
+        assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
+        Self { dir: Some(dir), path }
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -20,15 +20,11 @@ where
 {
     let worker = std::thread::spawn(move || {
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("build a current-thread runtime");
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build a current-thread runtime");
         runtime.block_on(body())
     });
-    worker
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// A raw rtnetlink handle in the current thread's namespace, for setting up

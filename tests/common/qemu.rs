@@ -25,9 +25,7 @@ impl Qemu {
     /// Spawns `cmd` (which must use `-qmp stdio`) in a new process group,
     /// reads the greeting and negotiates capabilities.
     pub async fn spawn(mut cmd: Command) -> Qemu {
-        cmd.process_group(0)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped());
+        cmd.process_group(0).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
         let mut child = cmd.spawn().expect("spawn qemu-system-x86_64");
         let pid = child.id().expect("qemu pid");
         let mut qemu = Qemu {
@@ -46,17 +44,11 @@ impl Qemu {
     /// Runs a QMP command without arguments and returns its `return` value.
     pub async fn execute(&mut self, command: &str) -> Value {
         let request = format!("{{\"execute\":\"{command}\"}}\n");
-        self.stdin
-            .write_all(request.as_bytes())
-            .await
-            .expect("write QMP request");
+        self.stdin.write_all(request.as_bytes()).await.expect("write QMP request");
         loop {
             let message = self.next_message().await;
             if message.get("event").is_none() {
-                return message
-                    .get("return")
-                    .cloned()
-                    .unwrap_or_else(|| panic!("QMP {command} failed: {message}"));
+                return message.get("return").cloned().unwrap_or_else(|| panic!("QMP {command} failed: {message}"));
             }
         }
     }

@@ -47,10 +47,7 @@ fn ensure_missing_bridge_without_create_names_it_and_the_setting() {
 fn ensure_missing_bridge_with_create_creates_it() {
     let (ensured, found) = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
-        let ensured = nl
-            .ensure_bridge(&ifname("kmbr1"), true)
-            .await
-            .expect("ensure");
+        let ensured = nl.ensure_bridge(&ifname("kmbr1"), true).await.expect("ensure");
         let found = nl.link_index(&ifname("kmbr1")).await.expect("lookup");
         (ensured, found)
     });
@@ -63,10 +60,7 @@ fn ensure_existing_bridge_returns_its_index() {
     let (created, ensured) = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
         let created = nl.create_bridge(&ifname("kmbr2")).await.expect("create");
-        let ensured = nl
-            .ensure_bridge(&ifname("kmbr2"), false)
-            .await
-            .expect("ensure");
+        let ensured = nl.ensure_bridge(&ifname("kmbr2"), false).await.expect("ensure");
         (created, ensured)
     });
 
@@ -78,10 +72,7 @@ fn ensure_bridge_over_a_tap_is_conflict() {
     let kind = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
         let _tap = Tap::create(&ifname("kmtap9"), false).expect("tap");
-        nl.ensure_bridge(&ifname("kmtap9"), true)
-            .await
-            .unwrap_err()
-            .kind()
+        nl.ensure_bridge(&ifname("kmtap9"), true).await.unwrap_err().kind()
     });
 
     assert_eq!(kind, ErrorKind::Conflict);
@@ -129,9 +120,7 @@ fn added_address_appears_on_bridge_and_adding_again_succeeds() {
         let index = nl.create_bridge(&ifname("kmbr5")).await.expect("create");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         nl.add_address(&ifname("kmbr5"), ip, 24).await.expect("add");
-        nl.add_address(&ifname("kmbr5"), ip, 24)
-            .await
-            .expect("add again");
+        nl.add_address(&ifname("kmbr5"), ip, 24).await.expect("add again");
         rtnl()
             .address()
             .get()
@@ -159,10 +148,7 @@ fn address_with_too_long_prefix_is_invalid_input() {
         let nl = Netlink::connect().expect("netlink");
         nl.create_bridge(&ifname("kmbr6")).await.expect("create");
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
-        nl.add_address(&ifname("kmbr6"), ip, 33)
-            .await
-            .unwrap_err()
-            .kind()
+        nl.add_address(&ifname("kmbr6"), ip, 33).await.unwrap_err().kind()
     });
 
     assert_eq!(kind, ErrorKind::InvalidInput);

@@ -35,22 +35,14 @@ fn static_neighbours_are_found_by_their_mac() {
     let entries = in_netns(|| async {
         let nl = bridge_with_static_neighbours().await;
         let mac = GUEST_MAC.parse().expect("mac");
-        nl.neighbours_by_mac(&ifname("kmbr0"), mac)
-            .await
-            .expect("lookup")
+        nl.neighbours_by_mac(&ifname("kmbr0"), mac).await.expect("lookup")
     });
 
     assert_eq!(
         entries,
         vec![
-            NeighbourEntry {
-                ip: GUEST_V4,
-                state: "permanent".to_owned()
-            },
-            NeighbourEntry {
-                ip: GUEST_V6,
-                state: "permanent".to_owned()
-            },
+            NeighbourEntry { ip: GUEST_V4, state: "permanent".to_owned() },
+            NeighbourEntry { ip: GUEST_V6, state: "permanent".to_owned() },
         ]
     );
 }
@@ -60,9 +52,7 @@ fn neighbours_of_another_mac_are_not_returned() {
     let entries = in_netns(|| async {
         let nl = bridge_with_static_neighbours().await;
         let other = "52:54:00:65:43:21".parse().expect("mac");
-        nl.neighbours_by_mac(&ifname("kmbr0"), other)
-            .await
-            .expect("lookup")
+        nl.neighbours_by_mac(&ifname("kmbr0"), other).await.expect("lookup")
     });
 
     assert_eq!(entries, vec![]);
@@ -73,10 +63,7 @@ fn neighbours_of_a_missing_bridge_are_not_found() {
     let kind = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
         let mac = GUEST_MAC.parse().expect("mac");
-        nl.neighbours_by_mac(&ifname("nosuchbr"), mac)
-            .await
-            .unwrap_err()
-            .kind()
+        nl.neighbours_by_mac(&ifname("nosuchbr"), mac).await.unwrap_err().kind()
     });
 
     assert_eq!(kind, ErrorKind::NotFound);

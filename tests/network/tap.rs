@@ -10,9 +10,7 @@ use crate::common::netns::{in_netns, link_message, rtnl};
 /// IEEE "local experimental" `EtherType` and zero padding to 60 bytes.
 const FRAME: [u8; 60] = {
     let mut frame = [0u8; 60];
-    let header = [
-        0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x88, 0xb5,
-    ];
+    let header = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x88, 0xb5];
     let mut i = 0;
     while i < header.len() {
         frame[i] = header[i];
@@ -59,9 +57,7 @@ fn tap_over_an_existing_bridge_name_is_conflict() {
     let result = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
         nl.create_bridge(&ifname("kmbr0")).await.expect("bridge");
-        Tap::create(&ifname("kmbr0"), false)
-            .map(drop)
-            .map_err(|e| e.kind())
+        Tap::create(&ifname("kmbr0"), false).map(drop).map_err(|e| e.kind())
     });
 
     assert_eq!(result, Err(ErrorKind::Conflict));
@@ -73,9 +69,7 @@ fn attached_tap_has_bridge_as_master_and_is_up() {
         let nl = Netlink::connect().expect("netlink");
         let bridge_index = nl.create_bridge(&ifname("kmbr0")).await.expect("bridge");
         let _tap = Tap::create(&ifname("kmtap3"), true).expect("tap");
-        nl.attach_and_up(&ifname("kmtap3"), &ifname("kmbr0"))
-            .await
-            .expect("attach");
+        nl.attach_and_up(&ifname("kmtap3"), &ifname("kmbr0")).await.expect("attach");
         let msg = link_message(&rtnl(), "kmtap3").await;
         let master = msg.attributes.iter().find_map(|attr| match attr {
             LinkAttribute::Controller(index) => Some(*index),
@@ -93,10 +87,7 @@ fn attaching_to_a_missing_bridge_is_not_found() {
     let kind = in_netns(|| async {
         let nl = Netlink::connect().expect("netlink");
         let _tap = Tap::create(&ifname("kmtap4"), true).expect("tap");
-        nl.attach_and_up(&ifname("kmtap4"), &ifname("nosuchbr"))
-            .await
-            .unwrap_err()
-            .kind()
+        nl.attach_and_up(&ifname("kmtap4"), &ifname("nosuchbr")).await.unwrap_err().kind()
     });
 
     assert_eq!(kind, ErrorKind::NotFound);
@@ -120,9 +111,7 @@ fn frame_written_to_tap_counts_as_tap_rx() {
         let nl = Netlink::connect().expect("netlink");
         nl.create_bridge(&ifname("kmbr0")).await.expect("bridge");
         let tap = Tap::create(&ifname("kmtap6"), false).expect("tap");
-        nl.attach_and_up(&ifname("kmtap6"), &ifname("kmbr0"))
-            .await
-            .expect("attach");
+        nl.attach_and_up(&ifname("kmtap6"), &ifname("kmbr0")).await.expect("attach");
         let before = nl.link_stats(&ifname("kmtap6")).await.expect("stats");
         let written = nix::unistd::write(&tap, &FRAME).expect("write frame");
         assert_eq!(written, FRAME.len());
@@ -130,21 +119,9 @@ fn frame_written_to_tap_counts_as_tap_rx() {
         (before, after)
     });
 
+    assert_eq!((before.rx_packets, before.rx_bytes), (0, 0), "fresh tap: {before:?}");
     assert_eq!(
-        (before.rx_packets, before.rx_bytes),
-        (0, 0),
-        "fresh tap: {before:?}"
-    );
-    assert_eq!(
-        LinkStats {
-            rx_packets: after.rx_packets,
-            rx_bytes: after.rx_bytes,
-            ..LinkStats::default()
-        },
-        LinkStats {
-            rx_packets: 1,
-            rx_bytes: 60,
-            ..LinkStats::default()
-        }
+        LinkStats { rx_packets: after.rx_packets, rx_bytes: after.rx_bytes, ..LinkStats::default() },
+        LinkStats { rx_packets: 1, rx_bytes: 60, ..LinkStats::default() }
     );
 }

@@ -39,11 +39,8 @@ pub(crate) const INCOMPAT_CORRUPT: u64 = 1 << 1;
 const INCOMPAT_DATA_FILE: u64 = 1 << 2;
 const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub(crate) const INCOMPAT_EXTENDED_L2: u64 = 1 << 4;
-const INCOMPAT_KNOWN: u64 = INCOMPAT_DIRTY
-    | INCOMPAT_CORRUPT
-    | INCOMPAT_DATA_FILE
-    | INCOMPAT_COMPRESSION
-    | INCOMPAT_EXTENDED_L2;
+const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTENDED_L2;
 /// Compatible feature bit 0.
 const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 
@@ -92,11 +89,7 @@ impl Header {
 
     /// Guest bytes one L1 entry maps.
     pub fn bytes_per_l1_entry(&self) -> u64 {
-        let l2_entry_bytes = if self.incompatible_features & INCOMPAT_EXTENDED_L2 == 0 {
-            8
-        } else {
-            16
-        };
+        let l2_entry_bytes = if self.incompatible_features & INCOMPAT_EXTENDED_L2 == 0 { 8 } else { 16 };
         self.cluster_size() * (self.cluster_size() / l2_entry_bytes)
     }
 
@@ -132,9 +125,7 @@ impl Header {
             return Err(HeaderError::Unsupported(format!("qcow2 version {version}")));
         }
         if version == 3 && buf.len() < HEADER_V3_MIN_LEN as usize {
-            return Err(HeaderError::Invalid(
-                "file is shorter than a v3 header".into(),
-            ));
+            return Err(HeaderError::Invalid("file is shorter than a v3 header".into()));
         }
         let cluster_bits = be32(buf, 20);
         let (incompatible, autoclear, refcount_order, header_length) = if version == 3 {
@@ -150,22 +141,16 @@ impl Header {
         }
         let unknown = incompatible & !INCOMPAT_KNOWN;
         if unknown != 0 {
-            return Err(HeaderError::Unsupported(format!(
-                "unknown incompatible feature bits {unknown:#x}"
-            )));
+            return Err(HeaderError::Unsupported(format!("unknown incompatible feature bits {unknown:#x}")));
         }
         if refcount_order > 6 {
-            return Err(HeaderError::Invalid(format!(
-                "refcount_order {refcount_order} is above 6"
-            )));
+            return Err(HeaderError::Invalid(format!("refcount_order {refcount_order} is above 6")));
         }
         if header_length < HEADER_V2_LEN
             || (version == 3 && (header_length < HEADER_V3_MIN_LEN || header_length % 8 != 0))
             || header_length as usize > buf.len()
         {
-            return Err(HeaderError::Invalid(format!(
-                "header_length {header_length} is invalid"
-            )));
+            return Err(HeaderError::Invalid(format!("header_length {header_length} is invalid")));
         }
 
         let backing_offset = be64(buf, 8);
@@ -217,17 +202,14 @@ impl Header {
                 return Ok(());
             }
             if data_end > buf.len() {
-                return Err(HeaderError::Invalid(format!(
-                    "header extension {kind:#010x} runs past its area"
-                )));
+                return Err(HeaderError::Invalid(format!("header extension {kind:#010x} runs past its area")));
             }
             let data = &buf[data_start..data_end];
             match kind {
                 EXT_BACKING_FORMAT => {
                     let name = String::from_utf8_lossy(data);
-                    self.backing_format = Some(name.parse().map_err(|_| {
-                        HeaderError::Unsupported(format!("backing format {name:?}"))
-                    })?);
+                    self.backing_format =
+                        Some(name.parse().map_err(|_| HeaderError::Unsupported(format!("backing format {name:?}")))?);
                 }
                 EXT_BITMAPS => self.has_bitmaps = true,
                 _ => {}
@@ -242,16 +224,12 @@ impl Header {
         let cs = self.cluster_size();
         let aligned = |off: u64| off.is_multiple_of(cs);
         if !aligned(self.l1_table_offset) || !aligned(self.refcount_table_offset) {
-            return Err(HeaderError::Invalid(
-                "table offset is not cluster-aligned".into(),
-            ));
+            return Err(HeaderError::Invalid("table offset is not cluster-aligned".into()));
         }
         let l1_end = self.l1_table_offset + u64::from(self.l1_size) * 8;
         let rt_end = self.refcount_table_offset + u64::from(self.refcount_table_clusters) * cs;
         if l1_end > file_len || rt_end > file_len || self.refcount_table_clusters == 0 {
-            return Err(HeaderError::Invalid(
-                "a table lies past the end of the file".into(),
-            ));
+            return Err(HeaderError::Invalid("a table lies past the end of the file".into()));
         }
         Ok(())
     }
@@ -285,13 +263,8 @@ pub(crate) const MAX_NEW_SIZE: u64 = (MAX_L1_BYTES / 8) * NEW_CLUSTER_SIZE * (NE
 
 impl NewImage<'_> {
     pub fn layout(&self) -> Layout {
-        let l1_entries = self
-            .size
-            .div_ceil(NEW_CLUSTER_SIZE * (NEW_CLUSTER_SIZE / 8));
-        Layout {
-            l1_entries,
-            file_len: NEW_L1_OFFSET + l1_entries * 8,
-        }
+        let l1_entries = self.size.div_ceil(NEW_CLUSTER_SIZE * (NEW_CLUSTER_SIZE / 8));
+        Layout { l1_entries, file_len: NEW_L1_OFFSET + l1_entries * 8 }
     }
 
     /// The first cluster's used bytes: header, extensions, backing name.
@@ -302,27 +275,11 @@ impl NewImage<'_> {
         put32(&mut buf, 20, CLUSTER_BITS);
         put64(&mut buf, 24, self.size);
         // l1_size fits: layout() callers cap the size at MAX_NEW_SIZE.
-        put32(
-            &mut buf,
-            36,
-            u32::try_from(layout.l1_entries).unwrap_or(u32::MAX),
-        );
-        put64(
-            &mut buf,
-            40,
-            if layout.l1_entries == 0 {
-                0
-            } else {
-                NEW_L1_OFFSET
-            },
-        );
+        put32(&mut buf, 36, u32::try_from(layout.l1_entries).unwrap_or(u32::MAX));
+        put64(&mut buf, 40, if layout.l1_entries == 0 { 0 } else { NEW_L1_OFFSET });
         put64(&mut buf, 48, NEW_REFTABLE_OFFSET);
         put32(&mut buf, 56, 1);
-        let compat = if self.lazy_refcounts {
-            COMPAT_LAZY_REFCOUNTS
-        } else {
-            0
-        };
+        let compat = if self.lazy_refcounts { COMPAT_LAZY_REFCOUNTS } else { 0 };
         put64(&mut buf, 80, compat);
         put32(&mut buf, 96, REFCOUNT_ORDER);
         put32(&mut buf, 100, HEADER_V3_LEN);
@@ -383,11 +340,7 @@ mod tests {
     use super::*;
 
     fn blank(size: u64) -> Vec<u8> {
-        let img = NewImage {
-            size,
-            backing: None,
-            lazy_refcounts: false,
-        };
+        let img = NewImage { size, backing: None, lazy_refcounts: false };
         img.header_bytes(img.layout())
     }
 
@@ -404,28 +357,15 @@ mod tests {
         assert_eq!(parsed.size, 1 << 30);
         assert_eq!(parsed.l1_size, 2);
         assert_eq!(parsed.l1_table_offset, 3 << 16);
-        assert_eq!(
-            parsed.backing_file.as_deref(),
-            Some(&b"/images/base.qcow2"[..])
-        );
+        assert_eq!(parsed.backing_file.as_deref(), Some(&b"/images/base.qcow2"[..]));
         assert_eq!(parsed.backing_format, Some(ImageFormat::Qcow2));
     }
 
     #[test]
     fn one_gib_layout_matches_qemu() {
-        let img = NewImage {
-            size: 1 << 30,
-            backing: None,
-            lazy_refcounts: false,
-        };
+        let img = NewImage { size: 1 << 30, backing: None, lazy_refcounts: false };
 
-        assert_eq!(
-            img.layout(),
-            Layout {
-                l1_entries: 2,
-                file_len: 196_624
-            }
-        );
+        assert_eq!(img.layout(), Layout { l1_entries: 2, file_len: 196_624 });
     }
 
     #[test]

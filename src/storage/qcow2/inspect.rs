@@ -51,23 +51,14 @@ pub fn backing_chain(path: &Path) -> Result<Vec<ImageInfo>, StorageError> {
     let mut next = Some((path.to_path_buf(), None));
     while let Some((image, format)) = next {
         if chain.len() == MAX_CHAIN_LEN {
-            return Err(StorageError::BackingChainTooDeep {
-                top: path.to_path_buf(),
-                limit: MAX_CHAIN_LEN,
-            });
+            return Err(StorageError::BackingChainTooDeep { top: path.to_path_buf(), limit: MAX_CHAIN_LEN });
         }
         let canonical = fs::canonicalize(&image).map_err(|e| StorageError::open(&image, e))?;
         if !seen.insert(canonical) {
-            return Err(StorageError::BackingChainCycle {
-                top: path.to_path_buf(),
-                repeated: image,
-            });
+            return Err(StorageError::BackingChainCycle { top: path.to_path_buf(), repeated: image });
         }
         let info = inspect_file(&image, format)?;
-        next = info
-            .backing_file
-            .as_ref()
-            .map(|name| (resolve_backing(&image, name), info.backing_format));
+        next = info.backing_file.as_ref().map(|name| (resolve_backing(&image, name), info.backing_format));
         chain.push(info);
     }
     Ok(chain)
@@ -93,11 +84,7 @@ fn inspect_file(path: &Path, declared: Option<ImageFormat>) -> Result<ImageInfo,
         });
     }
     let actual_size_bytes = meta.blocks() * 512;
-    let header = if declared == Some(ImageFormat::Raw) {
-        None
-    } else {
-        read_header(path, &file)?
-    };
+    let header = if declared == Some(ImageFormat::Raw) { None } else { read_header(path, &file)? };
     let info = match header {
         Some(h) => ImageInfo {
             path: path.to_path_buf(),
@@ -134,11 +121,9 @@ pub(crate) fn read_header(path: &Path, file: &File) -> Result<Option<Header>, St
 pub(crate) fn header_error(path: &Path, e: HeaderError) -> StorageError {
     match e {
         HeaderError::Io(source) => StorageError::read(path, source),
-        HeaderError::Invalid(reason) => StorageError::InvalidImage {
-            path: path.to_path_buf(),
-            format: "qcow2",
-            reason,
-        },
+        HeaderError::Invalid(reason) => {
+            StorageError::InvalidImage { path: path.to_path_buf(), format: "qcow2", reason }
+        }
         HeaderError::Unsupported(feature) => StorageError::unsupported(path, feature),
     }
 }
@@ -195,17 +180,7 @@ mod tests {
         let base = dir.path().join("base.qcow2");
         let top = dir.path().join("top.qcow2");
         qemu_img(&["create", "-f", "qcow2", s(&base), "1G"]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            "qcow2",
-            s(&top),
-            "5G",
-        ]);
+        qemu_img(&["create", "-f", "qcow2", "-b", s(&base), "-F", "qcow2", s(&top), "5G"]);
 
         let ours = inspect(&top).unwrap();
 
@@ -291,36 +266,15 @@ mod tests {
         let mid = dir.path().join("mid.qcow2");
         let top = dir.path().join("top.qcow2");
         qemu_img(&["create", "-f", "raw", s(&base), "1G"]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "qcow2",
-            "-b",
-            "base.raw",
-            "-F",
-            "raw",
-            s(&mid),
-        ]);
-        qemu_img(&[
-            "create",
-            "-f",
-            "qcow2",
-            "-b",
-            "mid.qcow2",
-            "-F",
-            "qcow2",
-            s(&top),
-        ]);
+        qemu_img(&["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", s(&mid)]);
+        qemu_img(&["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", s(&top)]);
 
         let chain = backing_chain(&top).unwrap();
 
         let paths: Vec<_> = chain.iter().map(|i| i.path.clone()).collect();
         assert_eq!(paths, vec![top, mid, base]);
         let formats: Vec<_> = chain.iter().map(|i| i.format).collect();
-        assert_eq!(
-            formats,
-            vec![ImageFormat::Qcow2, ImageFormat::Qcow2, ImageFormat::Raw]
-        );
+        assert_eq!(formats, vec![ImageFormat::Qcow2, ImageFormat::Qcow2, ImageFormat::Raw]);
         assert_eq!(chain[2].virtual_size_bytes, GIB);
     }
 
@@ -354,10 +308,7 @@ mod tests {
 
         let err = backing_chain(&b).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::BackingChainCycle { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::BackingChainCycle { .. }), "{err}");
     }
 
     #[test]
@@ -366,33 +317,17 @@ mod tests {
         let a = dir.path().join("a.qcow2");
         let link = dir.path().join("link.qcow2");
         symlink(&a, &link).unwrap();
-        qemu_img(&[
-            "create",
-            "-f",
-            "qcow2",
-            "-u",
-            "-b",
-            s(&link),
-            "-F",
-            "qcow2",
-            s(&a),
-            "1G",
-        ]);
+        qemu_img(&["create", "-f", "qcow2", "-u", "-b", s(&link), "-F", "qcow2", s(&a), "1G"]);
 
         let err = backing_chain(&a).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::BackingChainCycle { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::BackingChainCycle { .. }), "{err}");
     }
 
     #[test]
     fn backing_chain_longer_than_limit_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let names: Vec<PathBuf> = (0..=MAX_CHAIN_LEN)
-            .map(|i| dir.path().join(format!("l{i}.qcow2")))
-            .collect();
+        let names: Vec<PathBuf> = (0..=MAX_CHAIN_LEN).map(|i| dir.path().join(format!("l{i}.qcow2"))).collect();
         create_blank(&names[0], GIB, &CreateOptions::default()).unwrap();
         names.windows(2).for_each(|pair| {
             create_overlay(&pair[1], &pair[0], ImageFormat::Qcow2, None).unwrap();
@@ -400,24 +335,13 @@ mod tests {
 
         let err = backing_chain(&names[MAX_CHAIN_LEN]).unwrap_err();
 
-        assert!(
-            matches!(
-                err,
-                StorageError::BackingChainTooDeep {
-                    limit: MAX_CHAIN_LEN,
-                    ..
-                }
-            ),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::BackingChainTooDeep { limit: MAX_CHAIN_LEN, .. }), "{err}");
     }
 
     #[test]
     fn backing_chain_at_limit_is_accepted() {
         let dir = tempfile::tempdir().unwrap();
-        let names: Vec<PathBuf> = (0..MAX_CHAIN_LEN)
-            .map(|i| dir.path().join(format!("l{i}.qcow2")))
-            .collect();
+        let names: Vec<PathBuf> = (0..MAX_CHAIN_LEN).map(|i| dir.path().join(format!("l{i}.qcow2"))).collect();
         create_blank(&names[0], GIB, &CreateOptions::default()).unwrap();
         names.windows(2).for_each(|pair| {
             create_overlay(&pair[1], &pair[0], ImageFormat::Qcow2, None).unwrap();

@@ -27,16 +27,8 @@ impl Refcounts {
         let cs = header.cluster_size();
         let table_bytes = u64::from(header.refcount_table_clusters) * cs;
         let raw = read_at(path, file, header.refcount_table_offset, table_bytes)?;
-        let table = raw
-            .chunks_exact(8)
-            .map(|c| be64(c, 0) & OFFSET_MASK)
-            .collect();
-        Ok(Self {
-            cluster_size: cs,
-            order: header.refcount_order,
-            table,
-            blocks: BTreeMap::new(),
-        })
+        let table = raw.chunks_exact(8).map(|c| be64(c, 0) & OFFSET_MASK).collect();
+        Ok(Self { cluster_size: cs, order: header.refcount_order, table, blocks: BTreeMap::new() })
     }
 
     fn entries_per_block(&self) -> u64 {
@@ -51,9 +43,7 @@ impl Refcounts {
                 continue;
             }
             let block = read_at(path, file, offset, self.cluster_size)?;
-            let last = (0..self.entries_per_block())
-                .rev()
-                .find(|&j| get_refcount(&block, j, self.order) != 0);
+            let last = (0..self.entries_per_block()).rev().find(|&j| get_refcount(&block, j, self.order) != 0);
             if let Some(j) = last {
                 end = i as u64 * self.entries_per_block() + j + 1;
             }
@@ -62,12 +52,7 @@ impl Refcounts {
     }
 
     /// The block at table `index`, read from the file on first use.
-    fn block_mut(
-        &mut self,
-        path: &Path,
-        file: &File,
-        index: usize,
-    ) -> Result<&mut Vec<u8>, StorageError> {
+    fn block_mut(&mut self, path: &Path, file: &File, index: usize) -> Result<&mut Vec<u8>, StorageError> {
         let offset = self.table[index];
         if offset == 0 {
             return Err(StorageError::InvalidImage {
@@ -82,20 +67,11 @@ impl Refcounts {
         }
     }
 
-    pub(crate) fn set(
-        &mut self,
-        path: &Path,
-        file: &File,
-        cluster: u64,
-        value: u64,
-    ) -> Result<(), StorageError> {
+    pub(crate) fn set(&mut self, path: &Path, file: &File, cluster: u64, value: u64) -> Result<(), StorageError> {
         let per = self.entries_per_block();
         let index = usize::try_from(cluster / per).unwrap_or(usize::MAX);
         if index >= self.table.len() {
-            return Err(StorageError::unsupported(
-                path,
-                "a full refcount table (growing it is not implemented)",
-            ));
+            return Err(StorageError::unsupported(path, "a full refcount table (growing it is not implemented)"));
         }
         let order = self.order;
         let block = self.block_mut(path, file, index)?;
@@ -132,21 +108,13 @@ impl Refcounts {
     /// Table indices with no refcount block that clusters `[start, end)` need.
     pub(crate) fn missing_blocks(&self, start: u64, end: u64) -> Vec<u64> {
         let per = self.entries_per_block();
-        (start / per..end.div_ceil(per))
-            .filter(|&i| self.table.get(i as usize).is_none_or(|&o| o == 0))
-            .collect()
+        (start / per..end.div_ceil(per)).filter(|&i| self.table.get(i as usize).is_none_or(|&o| o == 0)).collect()
     }
 }
 
-pub(crate) fn read_at(
-    path: &Path,
-    file: &File,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<u8>, StorageError> {
+pub(crate) fn read_at(path: &Path, file: &File, offset: u64, len: u64) -> Result<Vec<u8>, StorageError> {
     let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| StorageError::read(path, e))?;
+    file.read_exact_at(&mut buf, offset).map_err(|e| StorageError::read(path, e))?;
     Ok(buf)
 }
 
@@ -157,9 +125,7 @@ fn get_refcount(block: &[u8], index: u64, order: u32) -> u64 {
     if bits >= 8 {
         let width = (bits / 8) as usize;
         let at = index as usize * width;
-        block[at..at + width]
-            .iter()
-            .fold(0, |acc, &b| (acc << 8) | u64::from(b))
+        block[at..at + width].iter().fold(0, |acc, &b| (acc << 8) | u64::from(b))
     } else {
         let per_byte = 8 / bits;
         let shift = (index % per_byte) * bits;

@@ -16,9 +16,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, fcntl};
 
-use super::header::{
-    Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_SIZE, put32, put64,
-};
+use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_SIZE, put32, put64};
 use super::inspect::{header_error, read_header};
 use super::refcount::{Refcounts, read_at};
 use crate::storage::atomic::ensure_free_space;
@@ -40,11 +38,7 @@ use crate::storage::error::StorageError;
 /// image, persistent bitmaps, or a full refcount table; `InsufficientSpace`;
 /// I/O errors naming `path`.
 pub fn resize_offline(path: &Path, new_size_bytes: u64) -> Result<(), StorageError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|e| StorageError::open(path, e))?;
+    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| StorageError::open(path, e))?;
     lock_against_qemu(path, &file)?;
     match read_header(path, &file)? {
         Some(header) => resize_qcow2(path, &file, &header, new_size_bytes),
@@ -71,25 +65,15 @@ fn lock_against_qemu(path: &Path, file: &File) -> Result<(), StorageError> {
     };
     match fcntl(file, FcntlArg::F_OFD_SETLK(&lock)) {
         Ok(_) => Ok(()),
-        Err(Errno::EAGAIN | Errno::EACCES) => Err(StorageError::InUse {
-            path: path.to_path_buf(),
-        }),
-        Err(e) => Err(StorageError::Lock {
-            path: path.to_path_buf(),
-            source: std::io::Error::from(e),
-        }),
+        Err(Errno::EAGAIN | Errno::EACCES) => Err(StorageError::InUse { path: path.to_path_buf() }),
+        Err(e) => Err(StorageError::Lock { path: path.to_path_buf(), source: std::io::Error::from(e) }),
     }
 }
 
 fn resize_raw(path: &Path, file: &File, new_size: u64) -> Result<(), StorageError> {
-    let len = file
-        .metadata()
-        .map_err(|e| StorageError::read(path, e))?
-        .len();
+    let len = file.metadata().map_err(|e| StorageError::read(path, e))?.len();
     check_growth(path, len, new_size)?;
-    file.set_len(new_size)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| StorageError::write(path, e))
+    file.set_len(new_size).and_then(|()| file.sync_all()).map_err(|e| StorageError::write(path, e))
 }
 
 fn check_growth(path: &Path, current: u64, new_size: u64) -> Result<(), StorageError> {
@@ -103,20 +87,11 @@ fn check_growth(path: &Path, current: u64, new_size: u64) -> Result<(), StorageE
     Ok(())
 }
 
-fn resize_qcow2(
-    path: &Path,
-    file: &File,
-    header: &Header,
-    new_size: u64,
-) -> Result<(), StorageError> {
+fn resize_qcow2(path: &Path, file: &File, header: &Header, new_size: u64) -> Result<(), StorageError> {
     check_writable(path, header)?;
     check_growth(path, header.size, new_size)?;
     if !new_size.is_multiple_of(512) {
-        return Err(StorageError::invalid_size(
-            path,
-            new_size,
-            "not a multiple of 512",
-        ));
+        return Err(StorageError::invalid_size(path, new_size, "not a multiple of 512"));
     }
     if new_size == header.size {
         return Ok(());
@@ -133,10 +108,7 @@ fn resize_qcow2(
     if l1_entries <= u64::from(header.l1_size) {
         let mut size = [0u8; 8];
         put64(&mut size, 0, new_size);
-        return file
-            .write_all_at(&size, OFFSET_SIZE)
-            .and_then(|()| file.sync_data())
-            .map_err(w);
+        return file.write_all_at(&size, OFFSET_SIZE).and_then(|()| file.sync_data()).map_err(w);
     }
     grow_l1(path, file, header, new_size, l1_entries)
 }
@@ -154,21 +126,10 @@ fn check_writable(path: &Path, header: &Header) -> Result<(), StorageError> {
     Err(StorageError::unsupported(path, feature))
 }
 
-fn grow_l1(
-    path: &Path,
-    file: &File,
-    header: &Header,
-    new_size: u64,
-    l1_entries: u64,
-) -> Result<(), StorageError> {
+fn grow_l1(path: &Path, file: &File, header: &Header, new_size: u64, l1_entries: u64) -> Result<(), StorageError> {
     let cs = header.cluster_size();
-    let file_len = file
-        .metadata()
-        .map_err(|e| StorageError::read(path, e))?
-        .len();
-    header
-        .check_tables(file_len)
-        .map_err(|e| header_error(path, e))?;
+    let file_len = file.metadata().map_err(|e| StorageError::read(path, e))?.len();
+    header.check_tables(file_len).map_err(|e| header_error(path, e))?;
     let mut refs = Refcounts::read(path, file, header)?;
 
     // New clusters go after both the file end and the last used cluster.
@@ -184,14 +145,8 @@ fn grow_l1(
         }
         new_blocks = needed;
     }
-    if new_blocks
-        .iter()
-        .any(|&i| usize::try_from(i).map_or(true, |i| i >= refs.table_len()))
-    {
-        return Err(StorageError::unsupported(
-            path,
-            "a full refcount table (growing it is not implemented)",
-        ));
+    if new_blocks.iter().any(|&i| usize::try_from(i).map_or(true, |i| i >= refs.table_len())) {
+        return Err(StorageError::unsupported(path, "a full refcount table (growing it is not implemented)"));
     }
     let total = l1_clusters + new_blocks.len() as u64;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -199,12 +154,7 @@ fn grow_l1(
 
     let w = |e| StorageError::write(path, e);
     // 1. The new L1 table: the old entries, then zeros.
-    let old_l1 = read_at(
-        path,
-        file,
-        header.l1_table_offset,
-        u64::from(header.l1_size) * 8,
-    )?;
+    let old_l1 = read_at(path, file, header.l1_table_offset, u64::from(header.l1_size) * 8)?;
     let mut l1 = vec![0u8; usize::try_from(l1_entries * 8).unwrap_or(0)];
     l1[..old_l1.len()].copy_from_slice(&old_l1);
     file.write_all_at(&l1, start * cs).map_err(w)?;
@@ -226,19 +176,14 @@ fn grow_l1(
     for &(index, offset) in &placed {
         let mut entry = [0u8; 8];
         put64(&mut entry, 0, offset);
-        file.write_all_at(&entry, header.refcount_table_offset + index as u64 * 8)
-            .map_err(w)?;
+        file.write_all_at(&entry, header.refcount_table_offset + index as u64 * 8).map_err(w)?;
     }
     file.sync_data().map_err(w)?;
     // 4. Commit: size, crypt_method (0), l1_size, l1_table_offset in one
     //    write inside the first sector.
     let mut commit = [0u8; 24];
     put64(&mut commit, 0, new_size);
-    put32(
-        &mut commit,
-        12,
-        u32::try_from(l1_entries).unwrap_or(u32::MAX),
-    );
+    put32(&mut commit, 12, u32::try_from(l1_entries).unwrap_or(u32::MAX));
     put64(&mut commit, 16, start * cs);
     file.write_all_at(&commit, OFFSET_SIZE).map_err(w)?;
     file.sync_data().map_err(w)?;
@@ -262,9 +207,7 @@ mod tests {
     use crate::storage::ErrorKind;
     use crate::storage::qcow2::header::be64;
     use crate::storage::qcow2::{CreateOptions, create_blank};
-    use crate::storage::testutil::{
-        QemuHolding, SmallTmpfs, assert_check_clean, qemu_img, qemu_img_info, qemu_io,
-    };
+    use crate::storage::testutil::{QemuHolding, SmallTmpfs, assert_check_clean, qemu_img, qemu_img_info, qemu_io};
     use std::fs;
 
     const GIB: u64 = 1 << 30;
@@ -331,12 +274,7 @@ mod tests {
         // 4 GiB so the new L1 table lands where no block exists yet.
         let dir = tempfile::tempdir().unwrap();
         let path = blank(dir.path(), GIB);
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(4 * GIB)
-            .unwrap();
+        fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(4 * GIB).unwrap();
 
         resize_offline(&path, 8 * GIB).unwrap();
 
@@ -362,15 +300,7 @@ mod tests {
     fn growth_of_extended_l2_image_passes_check() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.qcow2");
-        qemu_img(&[
-            "create",
-            "-f",
-            "qcow2",
-            "-o",
-            "extended_l2=on",
-            s(&path),
-            "1G",
-        ]);
+        qemu_img(&["create", "-f", "qcow2", "-o", "extended_l2=on", s(&path), "1G"]);
         qemu_io(&path, "write -P 0x21 900M 64k");
 
         resize_offline(&path, 2 * GIB).unwrap();
@@ -419,15 +349,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = blank(dir.path(), GIB);
         let file = OpenOptions::new().write(true).open(&path).unwrap();
-        file.write_all_at(&INCOMPAT_DIRTY.to_be_bytes(), 72)
-            .unwrap();
+        file.write_all_at(&INCOMPAT_DIRTY.to_be_bytes(), 72).unwrap();
 
         let err = resize_offline(&path, 2 * GIB).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::UnsupportedFeature { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::UnsupportedFeature { .. }), "{err}");
     }
 
     #[test]
@@ -438,10 +364,7 @@ mod tests {
 
         let err = resize_offline(&path, 2 * GIB).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::UnsupportedFeature { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::UnsupportedFeature { .. }), "{err}");
         assert_eq!(qemu_img_info(&path)[0]["virtual-size"], GIB);
     }
 
@@ -453,10 +376,7 @@ mod tests {
 
         let err = resize_offline(&path, 1 << 50).unwrap_err();
 
-        assert!(
-            matches!(err, StorageError::InsufficientSpace { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, StorageError::InsufficientSpace { .. }), "{err}");
         assert_eq!(fs::read(&path).unwrap(), before);
     }
 
