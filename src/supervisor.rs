@@ -135,15 +135,15 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
     rec.status.supervisor_pid = Some(std::process::id().cast_signed());
 
     let mut outcome = if adopt {
-        let Some(ident) = old.as_ref().and_then(|s| s.qemu.clone()) else {
-            return Err(SupervisorError::NothingToAdopt { name: name.to_string() });
-        };
         let marker = spec.uuid.to_string();
-        let Some(pidfd) = ident.open_verified(&marker) else {
+        let found = old.as_ref().and_then(|s| s.qemu.clone()).and_then(|i| i.open_verified(&marker).map(|fd| (i, fd)));
+        let Some((ident, pidfd)) = found else {
+            ready.send(false, "no running QEMU of this VM to adopt", &[]);
             return Err(SupervisorError::NothingToAdopt { name: name.to_string() });
         };
         tracing::info!(pid = ident.pid, "adopting running QEMU");
         rec.flush();
+        ready.send(true, "adopted", &[]);
         watch_adopted(&mut rec, &spec, &pidfd).await
     } else {
         rec.status.restarts = 0;

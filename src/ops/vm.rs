@@ -472,7 +472,11 @@ impl Ops {
             self.ensure_supervised(&vm, &obs).await?;
             return Err(OpsError::AlreadyRunning { name: name.into() });
         }
-        self.spawn_supervisor(&vm, false).await?;
+        if let Err(e) = self.spawn_supervisor(&vm, false).await {
+            // Let the supervisor record the failure before anyone looks.
+            self.wait_supervisor_done(&vm).await;
+            return Err(e);
+        }
         tracing::info!(vm = %name, "started");
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
     }

@@ -1,0 +1,5 @@
+//! Tests that boot real TCG guests through kvm-mcp. nextest runs at most two at once
+//! (test group `guest` in `.config/nextest.toml`).
+
+mod lifecycle;
+mod recovery;
