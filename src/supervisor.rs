@@ -93,7 +93,7 @@ impl Recorder {
     }
 
     fn flush(&self) {
-        if let Err(e) = fsutil::write_json_atomic(&self.paths.status(), &self.status) {
+        if let Err(e) = fsutil::write_json_volatile(&self.paths.status(), &self.status) {
             tracing::warn!(error = %e, "cannot write status.json");
         }
     }

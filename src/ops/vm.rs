@@ -309,7 +309,7 @@ impl Ops {
         let written = (|| {
             std::fs::write(paths.creating(), b"")?;
             fsutil::write_json_atomic(&paths.spec(), &spec)?;
-            fsutil::write_json_atomic(&paths.status(), &Status::created(now_ms()))?;
+            fsutil::write_json_volatile(&paths.status(), &Status::created(now_ms()))?;
             std::fs::remove_file(paths.creating())
         })();
         if let Err(e) = written {
@@ -658,7 +658,7 @@ impl Ops {
     async fn wait_supervisor_done(&self, vm: &Vm) -> Observed {
         let deadline = Instant::now() + Duration::from_secs(10);
         while lock::is_held(&vm.paths.supervisor_lock()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Self::observe(vm)
     }
