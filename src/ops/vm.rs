@@ -529,20 +529,24 @@ impl Ops {
         }
     }
 
+    /// Runs one QMP command on a running VM and waits for the supervisor to record `want`.
+    async fn qmp_to_state<C>(&self, name: &str, cmd: C, what: &'static str, want: VmState) -> Result<VmInfo, OpsError>
+    where
+        C: qmp::QmpCommand + qapi::Command,
+    {
+        let (vm, _lock, _) = self.running(name).await?;
+        let q = self.qmp(&vm).await?;
+        q.execute(cmd, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp { name: name.into(), what, source })?;
+        let obs = Self::wait_status(&vm, |s| s == want, Duration::from_secs(5)).await;
+        Ok(Self::info_of(&vm, &obs))
+    }
+
     /// Pauses the vCPUs.
     ///
     /// # Errors
     /// Not running, or QMP failed.
     pub async fn pause(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let (vm, _lock, _) = self.running(name).await?;
-        let q = self.qmp(&vm).await?;
-        q.execute(qmp::stop {}, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
-            name: name.into(),
-            what: "pause failed",
-            source,
-        })?;
-        let obs = Self::wait_status(&vm, |s| s == VmState::Paused, Duration::from_secs(5)).await;
-        Ok(Self::info_of(&vm, &obs))
+        self.qmp_to_state(name, qmp::stop {}, "pause failed", VmState::Paused).await
     }
 
     /// Resumes paused vCPUs.
@@ -550,15 +554,7 @@ impl Ops {
     /// # Errors
     /// Not running, or QMP failed.
     pub async fn resume(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let (vm, _lock, _) = self.running(name).await?;
-        let q = self.qmp(&vm).await?;
-        q.execute(qmp::cont {}, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
-            name: name.into(),
-            what: "resume failed",
-            source,
-        })?;
-        let obs = Self::wait_status(&vm, |s| s == VmState::Running, Duration::from_secs(5)).await;
-        Ok(Self::info_of(&vm, &obs))
+        self.qmp_to_state(name, qmp::cont {}, "resume failed", VmState::Running).await
     }
 
     /// Resets the VM (like pressing the reset button); the guest boots again.
