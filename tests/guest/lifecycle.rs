@@ -85,7 +85,7 @@ async fn microvm_profile_boots_kernel_directly() {
         os_variant: Some("microvm".into()),
         kernel: Some(fixtures().join("vmlinuz")),
         initrd: Some(fixtures().join("initrd.gz")),
-        cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
+        cmdline: Some("console=ttyS0 panic=-1".into()),
         network: Some("none".into()),
         start: true,
         ..CreateRequest::default()
