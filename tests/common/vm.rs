@@ -114,11 +114,25 @@ impl TestEnv {
         while self.console(name).matches(marker).count() < count {
             assert!(
                 start.elapsed() < GUEST_DEADLINE,
-                "{marker:?} not seen {count}× on {name}'s console within {GUEST_DEADLINE:?}; console:\n{}",
-                self.console(name)
+                "{marker:?} not seen {count}× on {name}'s console within {GUEST_DEADLINE:?}; console:\n{}\n{}",
+                self.console(name),
+                self.diagnostics(name)
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The VM's info, QEMU log tail and supervisor log tail, for failure messages.
+    pub fn diagnostics(&self, name: &str) -> String {
+        let dir = self.dir.path().join("state/vms").join(name);
+        let tail = |f: &str| kvm_mcp::fsutil::tail_lines(&dir.join(f), 10).join("\n");
+        format!(
+            "info: {:#?}\nqemu.log:\n{}\nsupervisor.log:\n{}\nevents:\n{}",
+            self.ops.info(name).ok(),
+            tail("qemu.log"),
+            tail("supervisor.log"),
+            tail("events.jsonl")
+        )
     }
 
     /// Waits until `pred` holds for the VM's info.
