@@ -22,13 +22,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DhcpSettings};
 use crate::fsutil;
-use crate::layout::{BridgePaths, VMS_DIR};
+use crate::ids::VmName;
+use crate::layout::{BridgePaths, VMS_DIR, VmPaths};
 use crate::lock::{self, FileLock};
 use crate::network::{IfName, Netlink, NetworkError};
-use crate::procid::PidFd;
+use crate::procid::{Liveness, PidFd};
 use crate::qemu::launcher;
 use crate::spec::{NetworkMode, VmSpec};
-use crate::state::now_ms;
+use crate::state::{Status, now_ms};
+use crate::supervisor::qemu_liveness;
 
 /// How long [`ensure_running`] waits for the DHCP supervisor's report.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -204,16 +206,24 @@ impl Ready {
     }
 }
 
-/// Whether a running VM has a NIC on `bridge` (its supervisor holds its lock).
+/// Whether an active VM has a NIC on `bridge`: its status says so and its supervisor
+/// holds its lock or its QEMU lives. The lock is only probed for VMs whose status is
+/// active, so the probe never races a supervisor taking the lock of a VM being started
+/// (it takes the lock before it records "starting").
 fn bridge_in_use(cfg: &Config, bridge: &IfName) -> bool {
     let Ok(rd) = std::fs::read_dir(cfg.state_dir.join(VMS_DIR)) else { return false };
-    rd.flatten().any(|e| {
-        let spec: Option<VmSpec> =
-            std::fs::read(e.path().join("spec.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
-        spec.is_some_and(|s| {
-            s.nics.iter().any(|n| matches!(&n.mode, NetworkMode::Bridge { bridge: b } if b == bridge.as_str()))
-                && lock::is_held(&cfg.run_dir.join(s.name.as_str()).join("supervisor.lock"))
-        })
+    let read = |p: std::path::PathBuf| std::fs::read(p).ok();
+    rd.flatten().filter_map(|e| VmName::new(&e.file_name().to_string_lossy()).ok()).any(|name| {
+        let paths = VmPaths::new(&cfg.state_dir, &cfg.run_dir, &name);
+        let Some(spec) = read(paths.spec()).and_then(|b| serde_json::from_slice::<VmSpec>(&b).ok()) else {
+            return false;
+        };
+        let Some(status) = read(paths.status()).and_then(|b| serde_json::from_slice::<Status>(&b).ok()) else {
+            return false;
+        };
+        status.state.is_active()
+            && spec.nics.iter().any(|n| matches!(&n.mode, NetworkMode::Bridge { bridge: b } if b == bridge.as_str()))
+            && (lock::is_held(&paths.supervisor_lock()) || qemu_liveness(&status, &spec) == Liveness::Alive)
     })
 }
 

@@ -19,8 +19,10 @@ use crate::network::{IfName, MacAddr, Netlink, leases_for};
 use crate::spec::NetworkMode;
 use crate::state::now_ms;
 
-/// How long the guest agent may take to synchronise.
+/// How long the guest agent may take to synchronise in `get_vm_ip`.
 const AGENT_SYNC_TIMEOUT: Duration = Duration::from_secs(3);
+/// The same for `info_live`, which should stay quick when there is no agent.
+pub(crate) const AGENT_SYNC_TIMEOUT_QUICK: Duration = Duration::from_secs(1);
 /// How long `guest-network-get-interfaces` may take.
 const AGENT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while waiting for an address.
@@ -134,7 +136,7 @@ impl Ops {
             if !state.is_active() {
                 return Err(OpsError::NotRunning { name: name.into(), state: state.to_string() });
             }
-            let mut found = self.discover(&vm, query.all_sources).await;
+            let mut found = self.discover(&vm, query.all_sources, AGENT_SYNC_TIMEOUT).await;
             let left = deadline.saturating_duration_since(Instant::now());
             if found.ip.is_some() || left.is_zero() {
                 found.waited_s = started.elapsed().as_secs();
@@ -152,8 +154,8 @@ impl Ops {
         }
     }
 
-    /// One pass over the sources.
-    pub(crate) async fn discover(&self, vm: &Vm, all_sources: bool) -> VmIps {
+    /// One pass over the sources; the agent gets `agent_sync` to synchronise.
+    pub(crate) async fn discover(&self, vm: &Vm, all_sources: bool, agent_sync: Duration) -> VmIps {
         let mut notes = Vec::new();
         let mut nics: Vec<NicIps> = vm
             .spec
@@ -169,7 +171,7 @@ impl Ops {
         if !has_channel {
             notes.push(format!("agent: profile {:?} has no guest agent channel", vm.spec.os_variant));
         } else if !nics.is_empty() {
-            match agent_addresses(vm).await {
+            match agent_addresses(vm, agent_sync).await {
                 Ok(by_mac) => {
                     for nic in &mut nics {
                         for &(ip, prefix) in by_mac.get(&nic.mac).into_iter().flatten() {

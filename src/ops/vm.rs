@@ -332,7 +332,7 @@ impl Ops {
         let obs = Self::observe(&vm);
         let mut info = Self::info_of(&vm, &obs);
         if obs.status.state.is_active() && !vm.spec.nics.is_empty() {
-            info.ips = Some(self.discover(&vm, false).await);
+            info.ips = Some(self.discover(&vm, false, super::ip::AGENT_SYNC_TIMEOUT_QUICK).await);
         }
         Ok(info)
     }
