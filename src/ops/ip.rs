@@ -99,9 +99,8 @@ fn usable(ip: IpAddr) -> bool {
 }
 
 /// The agent's view: MAC → (address, prefix).
-async fn agent_addresses(vm: &Vm) -> Result<HashMap<MacAddr, Vec<(IpAddr, u8)>>, String> {
-    let ga =
-        GuestAgent::connect(&vm.paths.qga_sock(), AGENT_SYNC_TIMEOUT).await.map_err(|e| crate::error::chain(&e))?;
+async fn agent_addresses(vm: &Vm, sync: Duration) -> Result<HashMap<MacAddr, Vec<(IpAddr, u8)>>, String> {
+    let ga = GuestAgent::connect(&vm.paths.qga_sock(), sync).await.map_err(|e| crate::error::chain(&e))?;
     let ifaces = ga
         .execute(crate::guest_agent::qga::guest_network_get_interfaces {}, AGENT_COMMAND_TIMEOUT)
         .await
