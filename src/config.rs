@@ -479,11 +479,9 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
     let vcpus = in_range("vm.default_vcpus", u64::from(v.default_vcpus.unwrap_or(2)), 1, u64::from(MAX_VCPUS), "")?;
     let disk = in_range("vm.default_disk_size", v.default_disk_size.unwrap_or(20), 1, MAX_DISK_SIZE_GIB, " GiB")?;
     let network = v.default_network.unwrap_or_else(|| "brforvms".into());
-    if network.is_empty() || network.len() > 15 || network.contains(['/', ' ', ':']) {
-        return Err(invalid(
-            "vm.default_network",
-            format!("{network:?} is not \"user\", \"none\" or a bridge name of at most 15 bytes"),
-        ));
+    if !matches!(network.as_str(), "user" | "none") {
+        IfName::new(&network)
+            .map_err(|e| invalid("vm.default_network", format!("not \"user\", \"none\" or a bridge name: {e}")))?;
     }
     let network_settings = resolve_network(raw.network, &network)?;
     let (def_state, def_run) = default_dirs();

@@ -137,7 +137,7 @@ impl Ops {
             }
             let mut found = self.discover(&vm, query.all_sources, AGENT_SYNC_TIMEOUT).await;
             let left = deadline.saturating_duration_since(Instant::now());
-            if found.ip.is_some() || left.is_zero() {
+            if found.ip.is_some() || left.is_zero() || found.nics.is_empty() {
                 found.waited_s = started.elapsed().as_secs();
                 return Ok(found);
             }
@@ -164,6 +164,9 @@ impl Ops {
             .map(|(index, n)| NicIps { index, mac: n.mac, network: n.mode.label().to_owned(), addresses: Vec::new() })
             .collect();
         let wanted = |nics: &[NicIps], i: usize| all_sources || nics[i].addresses.is_empty();
+        if nics.is_empty() {
+            notes.push("the VM has no NICs".into());
+        }
 
         // 1. The guest agent, when the profile gives the guest a channel.
         let has_channel = self.profiles.get(&vm.spec.os_variant).is_ok_and(|p| p.devices.guest_agent);
