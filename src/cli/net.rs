@@ -103,7 +103,9 @@ fn forwards_text(f: &[PortForwardInfo]) -> String {
                 p.nic.to_string(),
                 p.forward.protocol.to_string(),
                 format!("{}:{}", p.forward.host_addr, p.forward.host_port),
-                format!("{}:{}", p.forward.guest_addr.map(|a| a.to_string()).unwrap_or_default(), p.forward.guest_port),
+                p.forward
+                    .guest_addr
+                    .map_or_else(|| p.forward.guest_port.to_string(), |a| format!("{a}:{}", p.forward.guest_port)),
                 p.active.map_or_else(|| "-".into(), |a| if a { "yes".into() } else { "no".into() }),
             ]
         })
@@ -130,15 +132,16 @@ fn stats_text(s: &[NicStats]) -> String {
                     ]
                     .map(|v| v.to_string()),
                 ),
-                None => r.push(n.note.clone().unwrap_or_default()),
+                None => r.extend(std::iter::repeat_n("-".to_owned(), 8)),
             }
+            r.push(n.note.clone().unwrap_or_default());
             r
         })
         .collect();
     table(
         &[
             "NIC", "NETWORK", "TAP", "RX_BYTES", "RX_PKTS", "RX_ERRS", "RX_DROP", "TX_BYTES", "TX_PKTS", "TX_ERRS",
-            "TX_DROP",
+            "TX_DROP", "NOTE",
         ],
         &rows,
     )

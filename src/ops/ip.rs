@@ -70,7 +70,8 @@ pub struct NicIps {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VmIps {
     pub name: String,
-    /// The best address: the first IPv4 address of the first NIC that has one.
+    /// The best address: observed (agent, lease, neighbour) before the slirp guess,
+    /// IPv4 before IPv6, earlier NICs first.
     pub ip: Option<IpAddr>,
     /// Where `ip` came from.
     pub source: Option<IpSource>,
@@ -137,7 +138,14 @@ impl Ops {
             }
             let mut found = self.discover(&vm, query.all_sources, AGENT_SYNC_TIMEOUT).await;
             let left = deadline.saturating_duration_since(Instant::now());
-            if found.ip.is_some() || left.is_zero() || found.nics.is_empty() {
+            // The slirp address is known before the guest boots; it ends the wait only
+            // when no guest agent could ever confirm an address.
+            let settled = match found.source {
+                Some(IpSource::Slirp) => !self.has_agent_channel(&vm),
+                Some(_) => true,
+                None => false,
+            };
+            if settled || left.is_zero() || found.nics.is_empty() {
                 found.waited_s = started.elapsed().as_secs();
                 return Ok(found);
             }
@@ -151,6 +159,10 @@ impl Ops {
             });
             tokio::time::sleep(WAIT_STEP.min(left)).await;
         }
+    }
+
+    fn has_agent_channel(&self, vm: &Vm) -> bool {
+        self.profiles.get(&vm.spec.os_variant).is_ok_and(|p| p.devices.guest_agent)
     }
 
     /// One pass over the sources; the agent gets `agent_sync` to synchronise.
@@ -169,8 +181,7 @@ impl Ops {
         }
 
         // 1. The guest agent, when the profile gives the guest a channel.
-        let has_channel = self.profiles.get(&vm.spec.os_variant).is_ok_and(|p| p.devices.guest_agent);
-        if !has_channel {
+        if !self.has_agent_channel(vm) {
             notes.push(format!("agent: profile {:?} has no guest agent channel", vm.spec.os_variant));
         } else if !nics.is_empty() {
             match agent_addresses(vm, agent_sync).await {
@@ -263,10 +274,12 @@ impl Ops {
             }
         }
 
-        let best = nics
-            .iter()
-            .find_map(|n| n.addresses.iter().find(|a| a.ip.is_ipv4()))
-            .or_else(|| nics.iter().find_map(|n| n.addresses.first()));
+        // Observed answers beat the slirp guess, IPv4 beats IPv6, earlier NICs win.
+        let all = || nics.iter().flat_map(|n| &n.addresses);
+        let best = all()
+            .find(|a| a.source != IpSource::Slirp && a.ip.is_ipv4())
+            .or_else(|| all().find(|a| a.source != IpSource::Slirp))
+            .or_else(|| all().find(|a| a.ip.is_ipv4()));
         VmIps {
             name: vm.spec.name.to_string(),
             ip: best.map(|a| a.ip),

@@ -128,13 +128,13 @@ fn tap_is_gone_after_stop() {
 
 #[test]
 fn tap_is_gone_after_qemu_is_killed() {
-    let (state, after_kill) = in_netns(|| async {
+    let (while_running, state, after_kill) = in_netns(|| async {
         let env = plain_env();
         let pid = env.ops.create(bridged_vm(&env, "killtap", "kmbr0")).await.expect("start").pid.expect("pid");
-        assert!(link_index("killtap-0").await.is_some(), "tap exists while QEMU runs");
+        let while_running = link_index("killtap-0").await;
         kill(Pid::from_raw(pid), Signal::SIGKILL).expect("kill -9 QEMU");
         let info = env.wait_state("killtap", VmState::Crashed).await;
-        (info.state, link_index("killtap-0").await)
+        (while_running, info.state, link_index("killtap-0").await)
     });
-    assert_eq!((state, after_kill), (VmState::Crashed, None));
+    assert_eq!((while_running.is_some(), state, after_kill), (true, VmState::Crashed, None));
 }
