@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use kvm_mcp::error::ErrorKind;
 use kvm_mcp::network::{ForwardSelector, PortForward};
-use kvm_mcp::ops::{CreateRequest, StopOptions, no_progress};
+use kvm_mcp::ops::{CreateRequest, IpQuery, IpSource, StopOptions, no_progress};
 
 use crate::common::net::{HTTP_MARKER, http_get, http_get_once, lo_up};
 use crate::common::netns::in_netns;
@@ -82,4 +82,14 @@ fn forward_on_a_host_port_held_by_another_program_is_refused() {
     });
     assert_eq!(kind, ErrorKind::Conflict, "{message}");
     assert!(message.contains("host port tcp:127.0.0.1:8083 cannot be used"), "{message}");
+}
+
+#[test]
+fn get_vm_ip_of_a_booting_user_mode_guest_is_the_slirp_address() {
+    let found = in_netns(|| async {
+        let env = TestEnv::new();
+        env.ops.create(user_vm(&env, "slirp", vec![])).await.expect("create and start");
+        env.ops.get_vm_ip("slirp", IpQuery::default(), &no_progress).await.expect("get_vm_ip")
+    });
+    assert_eq!((found.ip, found.source), (Some(Ipv4Addr::new(10, 0, 2, 15).into()), Some(IpSource::Slirp)));
 }

@@ -162,3 +162,16 @@ fn start_with_a_forward_on_a_held_port_names_the_port() {
         "{message}"
     );
 }
+
+#[test]
+fn missing_dnsmasq_binary_is_a_clear_error() {
+    let message = in_netns(|| async {
+        let env = TestEnv::with_config(serde_json::json!({
+            "network": { "dnsmasq": "/nonexistent/dnsmasq", "dhcp": { "bridge": "kmlab7", "subnet": "192.0.2.0/24" } }
+        }));
+        let cfg = env.ops.config();
+        let d = cfg.network.dhcp.as_ref().expect("dhcp configured");
+        dhcp::ensure_running(cfg, d, &exe()).await.unwrap_err().to_string()
+    });
+    assert!(message.contains("cannot run /nonexistent/dnsmasq") && message.contains("network.dnsmasq"), "{message}");
+}
