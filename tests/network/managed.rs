@@ -5,15 +5,13 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures::TryStreamExt;
 use kvm_mcp::dhcp::{self, DhcpState, DhcpStatus};
 use kvm_mcp::layout::BridgePaths;
 use kvm_mcp::network::PortForward;
 use kvm_mcp::ops::{CreateRequest, OpsError};
-use rtnetlink::packet_route::address::AddressAttribute;
 
 use crate::common::net::{link_index, lo_up};
-use crate::common::netns::{in_netns, rtnl};
+use crate::common::netns::{in_netns, ipv4_addresses};
 use crate::common::vm::{TestEnv, alive};
 
 fn lab_env(bridge: &str, subnet: &str) -> TestEnv {
@@ -57,21 +55,7 @@ fn managed_bridge_gets_its_host_address() {
         let env = lab_env("kmlab1", "192.0.2.0/24");
         start_dhcp(&env).await;
         let index = link_index("kmlab1").await.expect("bridge created");
-        rtnl()
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .expect("address dump")
-            .into_iter()
-            .flat_map(|m| m.attributes)
-            .filter_map(|a| match a {
-                AddressAttribute::Address(ip) if ip.is_ipv4() => Some(ip),
-                _ => None,
-            })
-            .collect::<Vec<_>>()
+        ipv4_addresses(index).await
     });
     assert_eq!(addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);
 }
