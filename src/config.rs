@@ -3,9 +3,12 @@
 //! and the resolved [`Config`] with defaults applied and every value checked. A bad value
 //! is an error that names the key and the reason.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::network::IfName;
 
 /// Smallest memory a VM may be given, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;
@@ -83,6 +86,29 @@ struct RawConfig {
     qemu: RawQemu,
     paths: RawPaths,
     logging: RawLogging,
+    network: RawNetwork,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNetwork {
+    create_bridge: Option<bool>,
+    dnsmasq: Option<PathBuf>,
+    dhcp: Option<RawDhcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    #[serde(default)]
+    bridge: Option<String>,
+    subnet: String,
+    #[serde(default)]
+    host_address: Option<Ipv4Addr>,
+    #[serde(default)]
+    range: Option<String>,
+    #[serde(default)]
+    lease_time_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -197,6 +223,54 @@ pub struct LogSettings {
     pub json: bool,
 }
 
+/// `network.*`: host networking.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSettings {
+    /// Create a missing bridge (no uplink, no address) instead of refusing to start.
+    pub create_bridge: bool,
+    /// The dnsmasq binary run for a managed bridge.
+    pub dnsmasq: PathBuf,
+    /// The managed bridge, when configured.
+    pub dhcp: Option<DhcpSettings>,
+}
+
+/// `network.dhcp`: a bridge kvm-mcp manages for isolated labs. It is created when
+/// missing, given `host_address`, and served by a dnsmasq bound to it alone.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DhcpSettings {
+    /// The bridge (`network.dhcp.bridge`, default `vm.default_network`).
+    pub bridge: IfName,
+    /// Network address of the subnet.
+    pub network: Ipv4Addr,
+    /// Prefix length of the subnet (8..=30).
+    pub prefix_len: u8,
+    /// The host's address on the bridge (default: the subnet's first address).
+    pub host_address: Ipv4Addr,
+    /// First address handed out.
+    pub range_start: Ipv4Addr,
+    /// Last address handed out.
+    pub range_end: Ipv4Addr,
+    /// Lease length in seconds.
+    pub lease_time_s: u64,
+}
+
+impl DhcpSettings {
+    /// The subnet mask, e.g. `255.255.255.0`.
+    #[must_use]
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix_len))
+    }
+}
+
+/// Default `network.dhcp.lease_time_s`.
+pub const DEFAULT_LEASE_TIME_S: u64 = 3600;
+/// dnsmasq refuses leases shorter than two minutes.
+const MIN_LEASE_TIME_S: u64 = 120;
+
+fn mask_bits(prefix_len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
@@ -209,12 +283,24 @@ pub struct Config {
     /// Sockets and pid files of running VMs (`<run_dir>/<name>/`).
     pub run_dir: PathBuf,
     pub logging: LogSettings,
+    pub network: NetworkSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
 pub const DEFAULT_STOP_TIMEOUT_S: u64 = 60;
 
 impl Config {
+    /// The file this config was read from, if any (passed on to child processes).
+    #[must_use]
+    pub fn file(&self) -> Option<&Path> {
+        match &self.source {
+            ConfigSource::Flag(p) | ConfigSource::Env(p) | ConfigSource::WorkingDir(p) | ConfigSource::System(p) => {
+                Some(p)
+            }
+            ConfigSource::Defaults => None,
+        }
+    }
+
     /// Finds and loads the config: `flag`, then `KVM_MCP_CONFIG`, `./config.json`,
     /// `/etc/kvm-mcp/config.json`, else built-in defaults; then applies the environment.
     ///
@@ -393,12 +479,11 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
     let vcpus = in_range("vm.default_vcpus", u64::from(v.default_vcpus.unwrap_or(2)), 1, u64::from(MAX_VCPUS), "")?;
     let disk = in_range("vm.default_disk_size", v.default_disk_size.unwrap_or(20), 1, MAX_DISK_SIZE_GIB, " GiB")?;
     let network = v.default_network.unwrap_or_else(|| "brforvms".into());
-    if network.is_empty() || network.len() > 15 || network.contains(['/', ' ', ':']) {
-        return Err(invalid(
-            "vm.default_network",
-            format!("{network:?} is not \"user\", \"none\" or a bridge name of at most 15 bytes"),
-        ));
+    if !matches!(network.as_str(), "user" | "none") {
+        IfName::new(&network)
+            .map_err(|e| invalid("vm.default_network", format!("not \"user\", \"none\" or a bridge name: {e}")))?;
     }
+    let network_settings = resolve_network(raw.network, &network)?;
     let (def_state, def_run) = default_dirs();
     let stop_timeout_s = raw.qemu.stop_timeout_s.unwrap_or(DEFAULT_STOP_TIMEOUT_S);
     in_range("qemu.stop_timeout_s", stop_timeout_s, 1, 3600, " s")?;
@@ -437,7 +522,93 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
         state_dir: absolute("paths.state_dir", raw.paths.state_dir.unwrap_or(def_state))?,
         run_dir: absolute("paths.run_dir", raw.paths.run_dir.unwrap_or(def_run))?,
         logging: LogSettings { level, file: raw.logging.file, json: raw.logging.json.unwrap_or(false) },
+        network: network_settings,
     })
+}
+
+fn resolve_network(raw: RawNetwork, default_network: &str) -> Result<NetworkSettings, ConfigError> {
+    let dhcp = raw.dhcp.map(|d| resolve_dhcp(d, default_network)).transpose()?;
+    Ok(NetworkSettings {
+        create_bridge: raw.create_bridge.unwrap_or(false),
+        dnsmasq: raw.dnsmasq.unwrap_or_else(|| "/usr/sbin/dnsmasq".into()),
+        dhcp,
+    })
+}
+
+fn resolve_dhcp(d: RawDhcp, default_network: &str) -> Result<DhcpSettings, ConfigError> {
+    let bridge_name = match d.bridge {
+        Some(b) => b,
+        None if !matches!(default_network, "user" | "none") => default_network.to_owned(),
+        None => {
+            return Err(invalid(
+                "network.dhcp.bridge",
+                format!("required, since vm.default_network is {default_network:?} and not a bridge"),
+            ));
+        }
+    };
+    let bridge = IfName::new(&bridge_name).map_err(|e| invalid("network.dhcp.bridge", e.to_string()))?;
+    let subnet_err =
+        || invalid("network.dhcp.subnet", format!("{:?} is not an IPv4 subnet such as \"192.168.150.0/24\"", d.subnet));
+    let (addr, len) = d.subnet.split_once('/').ok_or_else(subnet_err)?;
+    let network: Ipv4Addr = addr.parse().map_err(|_| subnet_err())?;
+    let prefix_len: u8 = len.parse().map_err(|_| subnet_err())?;
+    if !(8..=30).contains(&prefix_len) {
+        return Err(invalid("network.dhcp.subnet", format!("prefix length /{prefix_len} is outside /8../30")));
+    }
+    let mask = mask_bits(prefix_len);
+    let net = u32::from(network);
+    if net & !mask != 0 {
+        return Err(invalid(
+            "network.dhcp.subnet",
+            format!("{} has host bits set; the network address is {}", d.subnet, Ipv4Addr::from(net & mask)),
+        ));
+    }
+    let broadcast = net | !mask;
+    let inside = |a: Ipv4Addr| (net + 1..broadcast).contains(&u32::from(a));
+    let host_address = d.host_address.unwrap_or(Ipv4Addr::from(net + 1));
+    if !inside(host_address) {
+        return Err(invalid(
+            "network.dhcp.host_address",
+            format!("{host_address} is not a host address of {}", d.subnet),
+        ));
+    }
+    let (range_start, range_end) = match &d.range {
+        None => {
+            let (lo, hi) = if u32::from(host_address) == net + 1 {
+                (net + 2, broadcast - 1)
+            } else {
+                (net + 1, u32::from(host_address) - 1)
+            };
+            (Ipv4Addr::from(lo), Ipv4Addr::from(hi))
+        }
+        Some(r) => {
+            let bad = || {
+                invalid(
+                    "network.dhcp.range",
+                    format!("{r:?} is not FIRST-LAST, e.g. \"192.168.150.100-192.168.150.199\""),
+                )
+            };
+            let (a, b) = r.split_once('-').ok_or_else(bad)?;
+            let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+            (a, b)
+        }
+    };
+    if !inside(range_start) || !inside(range_end) || range_start > range_end {
+        return Err(invalid(
+            "network.dhcp.range",
+            format!("{range_start}-{range_end} must be ascending host addresses of {}", d.subnet),
+        ));
+    }
+    if (range_start..=range_end).contains(&host_address) {
+        return Err(invalid(
+            "network.dhcp.range",
+            format!("{range_start}-{range_end} contains the host address {host_address}"),
+        ));
+    }
+    let lease_time_s = d.lease_time_s.unwrap_or(DEFAULT_LEASE_TIME_S);
+    in_range("network.dhcp.lease_time_s", lease_time_s, MIN_LEASE_TIME_S, 365 * 24 * 3600, " s")?;
+    Ok(DhcpSettings { bridge, network, prefix_len, host_address, range_start, range_end, lease_time_s })
 }
 
 #[cfg(test)]
@@ -512,6 +683,50 @@ mod tests {
     fn bad_accel_is_refused() {
         let e = load(r#"{"qemu":{"accel":"hvf"}}"#, &[]).unwrap_err().to_string();
         assert!(e.contains("qemu.accel"), "{e}");
+    }
+
+    #[test]
+    fn network_defaults_refuse_missing_bridges() {
+        let c = load("{}", &[]).unwrap();
+        assert_eq!((c.network.create_bridge, c.network.dhcp), (false, None));
+    }
+
+    #[test]
+    fn dhcp_defaults_to_first_address_and_the_rest_of_the_subnet() {
+        let c = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.0/24"}}}"#, &[]).unwrap();
+        let d = c.network.dhcp.unwrap();
+        assert_eq!(
+            (d.bridge.as_str(), d.host_address, d.range_start, d.range_end, d.netmask()),
+            (
+                "brforvms",
+                Ipv4Addr::new(192, 0, 2, 1),
+                Ipv4Addr::new(192, 0, 2, 2),
+                Ipv4Addr::new(192, 0, 2, 254),
+                Ipv4Addr::new(255, 255, 255, 0)
+            )
+        );
+    }
+
+    #[test]
+    fn dhcp_range_outside_subnet_names_key() {
+        let e = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.0/24","range":"192.0.3.10-192.0.3.20"}}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("network.dhcp.range:"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_subnet_with_host_bits_names_network_address() {
+        let e = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.7/24"}}}"#, &[]).unwrap_err().to_string();
+        assert!(e.contains("the network address is 192.0.2.0"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_without_bridge_needs_a_bridged_default_network() {
+        let e = load(r#"{"vm":{"default_network":"user"},"network":{"dhcp":{"subnet":"192.0.2.0/24"}}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("network.dhcp.bridge: required"), "{e}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod dhcp;
 pub mod error;
 pub mod fsutil;
+pub mod guest_agent;
 pub mod ids;
 pub mod layout;
 pub mod lock;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::VmName;
+use crate::network::{MacAddr, PortForward};
 
 /// Current `spec.json` format version.
 pub const SPEC_VERSION: u32 = 1;
@@ -80,10 +81,30 @@ pub struct DiskSpec {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// QEMU's user-mode NAT (slirp).
-    User,
+    /// QEMU's user-mode NAT (slirp), with host ports forwarded into the guest.
+    User {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        port_forwards: Vec<PortForward>,
+    },
     /// A tap on this bridge.
     Bridge { bridge: String },
+}
+
+impl NetworkMode {
+    /// User-mode networking without port forwards.
+    #[must_use]
+    pub fn user() -> Self {
+        NetworkMode::User { port_forwards: Vec::new() }
+    }
+
+    /// `"user"` or the bridge's name, as `create` takes it.
+    #[must_use]
+    pub fn label(&self) -> &str {
+        match self {
+            NetworkMode::User { .. } => "user",
+            NetworkMode::Bridge { bridge } => bridge,
+        }
+    }
 }
 
 /// One network interface.
@@ -91,8 +112,8 @@ pub enum NetworkMode {
 pub struct NicSpec {
     #[serde(flatten)]
     pub mode: NetworkMode,
-    /// `52:54:00:xx:xx:xx`.
-    pub mac: String,
+    /// Stable per VM and NIC, unique across defined VMs (see [`MacAddr::pick_unique`]).
+    pub mac: MacAddr,
     /// Device model; the profile's when absent.
     #[serde(default)]
     pub model: Option<String>,
@@ -133,4 +154,39 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_nic_without_forwards_loads_from_older_spec() {
+        let nic: NicSpec = serde_json::from_str(r#"{"mode":"user","mac":"52:54:00:12:34:56","model":null}"#).unwrap();
+        assert_eq!(nic.mode, NetworkMode::user());
+    }
+
+    #[test]
+    fn user_nic_forwards_round_trip() {
+        let nic = NicSpec {
+            mode: NetworkMode::User { port_forwards: vec![PortForward::tcp(2222, 22)] },
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            model: None,
+        };
+        let back: NicSpec = serde_json::from_str(&serde_json::to_string(&nic).unwrap()).unwrap();
+        assert_eq!(back, nic);
+    }
+
+    #[test]
+    fn bridge_nic_serialises_flat() {
+        let nic = NicSpec {
+            mode: NetworkMode::Bridge { bridge: "brforvms".into() },
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            model: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&nic).unwrap(),
+            serde_json::json!({"mode":"bridge","bridge":"brforvms","mac":"52:54:00:12:34:56","model":null})
+        );
+    }
 }

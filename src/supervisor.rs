@@ -177,10 +177,16 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
             break;
         }
         rec.status.restarts += 1;
+        // Re-read the definition: port forwards changed at run time live there.
+        let spec = reload_spec(&paths).unwrap_or_else(|| spec.clone());
         outcome = run_once(cfg, &mut rec, &spec, &mut ready, Reason::PolicyRestart).await;
     }
     cleanup(&paths);
     Ok(())
+}
+
+fn reload_spec(paths: &VmPaths) -> Option<VmSpec> {
+    std::fs::read(paths.spec()).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Sleeps `delay`, returning early (true) if a stop is requested meanwhile.
@@ -245,7 +251,11 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
         Err(e) => return fail(ready, e.to_string(), &paths),
     };
     rec.status.accel = Some(decision.accel.as_str().to_owned());
-    let taps = match crate::netplan::open_taps(spec).await {
+    if let Err(e) = crate::netplan::check_port_forwards(spec) {
+        return fail(ready, e, &paths);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "kvm-mcp".into());
+    let taps = match crate::netplan::open_taps(cfg, spec, &exe).await {
         Ok(t) => t,
         Err(e) => return fail(ready, e, &paths),
     };

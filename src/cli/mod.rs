@@ -2,14 +2,19 @@
 //! with `--json`). Exit status 0 on success; otherwise a one-line reason on stderr and
 //! a non-zero code chosen by the error's kind.
 
+mod net;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+pub use net::{ForwardCommand, NetCommand, parse_nic};
+
 use crate::ids::VmName;
-use crate::ops::{CreateRequest, DiskSource, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
+use crate::network::PortForward;
+use crate::ops::{CreateRequest, DiskSource, NicRequest, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
 use crate::spec::RestartPolicy;
 
 /// Run QEMU/KVM virtual machines without libvirt.
@@ -35,6 +40,9 @@ pub enum Command {
     /// Facts about this host.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Guest addresses, port forwards and NIC counters.
+    #[command(subcommand)]
+    Net(NetCommand),
     /// List the QEMU profiles (os_variant values).
     Profiles,
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
@@ -43,6 +51,13 @@ pub enum Command {
         name: String,
         #[arg(long)]
         adopt: bool,
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
+    /// Run a managed bridge's DHCP supervisor (started on demand; not for direct use).
+    #[command(hide = true)]
+    DhcpSupervise {
+        bridge: String,
         #[arg(long)]
         ready_fd: Option<i32>,
     },
@@ -67,7 +82,7 @@ pub enum VmCommand {
     /// Show one VM.
     Info { name: String },
     /// Define a VM (defaults come from config.json).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a VM and wait until QEMU runs.
     Start { name: String },
     /// Stop a VM: ACPI power button, then force after the timeout.
@@ -123,9 +138,15 @@ pub struct CreateArgs {
     /// Kernel command line for direct boot.
     #[arg(long)]
     pub cmdline: Option<String>,
-    /// "user", "none" or a bridge name.
+    /// "user", "none" or a bridge name (one NIC).
     #[arg(long)]
     pub network: Option<String>,
+    /// Port forward of the user-mode NIC, `[HOST_ADDR:]HOST_PORT:GUEST_PORT[/udp]`; repeatable.
+    #[arg(long = "forward")]
+    pub forwards: Vec<PortForward>,
+    /// A NIC, `NETWORK[,mac=M][,model=X][,forward=F]…`; repeatable, instead of --network.
+    #[arg(long = "nic", value_parser = parse_nic)]
+    pub nics: Vec<NicRequest>,
     /// never, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
@@ -209,7 +230,19 @@ fn info_text(i: &VmInfo) -> String {
         rows.push(vec!["disk".into(), format!("{} ({:?})", d.path.display(), d.format)]);
     }
     for n in &i.nics {
-        rows.push(vec!["nic".into(), format!("{:?} {}", n.mode, n.mac)]);
+        let model = n.model.as_deref().map_or_else(String::new, |m| format!(" ({m})"));
+        rows.push(vec!["nic".into(), format!("{} {}{model}", n.mode.label(), n.mac)]);
+        if let crate::spec::NetworkMode::User { port_forwards } = &n.mode {
+            for f in port_forwards {
+                rows.push(vec!["forward".into(), f.to_string()]);
+            }
+        }
+    }
+    for n in i.ips.iter().flat_map(|r| &r.nics) {
+        for a in &n.addresses {
+            let age = a.age_s.map_or_else(String::new, |s| format!(", {s} s old"));
+            rows.push(vec!["ip".into(), format!("{} (NIC {}, {:?}{age})", a.ip, n.index, a.source)]);
+        }
     }
     for l in &i.log_tail {
         rows.push(vec!["qemu log".into(), l.clone()]);
@@ -232,6 +265,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
 pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
     match cmd {
         Command::Vm(vm) => run_vm(ops, json, vm).await,
+        Command::Net(n) => net::run(ops, json, n).await,
         Command::Host(HostCommand::Info) => {
             let h = ops.host_info().await?;
             print(json, &h, |h| {
@@ -281,7 +315,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
-        Command::Supervise { .. } => Ok(()),
+        Command::Supervise { .. } | Command::DhcpSupervise { .. } => Ok(()),
     }
 }
 
@@ -292,8 +326,9 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
             let vms = if live { ops.list_live().await? } else { ops.list()? };
             print(json, &vms, |v| summary_rows(v));
         }
-        VmCommand::Info { name } => show(ops.info(&name)?),
+        VmCommand::Info { name } => show(ops.info_live(&name).await?),
         VmCommand::Create(a) => {
+            let a = *a;
             if let Some(n) = &a.name {
                 VmName::new(n)?;
             }
@@ -307,6 +342,8 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
                 initrd: a.initrd,
                 cmdline: a.cmdline,
                 network: a.network,
+                port_forwards: a.forwards,
+                nics: a.nics,
                 restart_policy: a.restart,
                 start: a.start,
             };

@@ -4,6 +4,8 @@
 //! peers; mutations of one VM are serialised by its file lock.
 
 mod host;
+mod ip;
+mod net;
 mod vm;
 
 use std::path::PathBuf;
@@ -12,11 +14,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
+pub use ip::{IpAnswer, IpQuery, IpSource, NicIps, VmIps};
+pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 
 use crate::config::{Config, ConfigError};
 use crate::error::ErrorKind;
 use crate::ids::NameError;
+use crate::network::NetworkError;
 use crate::profile::{ProfileError, Profiles};
 use crate::qmp::QmpError;
 
@@ -64,6 +69,16 @@ pub enum OpsError {
     },
     #[error("VM {name:?}: {what} did not happen within {secs} s")]
     Timeout { name: String, what: &'static str, secs: u64 },
+    #[error("{what} is already used by {by}")]
+    InUse { what: String, by: String },
+    #[error("VM {name:?} has no port forward {selector}; `list_port_forwards` shows them")]
+    NoSuchForward { name: String, selector: String },
+    #[error("VM {name:?}")]
+    Network {
+        name: String,
+        #[source]
+        source: NetworkError,
+    },
 }
 
 impl OpsError {
@@ -76,7 +91,10 @@ impl OpsError {
             | OpsError::AlreadyRunning { .. }
             | OpsError::Active { .. }
             | OpsError::NotRunning { .. }
-            | OpsError::Busy { .. } => ErrorKind::Conflict,
+            | OpsError::Busy { .. }
+            | OpsError::InUse { .. } => ErrorKind::Conflict,
+            OpsError::NoSuchForward { .. } => ErrorKind::NotFound,
+            OpsError::Network { source, .. } => source.kind(),
             OpsError::Invalid { .. } | OpsError::Name(_) | OpsError::Config(_) => ErrorKind::InvalidInput,
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,

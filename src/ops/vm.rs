@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use super::ip::VmIps;
+use super::net::NicRequest;
 use super::{LOCK_TIMEOUT, Ops, OpsError, Progress, ProgressFn, no_progress};
 use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::fsutil;
 use crate::ids::VmName;
 use crate::layout::{VMS_DIR, VmPaths};
 use crate::lock::{self, FileLock};
+use crate::network::PortForward;
 use crate::procid::Liveness;
 use crate::qemu::launcher;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, qmp};
-use crate::spec::{Boot, DiskFormat, DiskSpec, Media, NetworkMode, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
+use crate::spec::{Boot, DiskFormat, DiskSpec, Media, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
 use crate::state::{ExitInfo, Reason, Status, VmState, now_ms};
 use crate::supervisor::qemu_liveness;
 
@@ -47,8 +50,14 @@ pub struct CreateRequest {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
-    /// `"user"`, `"none"` or a bridge name.
+    /// One NIC: `"user"`, `"none"` or a bridge name (default `vm.default_network`).
     pub network: Option<String>,
+    /// Port forwards of that NIC when it is `"user"`.
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
+    /// Several NICs, each on its own bridge or user mode; instead of `network`.
+    #[serde(default)]
+    pub nics: Vec<NicRequest>,
     pub restart_policy: Option<RestartPolicy>,
     /// Start it once defined.
     #[serde(default)]
@@ -108,6 +117,9 @@ pub struct VmInfo {
     pub nics: Vec<NicSpec>,
     pub serial_log: PathBuf,
     pub state_dir: PathBuf,
+    /// Guest addresses, filled by [`Ops::info_live`] for a running VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ips: Option<VmIps>,
 }
 
 /// A defined VM, loaded.
@@ -143,12 +155,6 @@ fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
         return Err(OpsError::invalid(field, format!("{} does not exist or is not a file", p.display())));
     }
     Ok(p.to_owned())
-}
-
-/// `52:54:00` (QEMU's prefix) followed by three bytes of the VM's UUID and the NIC index.
-fn derived_mac(uuid: &uuid::Uuid, index: u8) -> String {
-    let b = uuid.as_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2].wrapping_add(index))
 }
 
 impl Ops {
@@ -220,6 +226,7 @@ impl Ops {
             nics: vm.spec.nics.clone(),
             serial_log: vm.paths.serial_log(),
             state_dir: vm.paths.state.clone(),
+            ips: None,
         }
     }
 
@@ -265,24 +272,7 @@ impl Ops {
             ));
         }
         let uuid = uuid::Uuid::new_v4();
-        let network = req.network.clone().unwrap_or_else(|| d.default_network.clone());
-        let nics = match network.as_str() {
-            "none" => vec![],
-            "user" => vec![NicSpec { mode: NetworkMode::User, mac: derived_mac(&uuid, 0), model: None }],
-            bridge => {
-                if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ', ':']) {
-                    return Err(OpsError::invalid(
-                        "network",
-                        format!("{bridge:?} is not \"user\", \"none\" or a bridge name of at most 15 bytes"),
-                    ));
-                }
-                vec![NicSpec {
-                    mode: NetworkMode::Bridge { bridge: bridge.into() },
-                    mac: derived_mac(&uuid, 0),
-                    model: None,
-                }]
-            }
-        };
+        let nics = self.plan_nics(req.network.as_deref(), &req.port_forwards, &req.nics, &uuid)?;
         let spec = VmSpec {
             version: SPEC_VERSION,
             name: name.clone(),
@@ -330,6 +320,21 @@ impl Ops {
     pub fn info(&self, name: &str) -> Result<VmInfo, OpsError> {
         let vm = self.load(name)?;
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
+    }
+
+    /// Like [`Ops::info`], plus the guest's addresses discovered now (one pass over the
+    /// sources of [`Ops::get_vm_ip`], no waiting) when the VM runs.
+    ///
+    /// # Errors
+    /// [`OpsError::NotFound`].
+    pub async fn info_live(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let obs = Self::observe(&vm);
+        let mut info = Self::info_of(&vm, &obs);
+        if obs.status.state.is_active() && !vm.spec.nics.is_empty() {
+            info.ips = Some(self.discover(&vm, false, super::ip::AGENT_SYNC_TIMEOUT_QUICK).await);
+        }
+        Ok(info)
     }
 
     /// Every defined VM, sorted by name. Reads status files only.
@@ -405,7 +410,7 @@ impl Ops {
         if adopt {
             args.push("--adopt".into());
         }
-        if let Some(p) = self.config_path() {
+        if let Some(p) = self.cfg.file() {
             args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
         }
         let child = launcher::spawn_supervisor(&self.exe, &args, &vm.paths.supervisor_log(), &tx)
@@ -443,16 +448,8 @@ impl Ops {
         Err(OpsError::StartFailed { name, message, log_tail })
     }
 
-    fn config_path(&self) -> Option<PathBuf> {
-        use crate::config::ConfigSource as S;
-        match &self.cfg.source {
-            S::Flag(p) | S::Env(p) | S::WorkingDir(p) | S::System(p) => Some(p.clone()),
-            S::Defaults => None,
-        }
-    }
-
     /// Starts a new supervisor for a QEMU that runs without one.
-    async fn ensure_supervised(&self, vm: &Vm, obs: &Observed) -> Result<(), OpsError> {
+    pub(crate) async fn ensure_supervised(&self, vm: &Vm, obs: &Observed) -> Result<(), OpsError> {
         if obs.unsupervised {
             tracing::info!(vm = %vm.spec.name, "adopting unsupervised QEMU");
             self.spawn_supervisor(vm, true).await?;
@@ -496,7 +493,7 @@ impl Ops {
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
     }
 
-    async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
+    pub(crate) async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
         Qmp::connect(&vm.paths.qmp_sock(), DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
             name: vm.spec.name.to_string(),
             what: "cannot reach QEMU's monitor",

@@ -235,7 +235,13 @@ fn nics(a: &mut Args, spec: &VmSpec, profile: &Profile, fds: &FdPlan) -> Result<
     for (i, n) in spec.nics.iter().enumerate() {
         let id = format!("net{i}");
         match &n.mode {
-            NetworkMode::User => a.push("-netdev", format!("user,id={id}")),
+            NetworkMode::User { port_forwards } => {
+                let mut netdev = format!("user,id={id}");
+                for f in port_forwards {
+                    let _ = write!(netdev, ",hostfwd={}", f.rule());
+                }
+                a.push("-netdev", netdev);
+            }
             NetworkMode::Bridge { .. } => {
                 let fd = taps.next().ok_or(CmdlineError::MissingTap { index: i })?;
                 a.push("-netdev", format!("tap,id={id},fd={fd}"));
@@ -272,10 +278,10 @@ mod tests {
                 readonly: false,
             }],
             nics: vec![
-                NicSpec { mode: NetworkMode::User, mac: "52:54:00:12:34:56".into(), model: None },
+                NicSpec { mode: NetworkMode::user(), mac: "52:54:00:12:34:56".parse().unwrap(), model: None },
                 NicSpec {
                     mode: NetworkMode::Bridge { bridge: "brforvms".into() },
-                    mac: "52:54:00:12:34:57".into(),
+                    mac: "52:54:00:12:34:57".parse().unwrap(),
                     model: None,
                 },
             ],
@@ -352,6 +358,20 @@ mod tests {
         let profiles = Profiles::load(None).unwrap();
         let e = build(&spec(Boot::Disk), profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(0));
         assert_eq!(e, Err(CmdlineError::MissingTap { index: 1 }));
+    }
+
+    #[test]
+    fn user_port_forwards_become_hostfwd_rules() {
+        let mut spec = spec(Boot::Disk);
+        spec.nics[0].mode = NetworkMode::User {
+            port_forwards: vec![crate::network::PortForward::tcp(2222, 22), "0.0.0.0:5353:53/udp".parse().unwrap()],
+        };
+        let profiles = Profiles::load(None).unwrap();
+        let argv = build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1)).unwrap();
+        assert!(
+            argv.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:0.0.0.0:5353-:53".to_owned()),
+            "{argv:?}"
+        );
     }
 
     #[test]
