@@ -2,6 +2,8 @@
 //! with `--json`). Exit status 0 on success; otherwise a one-line reason on stderr and
 //! a non-zero code chosen by the error's kind.
 
+mod storage;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::ids::VmName;
-use crate::ops::{CreateRequest, DiskSource, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
+use crate::ops::{CreateRequest, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
 use crate::spec::RestartPolicy;
 
 /// Run QEMU/KVM virtual machines without libvirt.
@@ -37,6 +39,9 @@ pub enum Command {
     Host(HostCommand),
     /// List the QEMU profiles (os_variant values).
     Profiles,
+    /// Images, ISOs, clones, disk growth and reset, CD-ROM media.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
     #[command(hide = true)]
     Supervise {
@@ -67,7 +72,7 @@ pub enum VmCommand {
     /// Show one VM.
     Info { name: String },
     /// Define a VM (defaults come from config.json).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a VM and wait until QEMU runs.
     Start { name: String },
     /// Stop a VM: ACPI power button, then force after the timeout.
@@ -92,6 +97,9 @@ pub enum VmCommand {
         /// Stop it first if it is running.
         #[arg(long)]
         force: bool,
+        /// Keep the disks kvm-mcp created for it.
+        #[arg(long)]
+        keep_disks: bool,
     },
     /// Attach a new supervisor to a VM whose supervisor died.
     Adopt { name: String },
@@ -132,6 +140,8 @@ pub struct CreateArgs {
     /// Start it right away.
     #[arg(long)]
     pub start: bool,
+    #[command(flatten)]
+    pub storage: storage::CreateDiskArgs,
 }
 
 /// Formats rows as left-aligned columns.
@@ -281,6 +291,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
+        Command::Storage(c) => storage::run(ops, json, c, |i| print(json, &i, info_text)).await,
         Command::Supervise { .. } => Ok(()),
     }
 }
@@ -294,22 +305,25 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
         }
         VmCommand::Info { name } => show(ops.info(&name)?),
         VmCommand::Create(a) => {
+            let a = *a;
             if let Some(n) = &a.name {
                 VmName::new(n)?;
             }
-            let req = CreateRequest {
+            let mut req = CreateRequest {
                 name: a.name,
                 memory_mib: a.memory,
                 vcpus: a.vcpus,
                 os_variant: a.os_variant,
-                disk: a.disk.map(DiskSource::Existing),
+                disk: None,
                 kernel: a.kernel,
                 initrd: a.initrd,
                 cmdline: a.cmdline,
                 network: a.network,
                 restart_policy: a.restart,
                 start: a.start,
+                ..CreateRequest::default()
             };
+            a.storage.apply(&mut req, a.disk)?;
             show(ops.create(req).await?);
         }
         VmCommand::Start { name } => show(ops.start(&name).await?),
@@ -321,9 +335,18 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
         VmCommand::Pause { name } => show(ops.pause(&name).await?),
         VmCommand::Resume { name } => show(ops.resume(&name).await?),
         VmCommand::Adopt { name } => show(ops.adopt(&name).await?),
-        VmCommand::Delete { name, force } => {
-            ops.delete(&name, force).await?;
-            print(json, &serde_json::json!({ "deleted": name }), |_| format!("deleted {name}"));
+        VmCommand::Delete { name, force, keep_disks } => {
+            let r = ops.delete_with(&name, crate::ops::DeleteOptions { force, keep_disks }).await?;
+            print(json, &r, |r| {
+                let mut s = format!("deleted {name}");
+                for p in &r.removed {
+                    s.push_str(&format!("\nremoved {}", p.display()));
+                }
+                for p in &r.kept {
+                    s.push_str(&format!("\nkept {}", p.display()));
+                }
+                s
+            });
         }
     }
     Ok(())

@@ -3,7 +3,13 @@
 //! state of its own. Every operation works from the state directory, so front ends are
 //! peers; mutations of one VM are serialised by its file lock.
 
+mod block;
+mod clone;
+mod disks;
 mod host;
+mod images;
+mod media;
+mod provision;
 mod vm;
 
 use std::path::PathBuf;
@@ -11,7 +17,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use clone::CloneRequest;
+pub use disks::{DeleteOptions, DeleteReport};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
+pub use images::{ImageEntry, IsoEntry};
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 
 use crate::config::{Config, ConfigError};
@@ -64,6 +73,16 @@ pub enum OpsError {
     },
     #[error("VM {name:?}: {what} did not happen within {secs} s")]
     Timeout { name: String, what: &'static str, secs: u64 },
+    #[error("{field}")]
+    Storage {
+        field: String,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    #[error("{what} is in use by {}; {hint}", users.join(", "))]
+    InUse { what: String, users: Vec<String>, hint: String },
+    #[error("VM {name:?} is {state}; {what} needs it stopped: stop it first")]
+    MustBeStopped { name: String, state: String, what: &'static str },
 }
 
 impl OpsError {
@@ -81,6 +100,8 @@ impl OpsError {
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
             OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+            OpsError::Storage { source, .. } => source.kind(),
+            OpsError::InUse { .. } | OpsError::MustBeStopped { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -91,6 +112,11 @@ impl OpsError {
 
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
         OpsError::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn storage(field: &str) -> impl FnOnce(crate::storage::StorageError) -> Self {
+        let field = field.to_owned();
+        move |source| OpsError::Storage { field, source }
     }
 }
 
