@@ -41,6 +41,14 @@ pub enum StorageCommand {
     AttachIso { name: String, iso: Option<PathBuf> },
     /// Empty the VM's CD-ROM drive.
     EjectIso { name: String },
+    /// Save a snapshot of the VM's qcow2 disks (with RAM when it runs).
+    SnapshotCreate { name: String, snapshot: String },
+    /// List the VM's snapshots.
+    Snapshots { name: String },
+    /// Return the VM to a snapshot.
+    SnapshotRevert { name: String, snapshot: String },
+    /// Delete a snapshot.
+    SnapshotDelete { name: String, snapshot: String },
 }
 
 /// Disk options of `vm create` (one of them, or `--disk`).
@@ -153,6 +161,34 @@ pub async fn run(ops: &Ops, json: bool, cmd: StorageCommand, show: impl Fn(VmInf
         StorageCommand::ResetDisk { name } => show(ops.reset_vm_disk(&name).await?),
         StorageCommand::AttachIso { name, iso } => show(ops.attach_iso(&name, iso.as_deref()).await?),
         StorageCommand::EjectIso { name } => show(ops.eject_iso(&name).await?),
+        StorageCommand::SnapshotCreate { name, snapshot } => {
+            let s = ops.create_snapshot(&name, &snapshot, &crate::ops::no_progress).await?;
+            print(json, &s, |s| {
+                format!("saved snapshot {} of {name} ({} bytes of VM state)", s.name, s.vm_state_bytes)
+            });
+        }
+        StorageCommand::Snapshots { name } => {
+            let list = ops.list_snapshots(&name)?;
+            print(json, &list, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .iter()
+                    .map(|s| {
+                        let kind = if s.live { "live" } else { "power-on" };
+                        vec![s.name.clone(), s.created_s.to_string(), kind.into(), s.vm_state_bytes.to_string()]
+                    })
+                    .collect();
+                table(&["NAME", "CREATED", "STATE", "VM STATE BYTES"], &rows)
+            });
+        }
+        StorageCommand::SnapshotRevert { name, snapshot } => {
+            show(ops.revert_snapshot(&name, &snapshot, &crate::ops::no_progress).await?);
+        }
+        StorageCommand::SnapshotDelete { name, snapshot } => {
+            ops.delete_snapshot(&name, &snapshot, &crate::ops::no_progress).await?;
+            print(json, &serde_json::json!({ "deleted": snapshot }), |_| {
+                format!("deleted snapshot {snapshot} of {name}")
+            });
+        }
     }
     Ok(())
 }

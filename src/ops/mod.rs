@@ -10,6 +10,7 @@ mod host;
 mod images;
 mod media;
 mod provision;
+mod snapshot;
 mod vm;
 
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ pub use clone::CloneRequest;
 pub use disks::{DeleteOptions, DeleteReport};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
 pub use images::{ImageEntry, IsoEntry};
+pub use snapshot::SnapshotEntry;
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 
 use crate::config::{Config, ConfigError};

@@ -22,7 +22,8 @@ pub use copy::copy_image;
 pub use error::{ErrorKind, StorageError};
 pub use paths::{resolve_confined, resolve_confined_new};
 pub use qcow2::{
-    CreateOptions, MAX_CHAIN_LEN, backing_chain, create_blank, create_overlay, inspect, inspect_as, resize_offline,
+    CreateOptions, MAX_CHAIN_LEN, SnapshotInfo, backing_chain, create_blank, create_overlay, inspect, inspect_as,
+    resize_offline, snapshots,
 };
 pub use seed::{fat_image, write_fat_image};
 

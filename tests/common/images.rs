@@ -98,12 +98,16 @@ impl Drop for Tmpfs {
     }
 }
 
-/// Types `line` on the VM's serial console (the fixture runs it in its shell).
-pub fn type_line(env: &TestEnv, vm: &str, line: &str) {
+/// Types `line` on the VM's serial console (the fixture runs it in its shell), a few
+/// bytes at a time: a TCG guest busy with the line editor drops a fast burst.
+pub async fn type_line(env: &TestEnv, vm: &str, line: &str) {
     use std::io::Write as _;
     let sock = env.dir.path().join("run").join(vm).join("serial.sock");
     let mut s = std::os::unix::net::UnixStream::connect(sock).expect("serial socket");
-    s.write_all(format!("\n{line}\n").as_bytes()).expect("type on console");
+    for chunk in format!("\n{line}\n").as_bytes().chunks(4) {
+        s.write_all(chunk).expect("type on console");
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+    }
 }
 
 /// Types `line` until `marker` shows up on the console: input typed before the
@@ -111,7 +115,7 @@ pub fn type_line(env: &TestEnv, vm: &str, line: &str) {
 pub async fn type_until(env: &TestEnv, vm: &str, line: &str, marker: &str) {
     let start = std::time::Instant::now();
     loop {
-        type_line(env, vm, line);
+        type_line(env, vm, line).await;
         let tried = std::time::Instant::now();
         while tried.elapsed() < std::time::Duration::from_secs(10) {
             if env.console(vm).contains(marker) {

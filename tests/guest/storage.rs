@@ -131,3 +131,20 @@ async fn fedora_coreos_vm_runs_with_ignition_in_fw_cfg() {
     assert_eq!(info.state, VmState::Running);
     assert!(log.contains("-fw_cfg name=opt/com.coreos/config,file="), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn live_snapshot_revert_forgets_a_file_written_after_it() {
+    let env = storage_env(serde_json::json!({}));
+    let r = req("live", DiskSource::Master(Some("master.qcow2".into())));
+    env.ops.create(CreateRequest { start: true, ..r }).await.unwrap();
+    env.wait_console("live", "FIXTURE-READY", 1).await;
+    type_until(&env, "live", "echo SHELL-UP", "\nSHELL-UP").await;
+    let snap = env.ops.create_snapshot("live", "before", &no_progress).await.unwrap();
+    type_until(&env, "live", "echo late > /late-file && echo WROTE-LATE", "\nWROTE-LATE").await;
+    env.ops.revert_snapshot("live", "before", &no_progress).await.unwrap();
+    type_until(&env, "live", "test -e /late-file && echo LATE-STILL-THERE || echo LATE-GONE", "\nLATE-").await;
+    env.ops.stop("live", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
+    let console = env.console("live");
+    assert!(snap.live && snap.vm_state_bytes > 0, "{snap:?}");
+    assert!(console.contains("\nLATE-GONE") && !console.contains("\nLATE-STILL-THERE"), "{console}");
+}

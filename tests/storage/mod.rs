@@ -251,3 +251,26 @@ fn cli_creates_from_master_and_lists_images() {
     assert_eq!(users, ["cli1", "cli1"]);
 }
 mod provision;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_snapshot_reverts_disk_writes() {
+    let env = storage_env(serde_json::json!({}));
+    let disk = from_master(&env, "snap").await.disks[0].path.clone();
+    qemu_io(&disk, "write -P 0x11 1G 64k");
+    let taken = env.ops.create_snapshot("snap", "clean", &kvm_mcp::ops::no_progress).await.unwrap();
+    qemu_io(&disk, "write -P 0x22 1G 64k");
+    env.ops.revert_snapshot("snap", "clean", &kvm_mcp::ops::no_progress).await.unwrap();
+    assert_check_clean(&disk);
+    assert!(qemu_io(&disk, "read -P 0x11 1G 64k").contains("read 65536/65536 bytes"), "revert lost");
+    assert_eq!((taken.name.as_str(), taken.live), ("clean", false));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn offline_snapshot_delete_and_duplicate_name() {
+    let env = storage_env(serde_json::json!({}));
+    from_master(&env, "snd").await;
+    env.ops.create_snapshot("snd", "s1", &kvm_mcp::ops::no_progress).await.unwrap();
+    let dup = env.ops.create_snapshot("snd", "s1", &kvm_mcp::ops::no_progress).await.unwrap_err();
+    env.ops.delete_snapshot("snd", "s1", &kvm_mcp::ops::no_progress).await.unwrap();
+    assert_eq!((dup.kind(), env.ops.list_snapshots("snd").unwrap()), (ErrorKind::Conflict, vec![]));
+}
