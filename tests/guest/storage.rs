@@ -83,12 +83,30 @@ async fn live_eject_and_attach_change_what_the_guest_reads() {
     env.ops.attach_iso("media", Some(std::path::Path::new("install.iso"))).await.unwrap();
     env.ops.start("media").await.unwrap();
     env.wait_console("media", "FIXTURE-READY", 1).await;
-    type_until(&env, "media", "echo CD-A-$(blkid /dev/sr0 | grep -c FIXTURE-ISO)", "CD-A-1").await;
+    type_until(
+        &env,
+        "media",
+        "echo CD-A-$(dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null | grep -c FIXTURE-ISO)",
+        "CD-A-1",
+    )
+    .await;
     env.ops.eject_iso("media").await.unwrap();
-    type_until(&env, "media", "echo CD-B-$(blkid /dev/sr0 | grep -c FIXTURE-ISO)", "CD-B-0").await;
+    type_until(
+        &env,
+        "media",
+        "echo CD-B-$(dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null | grep -c FIXTURE-ISO)",
+        "CD-B-0",
+    )
+    .await;
     env.ops.attach_iso("media", None).await.unwrap_err();
     env.ops.attach_iso("media", Some(std::path::Path::new("install.iso"))).await.unwrap();
-    type_until(&env, "media", "echo CD-C-$(blkid /dev/sr0 | grep -c FIXTURE-ISO)", "CD-C-1").await;
+    type_until(
+        &env,
+        "media",
+        "echo CD-C-$(dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null | grep -c FIXTURE-ISO)",
+        "CD-C-1",
+    )
+    .await;
     env.ops.stop("media", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
 }
 
