@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::network::IfName;
+mod storage;
+pub use storage::{DEFAULT_OVMF_DIR, StorageSettings};
 
 /// Smallest memory a VM may be given, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;
@@ -87,6 +89,7 @@ struct RawConfig {
     paths: RawPaths,
     logging: RawLogging,
     network: RawNetwork,
+    storage: storage::RawStorage,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +287,8 @@ pub struct Config {
     pub run_dir: PathBuf,
     pub logging: LogSettings,
     pub network: NetworkSettings,
+    /// Image and ISO directories, firmware (`storage.*`).
+    pub storage: StorageSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
@@ -432,6 +437,7 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(v) = get("KVM_MCP_LOG_LEVEL") {
         raw.logging.level = Some(v);
     }
+    storage::apply_env(&mut raw.storage, &get);
     Ok(())
 }
 
@@ -523,6 +529,7 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
         run_dir: absolute("paths.run_dir", raw.paths.run_dir.unwrap_or(def_run))?,
         logging: LogSettings { level, file: raw.logging.file, json: raw.logging.json.unwrap_or(false) },
         network: network_settings,
+        storage: storage::resolve(raw.storage)?,
     })
 }
 
@@ -708,6 +715,30 @@ mod tests {
     }
 
     #[test]
+    fn relative_image_dir_names_its_index() {
+        let e = load(r#"{"storage":{"image_dirs":["/srv/img","img"]}}"#, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("storage.image_dirs[1]: img is not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn root_as_iso_dir_is_refused() {
+        let e = load(r#"{"storage":{"iso_dirs":["/"]}}"#, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("storage.iso_dirs[0]: / would allow every file"), "{e}");
+    }
+
+    #[test]
+    fn disk_path_is_first_image_dir_and_last_iso_dir() {
+        let c =
+            load(r#"{"vm":{"disk_path":"/vm"},"storage":{"image_dirs":["/srv/img"],"iso_dirs":["/srv/iso"]}}"#, &[])
+                .unwrap();
+        let dp = &c.vm.disk_path;
+        assert_eq!(
+            (c.storage.image_dirs(dp), c.storage.iso_dirs(dp)),
+            (vec![PathBuf::from("/vm"), "/srv/img".into()], vec![PathBuf::from("/srv/iso"), "/vm".into()])
+        );
+    }
+
+    #[test]
     fn dhcp_range_outside_subnet_names_key() {
         let e = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.0/24","range":"192.0.3.10-192.0.3.20"}}}"#, &[])
             .unwrap_err()
@@ -727,6 +758,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("network.dhcp.bridge: required"), "{e}");
+    }
+
+    #[test]
+    fn image_dirs_env_is_colon_separated() {
+        let c = load("{}", &[("KVM_MCP_IMAGE_DIRS", "/a:/b")]).unwrap();
+        assert_eq!(c.storage.image_dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 
     #[test]

@@ -85,6 +85,27 @@ impl VmPaths {
     pub fn creating(&self) -> PathBuf {
         self.state.join("creating")
     }
+    /// Present from an ISO install's create until the guest first reboots or powers off:
+    /// while it exists, the CD-ROM boots first.
+    #[must_use]
+    pub fn install_pending(&self) -> PathBuf {
+        self.state.join("install-pending")
+    }
+    /// The cloud-init NoCloud seed disk (FAT, label `cidata`).
+    #[must_use]
+    pub fn cidata(&self) -> PathBuf {
+        self.state.join("cidata.img")
+    }
+    /// The Ignition config passed through fw_cfg.
+    #[must_use]
+    pub fn ignition(&self) -> PathBuf {
+        self.state.join("ignition.json")
+    }
+    /// The VM's copy of the UEFI variable store.
+    #[must_use]
+    pub fn uefi_vars(&self) -> PathBuf {
+        self.state.join("OVMF_VARS.fd")
+    }
     /// Status written by the supervisor.
     #[must_use]
     pub fn status(&self) -> PathBuf {

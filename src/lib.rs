@@ -17,6 +17,7 @@ pub mod network;
 pub mod ops;
 pub mod procid;
 pub mod profile;
+pub mod provision;
 pub mod qemu;
 pub mod qmp;
 pub mod spec;

@@ -21,7 +21,10 @@ fn main() -> std::process::ExitCode {
     };
     // A CLI command reports through its output and exit status; its stderr carries
     // warnings only. Long-running commands log at the configured level.
-    let quiet = matches!(cli.command, Command::Vm(_) | Command::Host(_) | Command::Net(_) | Command::Profiles);
+    let quiet = matches!(
+        cli.command,
+        Command::Vm(_) | Command::Host(_) | Command::Net(_) | Command::Profiles | Command::Storage(_)
+    );
     if let Err(e) = kvm_mcp::logging::init(&cfg.logging, quiet) {
         eprintln!("kvm-mcp: cannot open log file: {e}");
     }

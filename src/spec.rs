@@ -75,6 +75,31 @@ pub struct DiskSpec {
     pub media: Media,
     #[serde(default)]
     pub readonly: bool,
+    /// kvm-mcp wrote this file for the VM (overlay, blank disk, clone, seed): `delete`
+    /// removes it unless asked to keep disks. Images the caller adopted are never removed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub owned: bool,
+    /// A CD-ROM drive with no medium in it (`path` is the last medium, kept for reference).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ejected: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// UEFI firmware of a VM: OVMF's code (shared, read-only) and the VM's own copy of the
+/// variable store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UefiSpec {
+    /// `OVMF_CODE_4M.fd` (or the Secure Boot build).
+    pub code: PathBuf,
+    /// The VM's private copy of `OVMF_VARS_4M.fd`.
+    pub vars: PathBuf,
+    /// Secure Boot firmware: needs SMM and a secured flash.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 /// Where a NIC is plugged.
@@ -154,6 +179,20 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Source of linked clones: starting it would change the clones' base, so `start`
+    /// refuses while clones exist.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub template: bool,
+    /// Ignition config handed to the guest through fw_cfg (`opt/com.coreos/config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignition: Option<PathBuf>,
+    /// UEFI firmware; BIOS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uefi: Option<UefiSpec>,
+    /// Not stored: set by the supervisor for the runs of an ISO install, so the CD-ROM
+    /// boots first and a guest reboot ends the run (the next run boots the disk).
+    #[serde(skip)]
+    pub install_boot: bool,
 }
 
 #[cfg(test)]

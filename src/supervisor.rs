@@ -154,6 +154,10 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
     loop {
         finish(&mut rec, &outcome);
         let stop_asked = paths.stop_intent().exists();
+        if crate::provision::install::finish_run(&paths, outcome.reason) && !stop_asked {
+            outcome = run_once(cfg, &mut rec, &spec, &mut ready, Reason::GuestReset).await;
+            continue;
+        }
         let restart = !stop_asked
             && match spec.restart_policy {
                 RestartPolicy::Never => false,
@@ -260,7 +264,8 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
         Err(e) => return fail(ready, e, &paths),
     };
     let fds = cmdline::FdPlan::standard(taps.len());
-    let argv = match cmdline::build(spec, &profile, decision.accel, &paths, &fds) {
+    let run_spec = crate::provision::install::run_spec(spec, &paths);
+    let argv = match cmdline::build(&run_spec, &profile, decision.accel, &paths, &fds) {
         Ok(a) => a,
         Err(e) => return fail(ready, e.to_string(), &paths),
     };

@@ -3,6 +3,7 @@
 //! a non-zero code chosen by the error's kind.
 
 mod net;
+mod storage;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +15,7 @@ pub use net::{ForwardCommand, NetCommand, parse_nic};
 
 use crate::ids::VmName;
 use crate::network::PortForward;
-use crate::ops::{CreateRequest, DiskSource, NicRequest, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
+use crate::ops::{CreateRequest, NicRequest, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
 use crate::spec::RestartPolicy;
 
 /// Run QEMU/KVM virtual machines without libvirt.
@@ -45,6 +46,9 @@ pub enum Command {
     Net(NetCommand),
     /// List the QEMU profiles (os_variant values).
     Profiles,
+    /// Images, ISOs, clones, disk growth and reset, CD-ROM media.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
     #[command(hide = true)]
     Supervise {
@@ -107,6 +111,9 @@ pub enum VmCommand {
         /// Stop it first if it is running.
         #[arg(long)]
         force: bool,
+        /// Keep the disks kvm-mcp created for it.
+        #[arg(long)]
+        keep_disks: bool,
     },
     /// Attach a new supervisor to a VM whose supervisor died.
     Adopt { name: String },
@@ -153,6 +160,8 @@ pub struct CreateArgs {
     /// Start it right away.
     #[arg(long)]
     pub start: bool,
+    #[command(flatten)]
+    pub storage: storage::CreateDiskArgs,
 }
 
 /// Formats rows as left-aligned columns.
@@ -315,6 +324,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
+        Command::Storage(c) => storage::run(ops, json, c, |i| print(json, &i, info_text)).await,
         Command::Supervise { .. } | Command::DhcpSupervise { .. } => Ok(()),
     }
 }
@@ -332,12 +342,12 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
             if let Some(n) = &a.name {
                 VmName::new(n)?;
             }
-            let req = CreateRequest {
+            let mut req = CreateRequest {
                 name: a.name,
                 memory_mib: a.memory,
                 vcpus: a.vcpus,
                 os_variant: a.os_variant,
-                disk: a.disk.map(DiskSource::Existing),
+                disk: None,
                 kernel: a.kernel,
                 initrd: a.initrd,
                 cmdline: a.cmdline,
@@ -346,7 +356,9 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
                 nics: a.nics,
                 restart_policy: a.restart,
                 start: a.start,
+                ..CreateRequest::default()
             };
+            a.storage.apply(&mut req, a.disk)?;
             show(ops.create(req).await?);
         }
         VmCommand::Start { name } => show(ops.start(&name).await?),
@@ -358,9 +370,18 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
         VmCommand::Pause { name } => show(ops.pause(&name).await?),
         VmCommand::Resume { name } => show(ops.resume(&name).await?),
         VmCommand::Adopt { name } => show(ops.adopt(&name).await?),
-        VmCommand::Delete { name, force } => {
-            ops.delete(&name, force).await?;
-            print(json, &serde_json::json!({ "deleted": name }), |_| format!("deleted {name}"));
+        VmCommand::Delete { name, force, keep_disks } => {
+            let r = ops.delete_with(&name, crate::ops::DeleteOptions { force, keep_disks }).await?;
+            print(json, &r, |r| {
+                let mut s = format!("deleted {name}");
+                for p in &r.removed {
+                    s.push_str(&format!("\nremoved {}", p.display()));
+                }
+                for p in &r.kept {
+                    s.push_str(&format!("\nkept {}", p.display()));
+                }
+                s
+            });
         }
     }
     Ok(())

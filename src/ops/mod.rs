@@ -3,9 +3,16 @@
 //! state of its own. Every operation works from the state directory, so front ends are
 //! peers; mutations of one VM are serialised by its file lock.
 
+mod block;
+mod clone;
+mod disks;
 mod host;
+mod images;
 mod ip;
+mod media;
 mod net;
+mod provision;
+mod snapshot;
 mod vm;
 
 use std::path::PathBuf;
@@ -13,9 +20,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use clone::CloneRequest;
+pub use disks::{DeleteOptions, DeleteReport};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
+pub use images::{ImageEntry, IsoEntry};
 pub use ip::{IpAnswer, IpQuery, IpSource, NicIps, VmIps};
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
+pub use snapshot::SnapshotEntry;
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 
 use crate::config::{Config, ConfigError};
@@ -70,7 +81,7 @@ pub enum OpsError {
     #[error("VM {name:?}: {what} did not happen within {secs} s")]
     Timeout { name: String, what: &'static str, secs: u64 },
     #[error("{what} is already used by {by}")]
-    InUse { what: String, by: String },
+    Taken { what: String, by: String },
     #[error("VM {name:?} has no port forward {selector}; `list_port_forwards` shows them")]
     NoSuchForward { name: String, selector: String },
     #[error("VM {name:?}")]
@@ -79,6 +90,16 @@ pub enum OpsError {
         #[source]
         source: NetworkError,
     },
+    #[error("{field}")]
+    Storage {
+        field: String,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    #[error("{what} is in use by {}; {hint}", users.join(", "))]
+    InUse { what: String, users: Vec<String>, hint: String },
+    #[error("VM {name:?} is {state}; {what} needs it stopped: stop it first")]
+    MustBeStopped { name: String, state: String, what: &'static str },
 }
 
 impl OpsError {
@@ -92,13 +113,15 @@ impl OpsError {
             | OpsError::Active { .. }
             | OpsError::NotRunning { .. }
             | OpsError::Busy { .. }
-            | OpsError::InUse { .. } => ErrorKind::Conflict,
+            | OpsError::Taken { .. } => ErrorKind::Conflict,
             OpsError::NoSuchForward { .. } => ErrorKind::NotFound,
             OpsError::Network { source, .. } => source.kind(),
             OpsError::Invalid { .. } | OpsError::Name(_) | OpsError::Config(_) => ErrorKind::InvalidInput,
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
             OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+            OpsError::Storage { source, .. } => source.kind(),
+            OpsError::InUse { .. } | OpsError::MustBeStopped { .. } => ErrorKind::Conflict,
         }
     }
 
@@ -109,6 +132,11 @@ impl OpsError {
 
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
         OpsError::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn storage(field: &str) -> impl FnOnce(crate::storage::StorageError) -> Self {
+        let field = field.to_owned();
+        move |source| OpsError::Storage { field, source }
     }
 }
 

@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 
 use super::vm::Vm;
 use super::{Ops, OpsError};
-use crate::fsutil;
 use crate::layout::VMS_DIR;
 use crate::network::{ForwardSelector, IfName, LinkStats, MacAddr, Netlink, PortForward};
 use crate::qmp::{DEFAULT_TIMEOUT, qmp};
@@ -113,7 +112,7 @@ impl Ops {
                 if let NetworkMode::User { port_forwards } = &n.mode
                     && port_forwards.iter().any(|f| f.clashes_with(fwd))
                 {
-                    return Err(OpsError::InUse {
+                    return Err(OpsError::Taken {
                         what: format!("host port {}", fwd.host_rule()),
                         by: format!("VM {:?} (NIC {i}); pick another host port", s.name.as_str()),
                     });
@@ -203,7 +202,7 @@ impl Ops {
                         .parse()
                         .map_err(|e: crate::network::NetworkError| OpsError::invalid(&field("mac"), e.to_string()))?;
                     if let Some(owner) = owners.get(&mac) {
-                        return Err(OpsError::InUse { what: format!("MAC {mac}"), by: format!("VM {owner:?}") });
+                        return Err(OpsError::Taken { what: format!("MAC {mac}"), by: format!("VM {owner:?}") });
                     }
                     if !taken.insert(mac) {
                         return Err(OpsError::invalid(&field("mac"), format!("{mac} is given to two NICs")));
@@ -213,7 +212,7 @@ impl Ops {
                 None => {
                     let index = u8::try_from(i).unwrap_or(u8::MAX);
                     let mac = MacAddr::pick_unique(uuid, index, &taken)
-                        .map_err(|e| OpsError::InUse { what: "every candidate MAC".into(), by: e.to_string() })?;
+                        .map_err(|e| OpsError::Taken { what: "every candidate MAC".into(), by: e.to_string() })?;
                     taken.insert(mac);
                     mac
                 }
@@ -263,15 +262,11 @@ impl Ops {
             .map_err(|source| OpsError::Qmp { name: vm.spec.name.to_string(), what: "HMP command failed", source })
     }
 
-    fn save_spec(vm: &Vm) -> Result<(), OpsError> {
-        fsutil::write_json_atomic(&vm.paths.spec(), &vm.spec).map_err(OpsError::io("cannot write", vm.paths.spec()))
-    }
-
     /// Adds a port forward to a user-mode NIC (`nic`, or the first): at once on a
     /// running VM, and in its definition so it survives restarts.
     ///
     /// # Errors
-    /// Invalid forward or NIC; [`OpsError::InUse`] when another VM forwards the port or
+    /// Invalid forward or NIC; [`OpsError::Taken`] when another VM forwards the port or
     /// another program holds it.
     pub async fn add_port_forward(
         &self,
@@ -292,7 +287,7 @@ impl Ops {
             fwd.probe_host_port().map_err(|source| OpsError::Network { name: name.into(), source })?;
             let out = self.hmp(&vm, format!("hostfwd_add net{i} {}", fwd.rule())).await?;
             if !out.trim().is_empty() {
-                return Err(OpsError::InUse {
+                return Err(OpsError::Taken {
                     what: format!("host port {}", fwd.host_rule()),
                     by: format!("another program (QEMU said: {})", out.trim()),
                 });

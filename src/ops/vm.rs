@@ -20,7 +20,7 @@ use crate::network::PortForward;
 use crate::procid::Liveness;
 use crate::qemu::launcher;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, qmp};
-use crate::spec::{Boot, DiskFormat, DiskSpec, Media, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
+use crate::spec::{Boot, DiskSpec, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
 use crate::state::{ExitInfo, Reason, Status, VmState, now_ms};
 use crate::supervisor::qemu_liveness;
 
@@ -35,8 +35,17 @@ const FORCE_STEP: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskSource {
-    /// Use this existing image as it is (qcow2 or raw).
+    /// Use this existing image as it is (qcow2 or raw); it must lie in an image directory.
     Existing(PathBuf),
+    /// A new qcow2 overlay on this master image (name or path inside the image
+    /// directories; `null`: `vm.default_master_image`), grown to `disk_size_gib`.
+    Master(Option<PathBuf>),
+    /// A blank disk of `disk_size_gib` plus this ISO (inside the ISO directories; `null`:
+    /// `vm.default_iso`) on a CD-ROM that boots first until the installer reboots or
+    /// powers off.
+    Install(Option<PathBuf>),
+    /// A blank disk of `disk_size_gib`.
+    Blank,
 }
 
 /// Everything `create` accepts; unset fields come from `config.json`.
@@ -62,6 +71,15 @@ pub struct CreateRequest {
     /// Start it once defined.
     #[serde(default)]
     pub start: bool,
+    /// Size of a new disk (overlay, blank, install) in GiB; `vm.default_disk_size` if unset.
+    #[serde(default)]
+    pub disk_size_gib: Option<u64>,
+    /// A cloud-init NoCloud seed disk with these settings.
+    #[serde(default)]
+    pub cloud_init: Option<crate::provision::cloudinit::CloudInitRequest>,
+    /// Ignition overrides of `vm.ignition.*` (Fedora CoreOS profiles get a config anyway).
+    #[serde(default)]
+    pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
 }
 
 /// Options of `stop`.
@@ -138,13 +156,6 @@ pub(crate) struct Observed {
 
 fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
     std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-fn detect_format(path: &Path) -> std::io::Result<DiskFormat> {
-    let mut magic = [0u8; 4];
-    let mut f = std::fs::File::open(path)?;
-    let n = f.read(&mut magic)?;
-    Ok(if n == 4 && magic == *b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
 }
 
 fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
@@ -259,12 +270,9 @@ impl Ops {
             (None, Some(_)) => return Err(OpsError::invalid("initrd", "an initrd needs a kernel; pass kernel too")),
             (None, None) => Boot::Disk,
         };
-        let mut disks = Vec::new();
-        if let Some(DiskSource::Existing(p)) = &req.disk {
-            let path = existing_file("disk", p)?;
-            let format = detect_format(&path).map_err(OpsError::io("cannot read disk image", &path))?;
-            disks.push(DiskSpec { path, format, media: Media::Disk, readonly: false });
-        }
+        let profile = self.profiles.get(&os_variant)?.clone();
+        let plan = self.plan_disks(&req, &name, &profile, matches!(boot, Boot::Disk))?;
+        let disks = plan.disks.clone();
         if disks.is_empty() && matches!(boot, Boot::Disk) {
             return Err(OpsError::invalid(
                 "disk",
@@ -273,7 +281,8 @@ impl Ops {
         }
         let uuid = uuid::Uuid::new_v4();
         let nics = self.plan_nics(req.network.as_deref(), &req.port_forwards, &req.nics, &uuid)?;
-        let spec = VmSpec {
+        let prov = self.plan_provisioning(&req, &profile, name.as_str(), &uuid, &nics)?;
+        let mut spec = VmSpec {
             version: SPEC_VERSION,
             name: name.clone(),
             uuid,
@@ -285,6 +294,10 @@ impl Ops {
             disks,
             nics,
             restart_policy: req.restart_policy.unwrap_or_default(),
+            template: false,
+            ignition: None,
+            uefi: None,
+            install_boot: false,
         };
         let paths = self.paths(&name);
         let vms = self.cfg.state_dir.join(VMS_DIR);
@@ -296,13 +309,22 @@ impl Ops {
             }
             Err(e) => return Err(OpsError::io("cannot create VM directory", &paths.state)(e)),
         }
+        if let Err(e) = Self::write_disks(&plan, &paths) {
+            let _ = std::fs::remove_dir_all(&paths.state);
+            return Err(e);
+        }
+        if let Err(e) = Self::write_provisioning(&prov, &mut spec, &paths) {
+            plan.discard();
+            let _ = std::fs::remove_dir_all(&paths.state);
+            return Err(e);
+        }
         let written = (|| {
-            std::fs::write(paths.creating(), b"")?;
             fsutil::write_json_atomic(&paths.spec(), &spec)?;
             fsutil::write_json_volatile(&paths.status(), &Status::created(now_ms()))?;
             std::fs::remove_file(paths.creating())
         })();
         if let Err(e) = written {
+            plan.discard();
             let _ = std::fs::remove_dir_all(&paths.state);
             return Err(OpsError::io("cannot write VM definition in", &paths.state)(e));
         }
@@ -469,6 +491,7 @@ impl Ops {
             self.ensure_supervised(&vm, &obs).await?;
             return Err(OpsError::AlreadyRunning { name: name.into() });
         }
+        self.check_startable(&vm)?;
         if let Err(e) = self.spawn_supervisor(&vm, false).await {
             // Let the supervisor record the failure before anyone looks.
             self.wait_supervisor_done(&vm).await;
@@ -662,12 +685,24 @@ impl Ops {
     /// # Errors
     /// [`OpsError::Active`] when running and not forced.
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), OpsError> {
+        self.delete_with(name, super::DeleteOptions { force, keep_disks: false }).await.map(|_| ())
+    }
+
+    /// Removes a VM's definition, state, seed files and the disks kvm-mcp created for it
+    /// (unless `keep_disks`). Images the caller adopted stay; a disk another VM is
+    /// built on (a linked clone's base) makes the delete fail before anything changes.
+    ///
+    /// # Errors
+    /// [`OpsError::Active`] when running and not forced; [`OpsError::InUse`].
+    pub async fn delete_with(&self, name: &str, opts: super::DeleteOptions) -> Result<super::DeleteReport, OpsError> {
+        let force = opts.force;
         let vname = VmName::new(name)?;
         let paths = self.paths(&vname);
         if !paths.state.exists() {
             return Err(OpsError::NotFound { name: name.into() });
         }
         let _lock = self.lock(name, &paths).await?;
+        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks)?;
         if let Ok(vm) = self.load(name) {
             let obs = Self::observe(&vm);
             if obs.status.state.is_active() {
@@ -679,7 +714,8 @@ impl Ops {
         }
         std::fs::remove_dir_all(&paths.state).map_err(OpsError::io("cannot remove", &paths.state))?;
         let _ = std::fs::remove_dir_all(&paths.run);
-        tracing::info!(vm = %name, "deleted");
-        Ok(())
+        let (removed, kept) = if opts.keep_disks { (vec![], own) } else { (super::disks::remove_files(own), vec![]) };
+        tracing::info!(vm = %name, removed = removed.len(), "deleted");
+        Ok(super::DeleteReport { name: name.into(), removed, kept })
     }
 }

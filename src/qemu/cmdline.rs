@@ -138,6 +138,7 @@ pub fn build(
         a.push("-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
     }
 
+    super::boot_order::firmware(&mut a.0, spec);
     disks(&mut a, spec, profile)?;
     nics(&mut a, spec, profile, fds)?;
 
@@ -167,7 +168,7 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
     // Slots on the machine's built-in IDE/AHCI controllers, shared by disks and CD-ROMs.
     let mut ata_slot = 0usize;
     let ata_max = if profile.machine == Machine::Q35 { 6 } else { 4 };
-    let mut boot_given = false;
+    let boot_index = super::boot_order::boot_indexes(spec);
     for (i, d) in spec.disks.iter().enumerate() {
         let node = format!("disk{i}");
         let ro = d.readonly || d.media == Media::Cdrom;
@@ -177,7 +178,9 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
             "read-only": ro,
             "file": { "driver": "file", "filename": d.path.to_string_lossy(), "read-only": ro },
         });
-        a.push("-blockdev", json.to_string());
+        if !d.ejected {
+            a.push("-blockdev", json.to_string());
+        }
         let bus = match d.media {
             Media::Disk => match profile.disk_bus {
                 DiskBus::Virtio => "virtio",
@@ -221,9 +224,11 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
                 format!("{kind},drive={node},{place},id={node}-dev")
             }
         };
-        if boot_from_disk && !boot_given && !mmio {
-            let _ = write!(device, ",bootindex=1");
-            boot_given = true;
+        if d.ejected {
+            device = device.replace(&format!("drive={node},"), "");
+        }
+        if let Some(n) = boot_index[i].filter(|_| boot_from_disk && !mmio) {
+            let _ = write!(device, ",bootindex={n}");
         }
         a.push("-device", device);
     }
@@ -276,6 +281,8 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 media: Media::Disk,
                 readonly: false,
+                owned: false,
+                ejected: false,
             }],
             nics: vec![
                 NicSpec { mode: NetworkMode::user(), mac: "52:54:00:12:34:56".parse().unwrap(), model: None },
@@ -286,6 +293,10 @@ mod tests {
                 },
             ],
             restart_policy: RestartPolicy::Never,
+            template: false,
+            ignition: None,
+            uefi: None,
+            install_boot: false,
         }
     }
 

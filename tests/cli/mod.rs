@@ -54,7 +54,8 @@ fn unknown_os_variant_lists_profiles() {
     let disk = env.disk("osv");
     let out = env.cli(&["vm", "create", "osv", "--os-variant", "beos", "--disk", disk.to_str().unwrap()]);
     assert!(
-        stderr(&out).ends_with("known profiles: fedora-coreos, generic, legacy, linux, microvm"),
+        stderr(&out)
+            .ends_with("known profiles: fedora-coreos, generic, legacy, linux, linux-secureboot, linux-uefi, microvm"),
         "{}",
         stderr(&out)
     );

@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests; never exported by the library.
 
+pub mod images;
 pub mod net;
 pub mod netns;
 pub mod qemu;

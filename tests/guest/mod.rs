@@ -4,4 +4,5 @@
 mod bridged;
 mod lifecycle;
 mod recovery;
+mod storage;
 mod usermode;
