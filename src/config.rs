@@ -7,6 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub mod server;
+
+pub use server::{RateLimit, ServerSettings, TlsSettings, TokenSource};
+
 /// Smallest memory a VM may be given, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;
 /// Largest memory a VM may be given, in MiB (1 TiB).
@@ -17,7 +21,7 @@ pub const MAX_VCPUS: u32 = 255;
 pub const MAX_DISK_SIZE_GIB: u64 = 64 * 1024;
 
 /// Where the config came from; shown by `host info`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "source", content = "path", rename_all = "snake_case")]
 pub enum ConfigSource {
     /// `--config PATH`.
@@ -83,6 +87,7 @@ struct RawConfig {
     qemu: RawQemu,
     paths: RawPaths,
     logging: RawLogging,
+    server: server::RawServer,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -133,6 +138,8 @@ struct RawLogging {
     level: Option<String>,
     file: Option<PathBuf>,
     json: Option<bool>,
+    max_file_bytes: Option<u64>,
+    keep_files: Option<u32>,
 }
 
 // ---------- resolved ----------
@@ -195,7 +202,16 @@ pub struct LogSettings {
     pub file: Option<PathBuf>,
     /// JSON lines instead of text in the file.
     pub json: bool,
+    /// The file is rotated when it would grow past this many bytes.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`<file>.1` … `<file>.N`).
+    pub keep_files: u32,
 }
+
+/// Default `logging.max_file_bytes`: 10 MB, as in the original kvm-mcp.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1000 * 1000;
+/// Default `logging.keep_files`.
+pub const DEFAULT_LOG_KEEP_FILES: u32 = 5;
 
 /// The resolved configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -209,6 +225,8 @@ pub struct Config {
     /// Sockets and pid files of running VMs (`<run_dir>/<name>/`).
     pub run_dir: PathBuf,
     pub logging: LogSettings,
+    /// `server.*`: the HTTP front end.
+    pub server: server::ServerSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
@@ -346,10 +364,11 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(v) = get("KVM_MCP_LOG_LEVEL") {
         raw.logging.level = Some(v);
     }
+    server::apply_env(&mut raw.server, &get);
     Ok(())
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
@@ -361,7 +380,7 @@ fn absolute(key: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
     }
 }
 
-fn in_range(key: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+pub(crate) fn in_range(key: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
     if v < min {
         Err(invalid(key, format!("{v} is below the minimum of {min}{unit}")))
     } else if v > max {
@@ -436,7 +455,21 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
         },
         state_dir: absolute("paths.state_dir", raw.paths.state_dir.unwrap_or(def_state))?,
         run_dir: absolute("paths.run_dir", raw.paths.run_dir.unwrap_or(def_run))?,
-        logging: LogSettings { level, file: raw.logging.file, json: raw.logging.json.unwrap_or(false) },
+        logging: LogSettings {
+            level,
+            file: raw.logging.file,
+            json: raw.logging.json.unwrap_or(false),
+            max_file_bytes: in_range(
+                "logging.max_file_bytes",
+                raw.logging.max_file_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES),
+                4096,
+                u64::MAX,
+                " bytes",
+            )?,
+            #[allow(clippy::cast_possible_truncation)] // checked against 100 just here
+            keep_files: in_range("logging.keep_files", u64::from(raw.logging.keep_files.unwrap_or(DEFAULT_LOG_KEEP_FILES)), 0, 100, "")? as u32,
+        },
+        server: server::resolve(raw.server)?,
     })
 }
 

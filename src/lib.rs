@@ -8,6 +8,7 @@ pub mod fsutil;
 pub mod ids;
 pub mod layout;
 pub mod lock;
+pub mod logfile;
 pub mod logging;
 pub mod metrics;
 pub mod netplan;
