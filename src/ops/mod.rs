@@ -5,6 +5,7 @@
 
 mod host;
 mod vm;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
+pub use watch::VmSetWatcher;
 
 use crate::config::{Config, ConfigError};
 use crate::error::ErrorKind;
