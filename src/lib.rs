@@ -10,6 +10,7 @@ pub mod layout;
 pub mod lock;
 pub mod logfile;
 pub mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod netplan;
 pub mod network;
