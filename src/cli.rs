@@ -37,6 +37,8 @@ pub enum Command {
     Host(HostCommand),
     /// List the QEMU profiles (os_variant values).
     Profiles,
+    /// Serve MCP: on stdin/stdout for an MCP host, or Streamable HTTP with --http.
+    Serve(ServeArgs),
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
     #[command(hide = true)]
     Supervise {
@@ -46,6 +48,18 @@ pub enum Command {
         #[arg(long)]
         ready_fd: Option<i32>,
     },
+}
+
+/// `kvm-mcp serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve Streamable HTTP at /mcp (plus /healthz and /metrics) instead of stdio, on
+    /// ADDR or, without one, on server.listen from the config (127.0.0.1:8745).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+    pub http: Option<Option<std::net::SocketAddr>>,
+    /// Accept HTTP requests without a token (only when listening on loopback).
+    #[arg(long, requires = "http")]
+    pub no_auth: bool,
 }
 
 /// `kvm-mcp host …`.
@@ -281,7 +295,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
-        Command::Supervise { .. } => Ok(()),
+        Command::Supervise { .. } | Command::Serve(_) => Ok(()),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod procid;
 pub mod profile;
 pub mod qemu;
 pub mod qmp;
+pub mod serve;
 pub mod spec;
 pub mod state;
 pub mod storage;
