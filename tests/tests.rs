@@ -5,4 +5,5 @@
 //! runs in a network namespace of its own, never on the host's interfaces.
 
 mod common;
+mod mcp;
 mod network;
