@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListResourceTemplatesResult,
-    ListResourcesResult, PaginatedRequestParams, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
-    ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
 };
 use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -148,7 +148,11 @@ impl KvmMcp {
     /// and adds `+ Self::<area>_tools()` here.
     #[must_use]
     pub fn router() -> ToolRouter<Self> {
-        Self::vm_tools() + Self::host_tools()
+        let mut router = Self::vm_tools() + Self::host_tools();
+        for route in router.map.values_mut() {
+            unwrap_tool_docs(&mut route.attr);
+        }
+        router
     }
 
     /// A handler for one new session.
@@ -173,6 +177,39 @@ impl KvmMcp {
     /// Tells the VM-set watcher to look now (after a create or delete).
     pub(super) fn vm_set_changed(&self) {
         self.shared.watcher.nudge();
+    }
+}
+
+/// Joins the lines of a doc comment wrapped for the source file into flowing text,
+/// keeping paragraph breaks: descriptions are read by models, not by rustfmt.
+fn unwrap_doc(text: &str) -> String {
+    let paragraphs: Vec<String> =
+        text.split("\n\n").map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" ")).collect();
+    paragraphs.join("\n\n")
+}
+
+fn unwrap_descriptions(map: &mut JsonObject) {
+    for (key, value) in map.iter_mut() {
+        match value {
+            serde_json::Value::String(s) if key == "description" => *s = unwrap_doc(s),
+            serde_json::Value::Object(m) => unwrap_descriptions(m),
+            serde_json::Value::Array(items) => {
+                for m in items.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                    unwrap_descriptions(m);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn unwrap_tool_docs(tool: &mut Tool) {
+    if let Some(d) = &tool.description {
+        tool.description = Some(unwrap_doc(d).into());
+    }
+    unwrap_descriptions(Arc::make_mut(&mut tool.input_schema));
+    if let Some(schema) = &mut tool.output_schema {
+        unwrap_descriptions(Arc::make_mut(schema));
     }
 }
 
@@ -296,5 +333,16 @@ impl ServerHandler for KvmMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         super::resources::read(self.ops(), &request.uri).map(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrapped_doc_lines_join_and_paragraphs_stay() {
+        assert_eq!(
+            super::unwrap_doc("Stop a VM:\npress the button.\n\nThen wait."),
+            "Stop a VM: press the button.\n\nThen wait."
+        );
     }
 }

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 
 import anyio
 import mcp.types as types
 import pytest
 
-from conftest import DEADLINE_S, Recorder, error_text, stdio_session, structured, wait_until
+from conftest import BIN, DEADLINE_S, Recorder, error_text, stdio_session, structured, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -18,6 +19,20 @@ pytestmark = pytest.mark.anyio
 async def test_handshake_negotiates_a_pinned_version(env):
     async with stdio_session(env) as s:
         assert s.protocol_version in ("2025-06-18", "2025-11-25")
+
+
+def test_stdout_carries_nothing_but_protocol(env):
+    requests = [
+        {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+         "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "create_vm", "arguments": {}}},
+    ]
+    stdin = "".join(json.dumps(r) + "\n" for r in requests)
+    out = subprocess.run([BIN, "--config", str(env.config), "serve"], input=stdin, capture_output=True, text=True,
+                         timeout=DEADLINE_S)
+    messages = [json.loads(line) for line in out.stdout.splitlines()]
+    assert ({m.get("jsonrpc") for m in messages}, messages[0].get("id")) == ({"2.0"}, 1), out.stdout
 
 
 async def test_every_tool_has_an_output_schema(env):
