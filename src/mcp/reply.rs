@@ -1,7 +1,10 @@
 //! How a tool answers: [`Reply`] carries the structured result (`structuredContent`,
-//! checked against the tool's `outputSchema`) plus a one-line summary and the same
-//! JSON as text for clients that only read `content`; [`fail`] turns an `OpsError`
-//! into the text of an `isError: true` result.
+//! checked against the tool's `outputSchema`) plus a short text summary as `content`;
+//! [`fail`] turns an `OpsError` into the text of an `isError: true` result.
+//!
+//! The spec suggests repeating the JSON as text for clients older than structured
+//! output; every revision this server negotiates (2025-06-18 and later) has it, so the
+//! text is a summary instead, which also halves what each reply carries.
 
 use std::sync::Arc;
 
@@ -32,7 +35,7 @@ impl<T: Serialize> IntoCallToolResult for Reply<T> {
         let value = serde_json::to_value(&self.value)
             .map_err(|e| rmcp::ErrorData::internal_error(format!("cannot serialise the result: {e}"), None))?;
         let mut result = CallToolResult::structured(value);
-        result.content.insert(0, ContentBlock::text(self.summary));
+        result.content = vec![ContentBlock::text(self.summary)];
         Ok(result.into())
     }
 }

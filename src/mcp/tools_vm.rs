@@ -19,12 +19,14 @@ type ToolResult<T> = Result<Reply<T>, String>;
 
 fn describe(i: &VmInfo) -> String {
     let mut s = format!("VM {:?} is {}", i.name, i.state);
-    if let Some(pid) = i.pid {
-        s.push_str(&format!(" (QEMU pid {pid})"));
-    }
     if let Some(d) = &i.detail {
-        s.push_str(&format!(": {d}"));
+        s.push_str(&format!(" ({d})"));
     }
+    s.push_str(&format!(": {} vCPUs, {} MiB, profile {}", i.vcpus, i.memory_mib, i.os_variant));
+    if let Some(pid) = i.pid {
+        s.push_str(&format!(", QEMU pid {pid}"));
+    }
+    s.push_str(&format!("; serial console log {}", i.serial_log.display()));
     s
 }
 
@@ -97,12 +99,9 @@ impl KvmMcp {
         let vm = done.map_err(fail)?;
         self.vm_set_changed();
         let summary = if start {
-            format!("created {}", describe(&vm))
+            format!("created; {}", describe(&vm))
         } else {
-            format!(
-                "defined VM {:?} ({} vCPUs, {} MiB, profile {}); start it with start_vm",
-                vm.name, vm.vcpus, vm.memory_mib, vm.os_variant
-            )
+            format!("defined; {}; start it with start_vm", describe(&vm))
         };
         reporter.send(summary.clone()).await;
         self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
