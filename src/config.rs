@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::network::IfName;
 mod storage;
 pub use storage::{DEFAULT_OVMF_DIR, StorageSettings};
+pub mod server;
+
+pub use server::{RateLimit, ServerSettings, TlsSettings, TokenSource};
 
 /// Smallest memory a VM may be given, in MiB.
 pub const MIN_MEMORY_MIB: u64 = 16;
@@ -22,7 +25,7 @@ pub const MAX_VCPUS: u32 = 255;
 pub const MAX_DISK_SIZE_GIB: u64 = 64 * 1024;
 
 /// Where the config came from; shown by `host info`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "source", content = "path", rename_all = "snake_case")]
 pub enum ConfigSource {
     /// `--config PATH`.
@@ -90,6 +93,7 @@ struct RawConfig {
     logging: RawLogging,
     network: RawNetwork,
     storage: storage::RawStorage,
+    server: server::RawServer,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -162,6 +166,8 @@ struct RawLogging {
     level: Option<String>,
     file: Option<PathBuf>,
     json: Option<bool>,
+    max_file_bytes: Option<u64>,
+    keep_files: Option<u32>,
 }
 
 // ---------- resolved ----------
@@ -224,6 +230,10 @@ pub struct LogSettings {
     pub file: Option<PathBuf>,
     /// JSON lines instead of text in the file.
     pub json: bool,
+    /// The file is rotated when it would grow past this many bytes.
+    pub max_file_bytes: u64,
+    /// Rotated files kept (`<file>.1` … `<file>.N`).
+    pub keep_files: u32,
 }
 
 /// `network.*`: host networking.
@@ -273,6 +283,10 @@ const MIN_LEASE_TIME_S: u64 = 120;
 fn mask_bits(prefix_len: u8) -> u32 {
     u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
 }
+/// Default `logging.max_file_bytes`: 10 MB, as in the original kvm-mcp.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1000 * 1000;
+/// Default `logging.keep_files`.
+pub const DEFAULT_LOG_KEEP_FILES: u32 = 5;
 
 /// The resolved configuration.
 #[derive(Debug, Clone, Serialize)]
@@ -289,6 +303,8 @@ pub struct Config {
     pub network: NetworkSettings,
     /// Image and ISO directories, firmware (`storage.*`).
     pub storage: StorageSettings,
+    /// `server.*`: the HTTP front end.
+    pub server: server::ServerSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
@@ -438,10 +454,11 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
         raw.logging.level = Some(v);
     }
     storage::apply_env(&mut raw.storage, &get);
+    server::apply_env(&mut raw.server, &get);
     Ok(())
 }
 
-fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { key: key.into(), reason: reason.into() }
 }
 
@@ -453,7 +470,7 @@ fn absolute(key: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
     }
 }
 
-fn in_range(key: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
+pub(crate) fn in_range(key: &str, v: u64, min: u64, max: u64, unit: &str) -> Result<u64, ConfigError> {
     if v < min {
         Err(invalid(key, format!("{v} is below the minimum of {min}{unit}")))
     } else if v > max {
@@ -527,9 +544,23 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
         },
         state_dir: absolute("paths.state_dir", raw.paths.state_dir.unwrap_or(def_state))?,
         run_dir: absolute("paths.run_dir", raw.paths.run_dir.unwrap_or(def_run))?,
-        logging: LogSettings { level, file: raw.logging.file, json: raw.logging.json.unwrap_or(false) },
+        logging: LogSettings {
+            level,
+            file: raw.logging.file,
+            json: raw.logging.json.unwrap_or(false),
+            max_file_bytes: in_range(
+                "logging.max_file_bytes",
+                raw.logging.max_file_bytes.unwrap_or(DEFAULT_LOG_MAX_BYTES),
+                4096,
+                u64::MAX,
+                " bytes",
+            )?,
+            #[allow(clippy::cast_possible_truncation)] // checked against 100 just here
+            keep_files: in_range("logging.keep_files", u64::from(raw.logging.keep_files.unwrap_or(DEFAULT_LOG_KEEP_FILES)), 0, 100, "")? as u32,
+        },
         network: network_settings,
         storage: storage::resolve(raw.storage)?,
+        server: server::resolve(raw.server)?,
     })
 }
 

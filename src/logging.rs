@@ -1,5 +1,5 @@
 //! `tracing` set-up: human-readable logs on stderr (stdout may be a protocol), plus an
-//! optional log file, text or JSON lines.
+//! optional log file, text or JSON lines, rotated by size (see [`crate::logfile`]).
 
 use crate::config::LogSettings;
 
@@ -10,9 +10,12 @@ use crate::config::LogSettings;
 /// The log file cannot be opened.
 pub fn init(settings: &LogSettings, quiet_stderr: bool) -> std::io::Result<()> {
     use tracing_subscriber::prelude::*;
+    // rmcp logs every session's handshake and notifications at info: noise unless asked for.
+    let level =
+        if settings.level.contains("rmcp") { settings.level.clone() } else { format!("{},rmcp=warn", settings.level) };
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level))
     };
     let stderr_filter = if quiet_stderr && std::env::var_os("RUST_LOG").is_none() {
         tracing_subscriber::EnvFilter::new("warn")
@@ -23,10 +26,7 @@ pub fn init(settings: &LogSettings, quiet_stderr: bool) -> std::io::Result<()> {
         tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter);
     let file = match &settings.file {
         Some(path) => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            let f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+            let f = crate::logfile::RotatingFile::open(path, settings.max_file_bytes, settings.keep_files)?;
             let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f));
             Some(if settings.json {
                 layer.json().with_filter(filter()).boxed()

@@ -1,5 +1,5 @@
 //! The `kvm-mcp` binary: parses the command line, loads the config, and hands over to
-//! the CLI, the supervisor or (later) the MCP server. Errors print as one line on stderr.
+//! the CLI, the supervisor or the MCP server. Errors print as one line on stderr.
 
 use clap::Parser;
 use kvm_mcp::cli::{Cli, Command};
@@ -25,8 +25,18 @@ fn main() -> std::process::ExitCode {
         cli.command,
         Command::Vm(_) | Command::Host(_) | Command::Net(_) | Command::Profiles | Command::Storage(_)
     );
-    if let Err(e) = kvm_mcp::logging::init(&cfg.logging, quiet) {
+    let mut log = cfg.logging.clone();
+    if matches!(cli.command, Command::Serve(_)) && log.file.is_none() {
+        log.file = Some(cfg.state_dir.join(kvm_mcp::serve::LOG_FILE));
+    }
+    if let Err(e) = kvm_mcp::logging::init(&log, quiet) {
         eprintln!("kvm-mcp: cannot open log file: {e}");
+    }
+    if let Command::Serve(args) = cli.command {
+        return match kvm_mcp::serve::run(cfg, &args) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => fail(e.kind(), &e),
+        };
     }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

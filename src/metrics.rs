@@ -1,5 +1,6 @@
-//! Process-wide metrics in Prometheus text format: QMP command latency here; front ends
-//! add their own series (tool calls, call latency) through the same types.
+//! Process-wide metrics in Prometheus text format: QMP command latency, MCP tool calls
+//! by name and outcome with their latency, and gauges the caller supplies at scrape
+//! time (running VMs). The HTTP front end serves [`render_all`] at `/metrics`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -65,6 +66,100 @@ pub fn render_qmp() -> String {
     out
 }
 
+/// How a tool call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The tool did what was asked.
+    Ok,
+    /// The tool ran and reported a failure (`isError: true`).
+    ToolError,
+    /// The request could not be routed (unknown tool, malformed call).
+    ProtocolError,
+    /// The caller cancelled it.
+    Cancelled,
+}
+
+impl CallOutcome {
+    const ALL: [CallOutcome; 4] =
+        [CallOutcome::Ok, CallOutcome::ToolError, CallOutcome::ProtocolError, CallOutcome::Cancelled];
+
+    /// The `outcome` label value.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::ToolError => "tool_error",
+            CallOutcome::ProtocolError => "protocol_error",
+            CallOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct ToolSeries {
+    outcomes: [u64; CallOutcome::ALL.len()],
+    latency: Histogram,
+}
+
+static TOOLS: LazyLock<Mutex<BTreeMap<String, ToolSeries>>> = LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+/// Records one tool call.
+pub fn observe_tool_call(tool: &str, outcome: CallOutcome, d: Duration) {
+    if let Ok(mut m) = TOOLS.lock() {
+        let series = if let Some(s) = m.get_mut(tool) { s } else { m.entry(tool.to_owned()).or_default() };
+        series.outcomes[outcome as usize] += 1;
+        series.latency.observe(d);
+    }
+}
+
+/// Escapes a label value for the text format.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The tool-call series in Prometheus text format.
+#[must_use]
+pub fn render_tools() -> String {
+    let mut out = String::from(
+        "# HELP kvm_mcp_tool_calls_total MCP tool calls by tool and outcome.\n# TYPE kvm_mcp_tool_calls_total counter\n",
+    );
+    let Ok(m) = TOOLS.lock() else { return out };
+    for (tool, s) in m.iter() {
+        for o in CallOutcome::ALL {
+            let _ = writeln!(
+                out,
+                "kvm_mcp_tool_calls_total{{tool=\"{}\",outcome=\"{}\"}} {}",
+                label(tool),
+                o.as_str(),
+                s.outcomes[o as usize]
+            );
+        }
+    }
+    out.push_str(
+        "# HELP kvm_mcp_tool_call_seconds MCP tool call latency.\n# TYPE kvm_mcp_tool_call_seconds histogram\n",
+    );
+    for (tool, s) in m.iter() {
+        s.latency.render(&mut out, "kvm_mcp_tool_call_seconds", &format!("tool=\"{}\"", label(tool)));
+    }
+    out
+}
+
+/// A gauge in Prometheus text format.
+#[must_use]
+pub fn render_gauge(name: &str, help: &str, value: u64) -> String {
+    format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n")
+}
+
+/// Everything: tool calls, QMP latency and the VM gauges.
+#[must_use]
+pub fn render_all(vms_defined: usize, vms_running: usize) -> String {
+    let mut out = render_tools();
+    out.push_str(&render_qmp());
+    out.push_str(&render_gauge("kvm_mcp_vms_defined", "VMs defined.", vms_defined as u64));
+    out.push_str(&render_gauge("kvm_mcp_vms_running", "VMs with a QEMU process.", vms_running as u64));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,5 +171,17 @@ mod tests {
         let mut s = String::new();
         h.render(&mut s, "x", "");
         assert!(s.contains("x_bucket{le=\"0.001\"} 0\n") && s.contains("x_bucket{le=\"0.0025\"} 1\n"), "{s}");
+    }
+
+    #[test]
+    fn tool_calls_are_counted_by_outcome() {
+        observe_tool_call("metrics_test_tool", CallOutcome::ToolError, Duration::from_millis(1));
+        let s = render_tools();
+        assert!(s.contains("kvm_mcp_tool_calls_total{tool=\"metrics_test_tool\",outcome=\"tool_error\"} 1\n"), "{s}");
+    }
+
+    #[test]
+    fn gauge_has_type_line() {
+        assert_eq!(render_gauge("g", "h.", 3), "# HELP g h.\n# TYPE g gauge\ng 3\n");
     }
 }

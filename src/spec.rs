@@ -13,7 +13,7 @@ use crate::network::{MacAddr, PortForward};
 pub const SPEC_VERSION: u32 = 1;
 
 /// What to do when QEMU exits on its own.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Leave it off.
@@ -38,7 +38,7 @@ impl std::str::FromStr for RestartPolicy {
 }
 
 /// Image format of a disk.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DiskFormat {
     Qcow2,
@@ -57,7 +57,7 @@ impl DiskFormat {
 }
 
 /// Disk or CD-ROM.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Media {
     #[default]
@@ -66,7 +66,7 @@ pub enum Media {
 }
 
 /// One block device.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct DiskSpec {
     /// Absolute path of the image.
     pub path: PathBuf,
@@ -103,7 +103,7 @@ pub struct UefiSpec {
 }
 
 /// Where a NIC is plugged.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum NetworkMode {
     /// QEMU's user-mode NAT (slirp), with host ports forwarded into the guest.
@@ -133,7 +133,7 @@ impl NetworkMode {
 }
 
 /// One network interface.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct NicSpec {
     #[serde(flatten)]
     pub mode: NetworkMode,
@@ -145,7 +145,7 @@ pub struct NicSpec {
 }
 
 /// How the VM boots.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "from", rename_all = "lowercase")]
 pub enum Boot {
     /// Firmware boots the first disk (or CD-ROM).

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::procid::ProcIdentity;
 
 /// Where a VM is in its life.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VmState {
     /// Defined, not running.
@@ -75,7 +75,7 @@ impl std::fmt::Display for VmState {
 }
 
 /// Why the last transition happened.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     /// Defined and never started.
@@ -105,7 +105,7 @@ pub enum Reason {
 }
 
 /// How QEMU ended.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 pub struct ExitInfo {
     /// Exit code, when it exited.
     pub code: Option<i32>,

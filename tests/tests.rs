@@ -7,5 +7,6 @@
 mod cli;
 mod common;
 mod guest;
+mod mcp;
 mod network;
 mod storage;

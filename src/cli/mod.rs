@@ -49,6 +49,8 @@ pub enum Command {
     /// Images, ISOs, clones, disk growth and reset, CD-ROM media.
     #[command(subcommand)]
     Storage(storage::StorageCommand),
+    /// Serve MCP: on stdin/stdout for an MCP host, or Streamable HTTP with --http.
+    Serve(ServeArgs),
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
     #[command(hide = true)]
     Supervise {
@@ -65,6 +67,18 @@ pub enum Command {
         #[arg(long)]
         ready_fd: Option<i32>,
     },
+}
+
+/// `kvm-mcp serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve Streamable HTTP at /mcp (plus /healthz and /metrics) instead of stdio, on
+    /// ADDR or, without one, on server.listen from the config (127.0.0.1:8745).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+    pub http: Option<Option<std::net::SocketAddr>>,
+    /// Accept HTTP requests without a token (only when listening on loopback).
+    #[arg(long, requires = "http")]
+    pub no_auth: bool,
 }
 
 /// `kvm-mcp host …`.
@@ -325,7 +339,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             Ok(())
         }
         Command::Storage(c) => storage::run(ops, json, c, |i| print(json, &i, info_text)).await,
-        Command::Supervise { .. } | Command::DhcpSupervise { .. } => Ok(()),
+        Command::Supervise { .. } | Command::DhcpSupervise { .. } | Command::Serve(_) => Ok(()),
     }
 }
 

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::error::NetworkError;
 
 /// Transport protocol of a forward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     #[default]
@@ -53,7 +55,7 @@ fn loopback() -> Ipv4Addr {
 }
 
 /// One forward from a host address and port to a port in the guest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
     /// `tcp` (default) or `udp`.

@@ -10,7 +10,7 @@ use crate::config::ConfigSource;
 use crate::qemu::{accel, launcher};
 
 /// Free and total bytes of the file system holding a path.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DiskSpace {
     pub path: PathBuf,
     pub free_bytes: Option<u64>,
@@ -18,7 +18,7 @@ pub struct DiskSpace {
 }
 
 /// What `host info` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct HostInfo {
     /// `kvm` or `tcg`, or `None` when `accel: kvm` is configured but unusable.
     pub accel: Option<accel::Accel>,
@@ -38,7 +38,7 @@ pub struct HostInfo {
 }
 
 /// One profile, for `list_profiles`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ProfileInfo {
     pub name: String,
     pub description: String,

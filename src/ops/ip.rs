@@ -31,7 +31,7 @@ const WAIT_STEP: Duration = Duration::from_secs(1);
 pub const SLIRP_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
 
 /// Where an address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IpSource {
     /// The guest agent reported it (live).
@@ -45,7 +45,7 @@ pub enum IpSource {
 }
 
 /// One address of a NIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct IpAnswer {
     pub ip: IpAddr,
     pub prefix_len: Option<u8>,
@@ -57,7 +57,7 @@ pub struct IpAnswer {
 }
 
 /// The addresses of one NIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NicIps {
     pub index: usize,
     pub mac: MacAddr,
@@ -67,7 +67,7 @@ pub struct NicIps {
 }
 
 /// The answer of `get_vm_ip`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct VmIps {
     pub name: String,
     /// The best address: observed (agent, lease, neighbour) before the slirp guess,

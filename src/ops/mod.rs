@@ -14,6 +14,7 @@ mod net;
 mod provision;
 mod snapshot;
 mod vm;
+mod watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub use ip::{IpAnswer, IpQuery, IpSource, NicIps, VmIps};
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
 pub use snapshot::SnapshotEntry;
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
+pub use watch::VmSetWatcher;
 
 use crate::config::{Config, ConfigError};
 use crate::error::ErrorKind;

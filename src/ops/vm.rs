@@ -92,7 +92,7 @@ pub struct StopOptions {
 }
 
 /// One line of `list`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct VmSummary {
     pub name: String,
     /// `None` when the VM's definition is incomplete (an interrupted create).
@@ -109,7 +109,7 @@ pub struct VmSummary {
 }
 
 /// Everything known about one VM.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VmInfo {
     pub name: String,
     pub uuid: String,

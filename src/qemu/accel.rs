@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::config::AccelChoice;
 
 /// The accelerator a VM runs under.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     Kvm,

@@ -1,0 +1,139 @@
+//! Tool arguments and results as the model sees them. The doc comments here are the
+//! manual: schemars turns them into the `description`s of each tool's input and output
+//! schema, so write them for a reader who knows nothing of this code.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ops::{CreateRequest, DiskSource, ProfileInfo, VmInfo, VmSummary};
+use crate::spec::RestartPolicy;
+
+/// Names one VM.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmNameArgs {
+    /// The VM's name, as shown by `list_vms` (for example "web1").
+    pub name: String,
+}
+
+/// Arguments of `list_vms`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListVmsArgs {
+    /// Ask each running QEMU for its state over its monitor instead of reading the
+    /// recorded status. Slower; use it only when the recorded state looks wrong.
+    #[serde(default)]
+    pub no_cache: bool,
+}
+
+/// Arguments of `create_vm`. Every field is optional: anything left out comes from the
+/// server's `config.json` defaults (name, memory, vCPUs, OS profile, network).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVmArgs {
+    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
+    /// not starting with '.'. Defaults to the configured default name.
+    pub name: Option<String>,
+    /// Memory in MiB (for example 2048 for 2 GiB). Defaults to the configured value.
+    pub memory_mib: Option<u64>,
+    /// Number of virtual CPUs. Defaults to the configured value.
+    pub vcpus: Option<u32>,
+    /// QEMU profile for the guest OS (machine type, firmware, disk and NIC models).
+    /// `list_profiles` shows the choices. Defaults to the configured profile.
+    pub os_variant: Option<String>,
+    /// Absolute path of an existing disk image (qcow2 or raw) on the server to boot
+    /// from. The VM uses the file in place; it is not copied.
+    pub disk: Option<PathBuf>,
+    /// Absolute path of a Linux kernel on the server, to boot directly instead of
+    /// from a disk. Use with `initrd` and `cmdline`.
+    pub kernel: Option<PathBuf>,
+    /// Absolute path of an initrd for `kernel`.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line for `kernel`, for example "console=ttyS0".
+    pub cmdline: Option<String>,
+    /// Network: "user" (NAT through QEMU, no setup needed), "none", or the name of a
+    /// host bridge to attach a tap device to. Defaults to the configured network.
+    pub network: Option<String>,
+    /// What to do when the VM's QEMU exits on its own: "never" (default),
+    /// "on-failure" (restart after a crash) or "always" (also after a guest poweroff).
+    pub restart_policy: Option<RestartPolicy>,
+    /// Start the VM right after defining it.
+    #[serde(default)]
+    pub start: bool,
+}
+
+impl From<CreateVmArgs> for CreateRequest {
+    fn from(a: CreateVmArgs) -> Self {
+        CreateRequest {
+            name: a.name,
+            memory_mib: a.memory_mib,
+            vcpus: a.vcpus,
+            os_variant: a.os_variant,
+            disk: a.disk.map(DiskSource::Existing),
+            kernel: a.kernel,
+            initrd: a.initrd,
+            cmdline: a.cmdline,
+            network: a.network,
+            restart_policy: a.restart_policy,
+            start: a.start,
+            ..CreateRequest::default()
+        }
+    }
+}
+
+/// Arguments of `stop_vm`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StopVmArgs {
+    /// The VM's name.
+    pub name: String,
+    /// Skip the graceful shutdown: end QEMU at once (like pulling the power cord).
+    /// The guest loses unsaved data. Default false.
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to keep pressing the ACPI power button and waiting for the guest to
+    /// power off before forcing it. Defaults to the server's configured stop timeout.
+    pub timeout_s: Option<u64>,
+}
+
+/// Arguments of `delete_vm`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteVmArgs {
+    /// The VM's name.
+    pub name: String,
+    /// Delete it even if it is running, by forcing it off first. Default false: a
+    /// running VM is refused.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The defined VMs.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VmList {
+    /// One entry per VM, sorted by name.
+    pub vms: Vec<VmSummary>,
+}
+
+/// The VM a lifecycle tool acted on, as it is now.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VmResult {
+    /// The VM's definition and current status.
+    pub vm: VmInfo,
+}
+
+/// What `delete_vm` removed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Deleted {
+    /// Name of the VM that no longer exists.
+    pub deleted: String,
+}
+
+/// The QEMU profiles (values for `os_variant`).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ProfileList {
+    /// One entry per profile; `is_default` marks the configured default.
+    pub profiles: Vec<ProfileInfo>,
+}

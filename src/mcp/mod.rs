@@ -1,0 +1,68 @@
+//! The MCP front end (rmcp): every operation as a tool, VMs as resources, progress and
+//! cancellation for long waits, MCP logging. It only parses, calls `ops` and formats.
+//!
+//! Adding tools: write `src/mcp/tools_<area>.rs` with
+//! `#[tool_router(router = <area>_tools, vis = "pub(super)")] impl KvmMcp { … }`, return
+//! `Result<Reply<T>, String>` with `output_schema = out::<T>()`, and add the router in
+//! [`KvmMcp::router`]. Argument structs (with doc comments for the model) go in
+//! `args.rs` or next to the tools.
+
+mod args;
+mod notify;
+mod reply;
+mod resources;
+mod server;
+mod tools_host;
+mod tools_vm;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmcp::ServiceExt;
+use tokio_util::sync::CancellationToken;
+
+pub use args::{CreateVmArgs, DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
+pub use notify::Level;
+pub use reply::{Reply, fail, out};
+pub use resources::{VM_PREFIX, VMS_URI};
+pub use server::{InFlight, KvmMcp, SUPPORTED_PROTOCOL_VERSIONS, Shared};
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum McpServeError {
+    #[error("MCP session over stdio failed to start")]
+    Start(#[source] Box<rmcp::service::ServerInitializeError>),
+    #[error("MCP session task failed")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// Serves one MCP session on stdin/stdout until the client closes it or `shutdown`
+/// fires; on shutdown, in-flight tool calls get `drain` to finish first.
+///
+/// # Errors
+/// The handshake failed (including stdin closing before `initialize`).
+pub async fn serve_stdio(
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    drain: Duration,
+) -> Result<(), McpServeError> {
+    let server = KvmMcp::new(shared.clone());
+    let running = tokio::select! {
+        r = server.serve(rmcp::transport::stdio()) => r.map_err(|e| McpServeError::Start(Box::new(e)))?,
+        () = shutdown.cancelled() => return Ok(()),
+    };
+    let session_ct = running.cancellation_token();
+    let waiting = running.waiting();
+    tokio::pin!(waiting);
+    tokio::select! {
+        r = &mut waiting => {
+            r.map_err(McpServeError::Join)?;
+        }
+        () = shutdown.cancelled() => {
+            shared.inflight.drain(drain).await;
+            session_ct.cancel();
+            let _ = waiting.await;
+        }
+    }
+    Ok(())
+}

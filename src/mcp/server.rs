@@ -1,0 +1,348 @@
+//! The rmcp server handler: capabilities, protocol versions, tool dispatch with metrics
+//! and drain accounting, `logging/setLevel`, and the per-session task that forwards
+//! "the set of VMs changed" as `notifications/resources/list_changed`.
+// The logging capability and `logging/setLevel` are deprecated by SEP-2577 for the 2026
+// revision; the revisions this server speaks still define them.
+#![allow(deprecated)]
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use tokio::sync::Notify;
+
+use super::notify::{self, Level};
+use crate::metrics::{self, CallOutcome};
+use crate::ops::{Ops, VmSetWatcher};
+
+/// The protocol revisions this server speaks. A client asking for another one is
+/// answered with the newest of these.
+pub static SUPPORTED_PROTOCOL_VERSIONS: [ProtocolVersion; 2] =
+    [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25];
+
+/// Time given to the last responses to be written before sessions close on shutdown.
+const RESPONSE_FLUSH_GRACE: Duration = Duration::from_millis(500);
+
+/// How often the VM set is compared when nothing in this process nudged it.
+const VM_SET_POLL: Duration = Duration::from_secs(2);
+
+const INSTRUCTIONS: &str = "Manages QEMU virtual machines on this host. `list_vms` shows what \
+exists; `create_vm` defines a VM (defaults come from the server's config), `start_vm` and \
+`stop_vm` run and stop it, `get_vm` shows details including the serial console log path. \
+Failures explain what to do next.";
+
+/// Counts tool calls in flight so a shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    draining: AtomicBool,
+    idle: Notify,
+}
+
+/// Decrements [`InFlight`] when a call ends, however it ends.
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self)
+    }
+
+    /// Refuses new tool calls from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Calls running now.
+    #[must_use]
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Refuses new calls, waits (up to `limit`) for running ones to finish, then gives
+    /// their responses a moment to leave before the caller closes the sessions.
+    /// Returns false when calls were still running at the limit.
+    pub async fn drain(&self, limit: Duration) -> bool {
+        self.start_draining();
+        let had_calls = self.count() > 0;
+        let idle = self.wait_idle(limit).await;
+        if had_calls {
+            // The handler returning is not the response being written: let it go out.
+            tokio::time::sleep(RESPONSE_FLUSH_GRACE).await;
+        }
+        if !idle {
+            tracing::warn!(calls = self.count(), "drain timeout passed; leaving calls unfinished");
+        }
+        idle
+    }
+
+    /// Waits until no call is running, or `limit` passes; true when idle.
+    pub async fn wait_idle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.count() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.count() == 0;
+            }
+        }
+    }
+}
+
+/// What every session of one server process shares.
+#[derive(Debug)]
+pub struct Shared {
+    pub(super) ops: Ops,
+    pub(super) tools: ToolRouter<KvmMcp>,
+    pub(super) watcher: VmSetWatcher,
+    /// Tool calls in flight, for graceful shutdown.
+    pub inflight: InFlight,
+}
+
+impl Shared {
+    /// The operations every session calls.
+    #[must_use]
+    pub fn ops(&self) -> &Ops {
+        &self.ops
+    }
+}
+
+/// One MCP session's handler. Cheap to clone; the HTTP transport makes one per session.
+#[derive(Debug, Clone)]
+pub struct KvmMcp {
+    pub(super) shared: Arc<Shared>,
+    /// The session's `logging/setLevel`, as [`Level`] rank.
+    pub(super) log_level: Arc<AtomicU8>,
+}
+
+impl KvmMcp {
+    /// Shared state for a server process: call inside a tokio runtime (it starts the
+    /// VM-set watcher).
+    #[must_use]
+    pub fn shared(ops: Ops) -> Arc<Shared> {
+        let watcher = ops.watch_vm_set(VM_SET_POLL);
+        Arc::new(Shared { ops, tools: Self::router(), watcher, inflight: InFlight::default() })
+    }
+
+    /// Every tool. A later area adds its tools in a file of its own with
+    /// `#[tool_router(router = <area>_tools, vis = "pub(super)")] impl KvmMcp { … }`
+    /// and adds `+ Self::<area>_tools()` here.
+    #[must_use]
+    pub fn router() -> ToolRouter<Self> {
+        let mut router = Self::vm_tools() + Self::host_tools();
+        for route in router.map.values_mut() {
+            unwrap_tool_docs(&mut route.attr);
+        }
+        router
+    }
+
+    /// A handler for one new session.
+    #[must_use]
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared, log_level: Arc::new(AtomicU8::new(Level::DEFAULT.rank())) }
+    }
+
+    /// The operations this server calls.
+    #[must_use]
+    pub fn ops(&self) -> &Ops {
+        &self.shared.ops
+    }
+
+    /// Sends `message` as `notifications/message` if the session's level lets it through.
+    pub(super) async fn log(&self, peer: &rmcp::Peer<RoleServer>, level: Level, vm: &str, message: String) {
+        if level.rank() >= self.log_level.load(Ordering::Relaxed) {
+            notify::send_log(peer, level, vm, message).await;
+        }
+    }
+
+    /// Tells the VM-set watcher to look now (after a create or delete).
+    pub(super) fn vm_set_changed(&self) {
+        self.shared.watcher.nudge();
+    }
+}
+
+/// Joins the lines of a doc comment wrapped for the source file into flowing text,
+/// keeping paragraph breaks: descriptions are read by models, not by rustfmt.
+fn unwrap_doc(text: &str) -> String {
+    let paragraphs: Vec<String> =
+        text.split("\n\n").map(|p| p.lines().map(str::trim).collect::<Vec<_>>().join(" ")).collect();
+    paragraphs.join("\n\n")
+}
+
+fn unwrap_descriptions(map: &mut JsonObject) {
+    for (key, value) in map.iter_mut() {
+        match value {
+            serde_json::Value::String(s) if key == "description" => *s = unwrap_doc(s),
+            serde_json::Value::Object(m) => unwrap_descriptions(m),
+            serde_json::Value::Array(items) => {
+                for m in items.iter_mut().filter_map(serde_json::Value::as_object_mut) {
+                    unwrap_descriptions(m);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn unwrap_tool_docs(tool: &mut Tool) {
+    if let Some(d) = &tool.description {
+        tool.description = Some(unwrap_doc(d).into());
+    }
+    unwrap_descriptions(Arc::make_mut(&mut tool.input_schema));
+    if let Some(schema) = &mut tool.output_schema {
+        unwrap_descriptions(Arc::make_mut(schema));
+    }
+}
+
+fn outcome_of(result: &Result<CallToolResponse, McpError>, cancelled: bool) -> CallOutcome {
+    match result {
+        _ if cancelled => CallOutcome::Cancelled,
+        Err(_) => CallOutcome::ProtocolError,
+        Ok(CallToolResponse::Complete(r)) if r.is_error == Some(true) => CallOutcome::ToolError,
+        Ok(_) => CallOutcome::Ok,
+    }
+}
+
+impl ServerHandler for KvmMcp {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_resources()
+                .enable_resources_list_changed()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("kvm-mcp", env!("CARGO_PKG_VERSION")))
+        .with_instructions(INSTRUCTIONS.to_owned());
+        info.protocol_version = ProtocolVersion::V_2025_11_25;
+        info
+    }
+
+    fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
+        Cow::Borrowed(&SUPPORTED_PROTOCOL_VERSIONS)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let name = request.name.clone();
+        if self.shared.inflight.draining.load(Ordering::Acquire) {
+            metrics::observe_tool_call(&name, CallOutcome::ToolError, Duration::ZERO);
+            return Ok(CallToolResult::error(vec![ContentBlock::text(
+                "the server is shutting down; retry against a new server process",
+            )])
+            .into());
+        }
+        let _guard = self.shared.inflight.enter();
+        let started = Instant::now();
+        let ct = context.ct.clone();
+        let result = self.shared.tools.call(ToolCallContext::new(self, request, context)).await;
+        let outcome = outcome_of(&result, ct.is_cancelled());
+        let elapsed = started.elapsed();
+        metrics::observe_tool_call(&name, outcome, elapsed);
+        tracing::debug!(tool = %name, outcome = outcome.as_str(), ms = elapsed.as_secs_f64() * 1e3, "tool call");
+        result
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListToolsResult, McpError> {
+        Ok(rmcp::model::ListToolsResult::with_all_items(self.shared.tools.list_all()))
+    }
+
+    fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
+        self.shared.tools.get(name).cloned()
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.log_level.store(Level::from_mcp(request.level).rank(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        let mut changes = self.shared.watcher.subscribe();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = changes.recv() => match got {
+                        Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            if peer.notify_resource_list_changed().await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    },
+                    () = tokio::time::sleep(Duration::from_secs(5)) => {
+                        if peer.is_transport_closed() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        super::resources::list(self.ops())
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(super::resources::templates())
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        super::resources::read(self.ops(), &request.uri).map(Into::into)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wrapped_doc_lines_join_and_paragraphs_stay() {
+        assert_eq!(
+            super::unwrap_doc("Stop a VM:\npress the button.\n\nThen wait."),
+            "Stop a VM: press the button.\n\nThen wait."
+        );
+    }
+}

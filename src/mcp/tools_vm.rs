@@ -1,0 +1,236 @@
+//! The VM lifecycle tools: list, get, create, start, stop, reboot, pause, resume,
+//! delete. Each parses its arguments, calls `ops`, and formats a [`Reply`]; the long
+//! ones report progress and stop waiting when the caller cancels.
+
+use std::time::Duration;
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use tokio::sync::mpsc;
+
+use super::args::{CreateVmArgs, DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, VmList, VmNameArgs, VmResult};
+use super::notify::{Level, Reporter, drive};
+use super::reply::{Reply, fail, out};
+use super::server::KvmMcp;
+use crate::ops::{CreateRequest, Progress, StopOptions, VmInfo, VmSummary};
+
+type ToolResult<T> = Result<Reply<T>, String>;
+
+fn describe(i: &VmInfo) -> String {
+    let mut s = format!("VM {:?} is {}", i.name, i.state);
+    if let Some(d) = &i.detail {
+        s.push_str(&format!(" ({d})"));
+    }
+    s.push_str(&format!(": {} vCPUs, {} MiB, profile {}", i.vcpus, i.memory_mib, i.os_variant));
+    if let Some(pid) = i.pid {
+        s.push_str(&format!(", QEMU pid {pid}"));
+    }
+    s.push_str(&format!("; serial console log {}", i.serial_log.display()));
+    s
+}
+
+fn list_summary(vms: &[VmSummary]) -> String {
+    if vms.is_empty() {
+        return "no VMs are defined; create one with create_vm".into();
+    }
+    let items: Vec<String> =
+        vms.iter().map(|v| format!("{} ({})", v.name, v.state.map_or("incomplete", |s| s.as_str()))).collect();
+    format!("{} VM{}: {}", vms.len(), if vms.len() == 1 { "" } else { "s" }, items.join(", "))
+}
+
+impl KvmMcp {
+    /// What a cancelled wait left behind, logged to the session and returned as text.
+    async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
+        let state = self.ops().info(vm).map_or_else(fail, |i| format!("VM {vm:?} is {}", i.state));
+        let msg = format!("{tool} cancelled: {state}; {note}");
+        tracing::warn!(vm, "{msg}");
+        self.log(&ctx.peer, Level::Warning, vm, msg.clone()).await;
+        msg
+    }
+}
+
+#[tool_router(router = vm_tools, vis = "pub(super)")]
+impl KvmMcp {
+    /// List the defined VMs with their state (shutoff, starting, running, paused,
+    /// shutting-down, crashed), vCPUs, memory, uptime and QEMU pid.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmList>())]
+    async fn list_vms(&self, Parameters(a): Parameters<ListVmsArgs>) -> ToolResult<VmList> {
+        let vms = if a.no_cache { self.ops().list_live().await } else { self.ops().list() }.map_err(fail)?;
+        let summary = list_summary(&vms);
+        Ok(Reply::new(VmList { vms }, summary))
+    }
+
+    /// Show everything about one VM: definition (disks, NICs, boot), state and why,
+    /// QEMU pid, uptime, exit status after a crash with QEMU's last log lines, and the
+    /// path of its serial console log.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmResult>())]
+    async fn get_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VmResult> {
+        let vm = self.ops().info(&a.name).map_err(fail)?;
+        let summary = describe(&vm);
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Define a new VM. Every argument is optional: with none, the VM gets the
+    /// server's configured defaults (name, memory, vCPUs, OS profile, network). It
+    /// needs something to boot: `disk` (an existing image) or `kernel`. Pass
+    /// `start: true` to start it too. Does not start it otherwise.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn create_vm(
+        &self,
+        Parameters(a): Parameters<CreateVmArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let name = a.name.clone().unwrap_or_else(|| self.ops().config().vm.default_name.clone());
+        let start = a.start;
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        reporter.send(format!("defining VM {name:?}")).await;
+        let (_tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let waiting_for = if start { "the VM to be defined and started" } else { "the VM to be defined" };
+        let req = CreateRequest::from(a);
+        let Some(done) = drive(&mut reporter, &ctx.ct, waiting_for, rx, self.ops().create(req)).await else {
+            return Err(self
+                .cancelled(&ctx, "create_vm", &name, "its supervisor may still be starting it; check with get_vm")
+                .await);
+        };
+        let vm = done.map_err(fail)?;
+        self.vm_set_changed();
+        let summary = if start {
+            format!("created; {}", describe(&vm))
+        } else {
+            format!("defined; {}; start it with start_vm", describe(&vm))
+        };
+        reporter.send(summary.clone()).await;
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Start a defined VM and wait until QEMU runs it (the guest then boots on its
+    /// own; watch its serial log, whose path `get_vm` shows). Fails if it is already
+    /// running.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn start_vm(
+        &self,
+        Parameters(a): Parameters<VmNameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        reporter.send(format!("starting VM {:?}", a.name)).await;
+        let (_tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let Some(done) = drive(&mut reporter, &ctx.ct, "QEMU to run", rx, self.ops().start(&a.name)).await else {
+            return Err(self
+                .cancelled(&ctx, "start_vm", &a.name, "its supervisor goes on starting it; stop_vm undoes that")
+                .await);
+        };
+        let vm = done.map_err(fail)?;
+        let summary = describe(&vm);
+        reporter.send(summary.clone()).await;
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Stop a VM: press the ACPI power button until the guest powers off, and force it
+    /// off (QEMU quit, then signals) if it has not within `timeout_s`; or at once with
+    /// `force: true`. Stopping a stopped VM succeeds and changes nothing.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn stop_vm(
+        &self,
+        Parameters(a): Parameters<StopVmArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        let opts = StopOptions { force: a.force, timeout: a.timeout_s.map(Duration::from_secs) };
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        let op = self.ops().stop(&a.name, opts, &forward);
+        let Some(done) = drive(&mut reporter, &ctx.ct, "the VM to power off", rx, op).await else {
+            return Err(self
+                .cancelled(&ctx, "stop_vm", &a.name, "power button presses already sent may still shut the guest down")
+                .await);
+        };
+        let vm = done.map_err(fail)?;
+        let summary = describe(&vm);
+        reporter.send(summary.clone()).await;
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Reset a running VM, like pressing its reset button: the guest reboots at once
+    /// without shutting down, losing unsaved data.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn reboot_vm(
+        &self,
+        Parameters(a): Parameters<VmNameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().reboot(&a.name).await.map_err(fail)?;
+        let summary = format!("reset; {}", describe(&vm));
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Pause a running VM's virtual CPUs; memory and devices stay as they are.
+    /// `resume_vm` continues it.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn pause_vm(
+        &self,
+        Parameters(a): Parameters<VmNameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().pause(&a.name).await.map_err(fail)?;
+        let summary = describe(&vm);
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Continue a VM paused by `pause_vm`.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn resume_vm(
+        &self,
+        Parameters(a): Parameters<VmNameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().resume(&a.name).await.map_err(fail)?;
+        let summary = describe(&vm);
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+
+    /// Delete a VM's definition and state. Disk images given at create stay on disk.
+    /// A running VM is refused unless `force: true`, which forces it off first.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<Deleted>()
+    )]
+    async fn delete_vm(
+        &self,
+        Parameters(a): Parameters<DeleteVmArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<Deleted> {
+        self.ops().delete(&a.name, a.force).await.map_err(fail)?;
+        self.vm_set_changed();
+        let summary = format!("deleted VM {:?}", a.name);
+        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        Ok(Reply::new(Deleted { deleted: a.name }, summary))
+    }
+}
