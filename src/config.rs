@@ -83,6 +83,9 @@ struct RawConfig {
     qemu: RawQemu,
     paths: RawPaths,
     logging: RawLogging,
+    console: crate::guest_config::RawConsole,
+    display: crate::guest_config::RawDisplay,
+    agent: crate::guest_config::RawAgent,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +212,12 @@ pub struct Config {
     /// Sockets and pid files of running VMs (`<run_dir>/<name>/`).
     pub run_dir: PathBuf,
     pub logging: LogSettings,
+    /// Serial console log rotation (`console.*`).
+    pub console: crate::guest_config::ConsoleSettings,
+    /// VNC (`display.*`).
+    pub display: crate::guest_config::DisplaySettings,
+    /// Guest agent limits (`agent.*`).
+    pub agent: crate::guest_config::AgentSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
@@ -437,6 +446,9 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
         state_dir: absolute("paths.state_dir", raw.paths.state_dir.unwrap_or(def_state))?,
         run_dir: absolute("paths.run_dir", raw.paths.run_dir.unwrap_or(def_run))?,
         logging: LogSettings { level, file: raw.logging.file, json: raw.logging.json.unwrap_or(false) },
+        console: raw.console.resolve()?,
+        display: raw.display.resolve(),
+        agent: raw.agent.resolve()?,
     })
 }
 

@@ -1,10 +1,14 @@
 //! kvm-mcp: run QEMU/KVM virtual machines without libvirt, as MCP tools and a command
 //! line. See the README's Architecture section for how the modules fit together.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod display;
 pub mod error;
 pub mod fsutil;
+pub mod guest_config;
 pub mod ids;
 pub mod layout;
 pub mod lock;
@@ -17,7 +21,9 @@ pub mod procid;
 pub mod profile;
 pub mod qemu;
 pub mod qmp;
+pub mod qmp_extra;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod supervisor;

@@ -3,7 +3,11 @@
 //! state of its own. Every operation works from the state directory, so front ends are
 //! peers; mutations of one VM are serialised by its file lock.
 
+mod agent;
+mod console;
+mod display;
 mod host;
+mod stats;
 mod vm;
 
 use std::path::PathBuf;
@@ -11,7 +15,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use agent::GuestExecRequest;
+pub use console::ConsoleQuery;
+pub use display::{Screenshot, VncInfo, VncPort};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
+pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats, VcpuStats, VmStats};
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 
 use crate::config::{Config, ConfigError};
@@ -64,6 +72,24 @@ pub enum OpsError {
     },
     #[error("VM {name:?}: {what} did not happen within {secs} s")]
     Timeout { name: String, what: &'static str, secs: u64 },
+    #[error("VM {name:?}")]
+    Console {
+        name: String,
+        #[source]
+        source: crate::console::ConsoleError,
+    },
+    #[error("VM {name:?}")]
+    Display {
+        name: String,
+        #[source]
+        source: crate::display::DisplayError,
+    },
+    #[error("VM {name:?}")]
+    Agent {
+        name: String,
+        #[source]
+        source: crate::agent::AgentError,
+    },
 }
 
 impl OpsError {
@@ -81,6 +107,9 @@ impl OpsError {
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
             OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+            OpsError::Console { source, .. } => source.kind(),
+            OpsError::Display { source, .. } => source.kind(),
+            OpsError::Agent { source, .. } => source.kind(),
         }
     }
 

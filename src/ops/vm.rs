@@ -152,7 +152,7 @@ fn derived_mac(uuid: &uuid::Uuid, index: u8) -> String {
 }
 
 impl Ops {
-    fn paths(&self, name: &VmName) -> VmPaths {
+    pub(crate) fn paths(&self, name: &VmName) -> VmPaths {
         VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name)
     }
 
@@ -496,7 +496,7 @@ impl Ops {
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
     }
 
-    async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
+    pub(crate) async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
         Qmp::connect(&vm.paths.qmp_sock(), DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
             name: vm.spec.name.to_string(),
             what: "cannot reach QEMU's monitor",
@@ -623,6 +623,7 @@ impl Ops {
                 if let Ok(q) = self.qmp(vm).await {
                     let _ = q.execute(qmp::system_powerdown {}, DEFAULT_TIMEOUT).await;
                 }
+                self.agent_shutdown_fallback(vm, step, progress).await;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if pidfd.wait_exit(PRESS_INTERVAL.min(left)).await {
                     exited = true;
