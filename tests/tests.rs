@@ -7,4 +7,5 @@
 mod cli;
 mod common;
 mod guest;
+mod host;
 mod network;

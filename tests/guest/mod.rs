@@ -1,5 +1,9 @@
 //! Tests that boot real TCG guests through kvm-mcp. nextest runs at most two at once
 //! (test group `guest` in `.config/nextest.toml`).
 
+mod agent;
+mod console;
+mod display;
 mod lifecycle;
 mod recovery;
+mod stats;
