@@ -314,7 +314,9 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
     ready.send(true, "running", &[]);
 
     let mut seen = Seen::default();
-    let mut rotate = tokio::time::interval(crate::console::log::ROTATE_CHECK);
+    // begin_run rotated just now: the first check is one period away.
+    let every = crate::console::log::ROTATE_CHECK;
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let status = loop {
         tokio::select! {
             st = child.wait() => break st.ok(),

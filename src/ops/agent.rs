@@ -44,11 +44,7 @@ impl Ops {
     }
 
     fn agent_vm(&self, name: &str) -> Result<Vm, OpsError> {
-        let vm = self.load(name)?;
-        let state = Self::observe(&vm).status.state;
-        if !state.is_active() {
-            return Err(OpsError::NotRunning { name: name.into(), state: state.to_string() });
-        }
+        let vm = self.active(name)?;
         let profile = self.profiles.get(&vm.spec.os_variant)?;
         if !profile.devices.guest_agent {
             return Err(OpsError::invalid(

@@ -154,11 +154,6 @@ impl Ops {
     /// # Errors
     /// [`OpsError::NotRunning`] when the VM is off.
     pub fn console_socket(&self, name: &str) -> Result<PathBuf, OpsError> {
-        let vm = self.load(name)?;
-        let obs = Self::observe(&vm);
-        if !obs.status.state.is_active() {
-            return Err(OpsError::NotRunning { name: name.into(), state: obs.status.state.to_string() });
-        }
-        Ok(vm.paths.serial_sock())
+        Ok(self.active(name)?.paths.serial_sock())
     }
 }

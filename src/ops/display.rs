@@ -70,7 +70,8 @@ impl Ops {
         Ok(())
     }
 
-    fn active(&self, name: &str) -> Result<Vm, OpsError> {
+    /// A VM that has a QEMU process now (no lock taken: these operations change no state).
+    pub(crate) fn active(&self, name: &str) -> Result<Vm, OpsError> {
         let vm = self.load(name)?;
         let state = Self::observe(&vm).status.state;
         if !state.is_active() {
