@@ -303,10 +303,9 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
         let st = child.wait().await.ok();
         return exited_early(ready, &paths, st);
     };
-    if let Some(Err(e)) = match vnc {
-        Some(v) => Some(v.activate(&qmp, &paths).await),
-        None => None,
-    } {
+    if let Some(v) = vnc
+        && let Err(e) = v.activate(&qmp, &paths).await
+    {
         tracing::warn!(error = %e, "VNC stays closed");
     }
     let running = qmp.status().await.map(|s| s.running).unwrap_or(true);

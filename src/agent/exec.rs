@@ -5,7 +5,8 @@
 //! qemu-ga 7.2 has no command to kill what `guest-exec` started, so on timeout or
 //! cancellation a second `guest-exec` kills it: on Linux guests `/bin/sh` walks
 //! `/proc/<pid>/task/*/children` (or every `/proc/*/stat` where that file is missing)
-//! and SIGKILLs the whole tree, children first; on Windows guests
+//! and SIGKILLs the whole tree, each process stopped before its children are killed so
+//! it cannot carry on; on Windows guests
 //! `taskkill /F /T /PID`. Killing needs those tools in the guest; when the kill cannot
 //! run, the result says `killed: false`.
 
@@ -25,12 +26,13 @@ use crate::ops::{Progress, ProgressFn};
 const MAX_POLL: Duration = Duration::from_millis(500);
 /// How long the killed command gets to be reaped by the agent.
 const KILL_GRACE: Duration = Duration::from_secs(10);
-/// Kills a process tree on a Linux guest, children first; `$1` is the pid. Children come
-/// from `/proc/<pid>/task/*/children`, or from scanning every `/proc/*/stat` for the
-/// parent pid on kernels without that file.
+/// Kills a process tree on a Linux guest; `$1` is the pid. Each process is stopped
+/// first (so it can neither go on with its script nor start more children), then its
+/// children are killed, then it. Children come from `/proc/<pid>/task/*/children`, or
+/// from scanning every `/proc/*/stat` for the parent pid on kernels without that file.
 const LINUX_KILL: &str = "kids() { if [ -e /proc/$1/task/$1/children ]; then cat /proc/$1/task/*/children; \
 else for s in /proc/[0-9]*/stat; do read -r p c st pp r < $s 2>/dev/null && [ \"$pp\" = \"$1\" ] && echo $p; done; fi; }; \
-k() { for c in $(kids $1); do k $c; done; kill -KILL $1 2>/dev/null; }; k \"$1\"";
+k() { kill -STOP $1 2>/dev/null; for c in $(kids $1); do k $c; done; kill -KILL $1 2>/dev/null; }; k \"$1\"";
 
 /// A command to run in the guest.
 #[derive(Debug, Clone)]

@@ -152,7 +152,7 @@ fn derived_mac(uuid: &uuid::Uuid, index: u8) -> String {
 }
 
 impl Ops {
-    pub(crate) fn paths(&self, name: &VmName) -> VmPaths {
+    fn paths(&self, name: &VmName) -> VmPaths {
         VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name)
     }
 

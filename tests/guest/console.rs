@@ -136,22 +136,26 @@ fn vm_console_attaches_runs_a_command_and_detaches_on_escape() {
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut seen = Vec::new();
+    // Read until EOF on a thread: closing the pipe early would make the CLI's next
+    // write fail.
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if String::from_utf8_lossy(&seen).contains("ATTACHED-42") {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
                 break;
             }
         }
-        String::from_utf8_lossy(&seen).into_owned()
     });
     stdin.write_all(b"echo ATTACHED-$((6*7))\n").unwrap();
-    let seen = reader.join().unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("ATTACHED-42") {
+        match rx.recv_timeout(GUEST_DEADLINE) {
+            Ok(chunk) => seen.extend_from_slice(&chunk),
+            Err(_) => break,
+        }
+    }
+    let seen = String::from_utf8_lossy(&seen).into_owned();
     stdin.write_all(&[0x1d]).unwrap();
     let start = Instant::now();
     let status = loop {
