@@ -94,6 +94,9 @@ struct RawConfig {
     network: RawNetwork,
     storage: storage::RawStorage,
     server: server::RawServer,
+    console: crate::guest_config::RawConsole,
+    display: crate::guest_config::RawDisplay,
+    agent: crate::guest_config::RawAgent,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -305,6 +308,12 @@ pub struct Config {
     pub storage: StorageSettings,
     /// `server.*`: the HTTP front end.
     pub server: server::ServerSettings,
+    /// Serial console log rotation (`console.*`).
+    pub console: crate::guest_config::ConsoleSettings,
+    /// VNC (`display.*`).
+    pub display: crate::guest_config::DisplaySettings,
+    /// Guest agent limits (`agent.*`).
+    pub agent: crate::guest_config::AgentSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
@@ -561,6 +570,9 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
         network: network_settings,
         storage: storage::resolve(raw.storage)?,
         server: server::resolve(raw.server)?,
+        console: raw.console.resolve()?,
+        display: raw.display.resolve(),
+        agent: raw.agent.resolve()?,
     })
 }
 

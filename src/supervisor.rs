@@ -217,6 +217,7 @@ fn finish(rec: &mut Recorder, o: &Outcome) {
 }
 
 fn cleanup(paths: &VmPaths) {
+    crate::display::vnc::cleanup(paths);
     for p in [paths.qmp_sock(), paths.events_sock(), paths.qga_sock(), paths.serial_sock(), paths.stop_intent()] {
         let _ = std::fs::remove_file(p);
     }
@@ -265,10 +266,19 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
     };
     let fds = cmdline::FdPlan::standard(taps.len());
     let run_spec = crate::provision::install::run_spec(spec, &paths);
-    let argv = match cmdline::build(&run_spec, &profile, decision.accel, &paths, &fds) {
+    let mut argv = match cmdline::build(&run_spec, &profile, decision.accel, &paths, &fds) {
         Ok(a) => a,
         Err(e) => return fail(ready, e.to_string(), &paths),
     };
+    // VNC on a free display; the allocation lock is held until QEMU answers on QMP.
+    let vnc = match crate::display::vnc::plan(&cfg.display, &profile, &cfg.run_dir, &paths).await {
+        Ok(v) => v,
+        Err(e) => return fail(ready, e, &paths),
+    };
+    argv.extend(vnc.iter().flat_map(crate::display::vnc::VncPlan::args));
+    if let Err(e) = crate::console::log::begin_run(&paths, &cfg.console) {
+        tracing::warn!(error = %e, "cannot rotate the serial log");
+    }
     let (qmp_fd, ev_fd) = match (listen(&paths.qmp_sock()), listen(&paths.events_sock())) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -308,14 +318,27 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
         let st = child.wait().await.ok();
         return exited_early(ready, &paths, st);
     };
+    if let Some(v) = vnc
+        && let Err(e) = v.activate(&qmp, &paths).await
+    {
+        tracing::warn!(error = %e, "VNC stays closed");
+    }
     let running = qmp.status().await.map(|s| s.running).unwrap_or(true);
     rec.set(if running { VmState::Running } else { VmState::Paused }, why, None);
     ready.send(true, "running", &[]);
 
     let mut seen = Seen::default();
+    // begin_run rotated just now: the first check is one period away.
+    let every = crate::console::log::ROTATE_CHECK;
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let status = loop {
         tokio::select! {
             st = child.wait() => break st.ok(),
+            _ = rotate.tick() => {
+                if let Err(e) = crate::console::log::rotate_if_needed(&paths, &cfg.console) {
+                    tracing::warn!(error = %e, "cannot rotate the serial log");
+                }
+            }
             ev = events.recv() => match ev {
                 Some(ev) => on_event(rec, &mut seen, &ev),
                 // Monitor closed: QEMU is exiting; wait for it.

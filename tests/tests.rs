@@ -7,6 +7,7 @@
 mod cli;
 mod common;
 mod guest;
+mod host;
 mod mcp;
 mod network;
 mod storage;

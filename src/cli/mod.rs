@@ -2,6 +2,7 @@
 //! with `--json`). Exit status 0 on success; otherwise a one-line reason on stderr and
 //! a non-zero code chosen by the error's kind.
 
+mod guest;
 mod net;
 mod storage;
 
@@ -86,6 +87,8 @@ pub struct ServeArgs {
 pub enum HostCommand {
     /// Accelerator (and why), QEMU version, memory and disk space.
     Info,
+    /// CPU use, memory and free space where VM disks live.
+    Stats,
 }
 
 /// `kvm-mcp vm …`.
@@ -131,6 +134,8 @@ pub enum VmCommand {
     },
     /// Attach a new supervisor to a VM whose supervisor died.
     Adopt { name: String },
+    #[command(flatten)]
+    Guest(guest::GuestCommand),
 }
 
 /// `kvm-mcp vm create`.
@@ -319,6 +324,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
+        Command::Host(HostCommand::Stats) => guest::host_stats(ops, json).await,
         Command::Profiles => {
             let p = ops.list_profiles();
             print(json, &p, |p| {
@@ -384,6 +390,7 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
         VmCommand::Pause { name } => show(ops.pause(&name).await?),
         VmCommand::Resume { name } => show(ops.resume(&name).await?),
         VmCommand::Adopt { name } => show(ops.adopt(&name).await?),
+        VmCommand::Guest(g) => guest::run(ops, json, g).await?,
         VmCommand::Delete { name, force, keep_disks } => {
             let r = ops.delete_with(&name, crate::ops::DeleteOptions { force, keep_disks }).await?;
             print(json, &r, |r| {

@@ -3,9 +3,12 @@
 //! state of its own. Every operation works from the state directory, so front ends are
 //! peers; mutations of one VM are serialised by its file lock.
 
+mod agent;
 mod block;
 mod clone;
+mod console;
 mod disks;
+mod display;
 mod host;
 mod images;
 mod ip;
@@ -13,6 +16,7 @@ mod media;
 mod net;
 mod provision;
 mod snapshot;
+mod stats;
 mod vm;
 mod watch;
 
@@ -21,13 +25,17 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use agent::GuestExecRequest;
 pub use clone::CloneRequest;
+pub use console::ConsoleQuery;
 pub use disks::{DeleteOptions, DeleteReport};
+pub use display::{Screenshot, VncInfo, VncPort};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
 pub use images::{ImageEntry, IsoEntry};
 pub use ip::{IpAnswer, IpQuery, IpSource, NicIps, VmIps};
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
 pub use snapshot::SnapshotEntry;
+pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats as VmNicStats, VcpuStats, VmStats};
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 pub use watch::VmSetWatcher;
 
@@ -102,6 +110,24 @@ pub enum OpsError {
     InUse { what: String, users: Vec<String>, hint: String },
     #[error("VM {name:?} is {state}; {what} needs it stopped: stop it first")]
     MustBeStopped { name: String, state: String, what: &'static str },
+    #[error("VM {name:?}")]
+    Console {
+        name: String,
+        #[source]
+        source: crate::console::ConsoleError,
+    },
+    #[error("VM {name:?}")]
+    Display {
+        name: String,
+        #[source]
+        source: crate::display::DisplayError,
+    },
+    #[error("VM {name:?}")]
+    Agent {
+        name: String,
+        #[source]
+        source: crate::agent::AgentError,
+    },
 }
 
 impl OpsError {
@@ -124,6 +150,9 @@ impl OpsError {
             OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
             OpsError::Storage { source, .. } => source.kind(),
             OpsError::InUse { .. } | OpsError::MustBeStopped { .. } => ErrorKind::Conflict,
+            OpsError::Console { source, .. } => source.kind(),
+            OpsError::Display { source, .. } => source.kind(),
+            OpsError::Agent { source, .. } => source.kind(),
         }
     }
 

@@ -639,6 +639,7 @@ impl Ops {
                 if let Ok(q) = self.qmp(vm).await {
                     let _ = q.execute(qmp::system_powerdown {}, DEFAULT_TIMEOUT).await;
                 }
+                self.agent_shutdown_fallback(vm, step, progress).await;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if pidfd.wait_exit(PRESS_INTERVAL.min(left)).await {
                     exited = true;
