@@ -22,7 +22,12 @@ where
         unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET) needs root");
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().expect("build a current-thread runtime");
-        runtime.block_on(body())
+        // A new namespace starts with loopback down; QEMU's VNC server and user-mode
+        // port forwards listen on 127.0.0.1, so bring it up as on any real host.
+        runtime.block_on(async {
+            crate::common::net::lo_up().await;
+            body().await
+        })
     });
     worker.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
