@@ -62,6 +62,16 @@ pub struct CreateVmArgs {
     /// Start the VM right after defining it.
     #[serde(default)]
     pub start: bool,
+    /// Host ports forwarded into the guest, for the single NIC of `network` "user"
+    /// (for example `[{"host_port": 2222, "guest_port": 22}]` to reach SSH at
+    /// 127.0.0.1:2222). With `nics`, give each NIC its own `port_forwards` instead.
+    #[serde(default)]
+    pub port_forwards: Vec<crate::network::PortForward>,
+    /// Several NICs, in order (at most 8), instead of the one NIC `network` gives:
+    /// each has a `network` ("user" or a host bridge name) and optional `mac`,
+    /// `model` and `port_forwards`. Do not combine with `network` or `port_forwards`.
+    #[serde(default)]
+    pub nics: Vec<crate::ops::NicRequest>,
 }
 
 impl From<CreateVmArgs> for CreateRequest {
@@ -78,6 +88,8 @@ impl From<CreateVmArgs> for CreateRequest {
             network: a.network,
             restart_policy: a.restart_policy,
             start: a.start,
+            port_forwards: a.port_forwards,
+            nics: a.nics,
             ..CreateRequest::default()
         }
     }
