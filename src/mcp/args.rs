@@ -79,6 +79,16 @@ pub struct CreateVmArgs {
     /// Start the VM right after defining it.
     #[serde(default)]
     pub start: bool,
+    /// Host ports forwarded into the guest, for the single NIC of `network` "user"
+    /// (for example `[{"host_port": 2222, "guest_port": 22}]` to reach SSH at
+    /// 127.0.0.1:2222). With `nics`, give each NIC its own `port_forwards` instead.
+    #[serde(default)]
+    pub port_forwards: Vec<crate::network::PortForward>,
+    /// Several NICs, in order (at most 8), instead of the one NIC `network` gives:
+    /// each has a `network` ("user" or a host bridge name) and optional `mac`,
+    /// `model` and `port_forwards`. Do not combine with `network` or `port_forwards`.
+    #[serde(default)]
+    pub nics: Vec<crate::ops::NicRequest>,
 }
 
 /// Where the disk of a new VM comes from (`type` picks the kind).
@@ -145,6 +155,8 @@ impl TryFrom<CreateVmArgs> for CreateRequest {
             disk_size_gib: a.disk_size_gib,
             cloud_init: a.cloud_init,
             ignition: a.ignition,
+            port_forwards: a.port_forwards,
+            nics: a.nics,
             ..CreateRequest::default()
         })
     }

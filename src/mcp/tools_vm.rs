@@ -62,11 +62,11 @@ impl KvmMcp {
     }
 
     /// Show everything about one VM: definition (disks, NICs, boot), state and why,
-    /// QEMU pid, uptime, exit status after a crash with QEMU's last log lines, and the
-    /// path of its serial console log.
+    /// QEMU pid, uptime, exit status after a crash with QEMU's last log lines, the
+    /// path of its serial console log, and while it runs the guest's IP addresses.
     #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmResult>())]
     async fn get_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VmResult> {
-        let vm = self.ops().info(&a.name).map_err(fail)?;
+        let vm = self.ops().info_live(&a.name).await.map_err(fail)?;
         let summary = describe(&vm);
         Ok(Reply::new(VmResult { vm }, summary))
     }

@@ -15,7 +15,7 @@ use super::ifname::IfName;
 ///
 /// For a VM's tap the directions are the host's view: frames the guest sends
 /// are the tap's `rx_*`, frames delivered to the guest are its `tx_*`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct LinkStats {
     /// Bytes received by the interface.
     pub rx_bytes: u64,

@@ -47,8 +47,11 @@ pub enum IpSource {
 /// One address of a NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct IpAnswer {
+    /// The address (IPv4 or IPv6).
     pub ip: IpAddr,
+    /// Network prefix length in bits, when the source knows it.
     pub prefix_len: Option<u8>,
+    /// Where the address came from.
     pub source: IpSource,
     /// Seconds since the source learnt it (0 for a live answer); `None` when unknown.
     pub age_s: Option<u64>,
@@ -59,22 +62,27 @@ pub struct IpAnswer {
 /// The addresses of one NIC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NicIps {
+    /// Position of the NIC in the VM's definition (0 = first).
     pub index: usize,
+    /// The NIC's MAC address.
     pub mac: MacAddr,
     /// `"user"` or the bridge's name.
     pub network: String,
+    /// Addresses found for this NIC; empty when no source knows one.
     pub addresses: Vec<IpAnswer>,
 }
 
 /// The answer of `get_vm_ip`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct VmIps {
+    /// The VM's name.
     pub name: String,
     /// The best address: observed (agent, lease, neighbour) before the slirp guess,
     /// IPv4 before IPv6, earlier NICs first.
     pub ip: Option<IpAddr>,
     /// Where `ip` came from.
     pub source: Option<IpSource>,
+    /// Every NIC with the addresses found for it.
     pub nics: Vec<NicIps>,
     /// Sources that could not answer, and why.
     pub notes: Vec<String>,

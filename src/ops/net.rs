@@ -21,16 +21,17 @@ pub const NIC_MODELS: &[&str] =
     &["virtio-net-pci", "virtio-net-device", "e1000", "e1000e", "rtl8139", "vmxnet3", "ne2k_pci", "pcnet"];
 
 /// One NIC of a create call.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicRequest {
     /// `"user"` (QEMU's NAT) or the name of a bridge.
     pub network: String,
-    /// MAC address override; by default derived from the VM's UUID and the NIC's
-    /// index, unique across defined VMs.
+    /// MAC address override ("52:54:00:12:34:56"); by default derived from the VM's
+    /// UUID and the NIC's index, unique across defined VMs.
     #[serde(default)]
     pub mac: Option<String>,
-    /// Device model override (one of [`NIC_MODELS`]); the profile's by default.
+    /// Device model override (one of virtio-net-pci, virtio-net-device, e1000, e1000e,
+    /// rtl8139, vmxnet3, ne2k_pci, pcnet); the OS profile's model by default.
     #[serde(default)]
     pub model: Option<String>,
     /// Host ports forwarded into the guest (user-mode NICs only).
@@ -39,10 +40,11 @@ pub struct NicRequest {
 }
 
 /// A port forward of a VM, as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PortForwardInfo {
     /// Index of the user-mode NIC it belongs to.
     pub nic: usize,
+    /// The forward itself.
     #[serde(flatten)]
     pub forward: PortForward,
     /// Whether QEMU is listening on it now; `None` while the VM is not running.
@@ -50,9 +52,11 @@ pub struct PortForwardInfo {
 }
 
 /// Counters of one NIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NicStats {
+    /// Position of the NIC in the VM's definition (0 = first).
     pub index: usize,
+    /// The NIC's MAC address.
     pub mac: MacAddr,
     /// `"user"` or the bridge's name.
     pub network: String,

@@ -5,6 +5,7 @@
 
 mod golden;
 mod inprocess;
+mod net;
 mod python;
 mod storage;
 

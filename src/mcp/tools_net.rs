@@ -1,0 +1,134 @@
+//! Network tools: the guest's IP addresses, port forwards of user-mode NICs, and
+//! per-NIC traffic counters. `get_vm_ip` can wait for an address, reporting progress
+//! and stopping when the caller cancels.
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use tokio::sync::mpsc;
+
+use super::args::VmNameArgs;
+use super::args_net::{AddPortForwardArgs, ForwardList, GetVmIpArgs, NicStatsList, RemovePortForwardArgs};
+use super::notify::{Level, Reporter, drive};
+use super::reply::{Reply, fail, out};
+use super::server::KvmMcp;
+use crate::ops::{IpQuery, PortForwardInfo, Progress, VmIps};
+
+type ToolResult<T> = Result<Reply<T>, String>;
+
+fn forwards_summary(name: &str, forwards: &[PortForwardInfo]) -> String {
+    if forwards.is_empty() {
+        return format!("VM {name:?} has no port forwards");
+    }
+    let items: Vec<String> = forwards
+        .iter()
+        .map(|f| {
+            let state = match f.active {
+                Some(true) => ", active",
+                Some(false) => ", not listening",
+                None => "",
+            };
+            format!("{} (NIC {}{state})", f.forward, f.nic)
+        })
+        .collect();
+    format!("VM {name:?} forwards {}", items.join(", "))
+}
+
+fn ips_summary(ips: &VmIps) -> String {
+    match (ips.ip, ips.source) {
+        (Some(ip), Some(source)) => {
+            let source = serde_json::to_value(source).ok().and_then(|v| v.as_str().map(str::to_owned));
+            format!("VM {:?} has address {ip} (from {})", ips.name, source.unwrap_or_default())
+        }
+        _ if ips.notes.is_empty() => format!("no address of VM {:?} is known yet", ips.name),
+        _ => format!("no address of VM {:?} is known yet: {}", ips.name, ips.notes.join("; ")),
+    }
+}
+
+#[tool_router(router = net_tools, vis = "pub(super)")]
+impl KvmMcp {
+    /// Find a running VM's IP addresses, per NIC, each with its source (guest agent,
+    /// DHCP lease, neighbour table, or the address QEMU's user-mode DHCP hands out)
+    /// and age. `ip` is the best one to connect to. A user-mode ("user") NIC is not
+    /// reachable at its address from the host: use `add_port_forward` instead. With
+    /// `wait_s`, waits (with progress) for an address to appear while the guest boots.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
+    async fn get_vm_ip(
+        &self,
+        Parameters(a): Parameters<GetVmIpArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmIps> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        let query = IpQuery { wait_s: a.wait_s, all_sources: a.all_sources };
+        let op = self.ops().get_vm_ip(&a.name, query, &forward);
+        let Some(done) = drive(&mut reporter, &ctx.ct, "an address of the guest", rx, op).await else {
+            return Err(format!("get_vm_ip cancelled before VM {:?} reported an address; nothing changed", a.name));
+        };
+        let ips = done.map_err(fail)?;
+        let summary = ips_summary(&ips);
+        Ok(Reply::new(ips, summary))
+    }
+
+    /// Forward a host port to a port in the guest, on a user-mode ("user") NIC: for
+    /// example host 127.0.0.1:2222 to guest port 22 for SSH. Works at once on a
+    /// running VM and is kept in the VM's definition for later starts. Returns every
+    /// forward of the VM.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<ForwardList>()
+    )]
+    async fn add_port_forward(
+        &self,
+        Parameters(a): Parameters<AddPortForwardArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<ForwardList> {
+        let fwd = a.forward();
+        let forwards = self.ops().add_port_forward(&a.name, a.nic, fwd).await.map_err(fail)?;
+        self.log(&ctx.peer, Level::Info, &a.name, format!("port forward {fwd} added")).await;
+        let summary = format!("added {fwd}; {}", forwards_summary(&a.name, &forwards));
+        Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
+    }
+
+    /// Remove a port forward of a VM, named by its host port (plus protocol, and the
+    /// host address when two forwards share a port). Takes effect at once on a
+    /// running VM and in its definition. Returns the forwards left.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<ForwardList>()
+    )]
+    async fn remove_port_forward(
+        &self,
+        Parameters(a): Parameters<RemovePortForwardArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<ForwardList> {
+        let sel = a.selector();
+        let forwards = self.ops().remove_port_forward(&a.name, a.nic, sel).await.map_err(fail)?;
+        self.log(&ctx.peer, Level::Info, &a.name, format!("port forward {sel} removed")).await;
+        let summary = format!("removed {sel}; {}", forwards_summary(&a.name, &forwards));
+        Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
+    }
+
+    /// List a VM's port forwards (host address and port to guest port, per user-mode
+    /// NIC), each marked active when QEMU is listening on it now.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ForwardList>())]
+    async fn list_port_forwards(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<ForwardList> {
+        let forwards = self.ops().list_port_forwards(&a.name).await.map_err(fail)?;
+        let summary = forwards_summary(&a.name, &forwards);
+        Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
+    }
+
+    /// Show a VM's NICs (index, MAC, network) with traffic counters (bytes, packets,
+    /// errors, drops) for bridged NICs of a running VM. The counters are the host
+    /// tap's view: what the guest sends is `rx_*`, what it receives is `tx_*`.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<NicStatsList>())]
+    async fn nic_stats(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<NicStatsList> {
+        let nics = self.ops().nic_stats(&a.name).await.map_err(fail)?;
+        let counted = nics.iter().filter(|n| n.stats.is_some()).count();
+        let summary = format!("VM {:?}: {} NIC(s), {counted} with counters", a.name, nics.len());
+        Ok(Reply::new(NicStatsList { name: a.name, nics }, summary))
+    }
+}
