@@ -8,10 +8,12 @@
 //! `args.rs` or next to the tools.
 
 mod args;
+mod args_console;
 mod notify;
 mod reply;
 mod resources;
 mod server;
+mod tools_console;
 mod tools_host;
 mod tools_vm;
 
