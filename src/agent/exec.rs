@@ -49,7 +49,7 @@ pub struct ExecRequest {
 }
 
 /// How a guest command ended.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ExecResult {
     /// The command's pid in the guest.
     pub pid: i64,

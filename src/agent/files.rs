@@ -15,7 +15,7 @@ use super::{AgentClient, AgentError};
 const CHUNK: usize = 48 * 1024;
 
 /// A file read from the guest.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct FileData {
     pub path: String,
     /// The bytes read (not serialised; see `text` / `base64`).
@@ -113,7 +113,7 @@ pub async fn write(
 }
 
 /// Facts about the guest; each part is `None` when the agent did not provide it.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, schemars::JsonSchema)]
 pub struct GuestInfo {
     /// qemu-ga's version.
     pub agent_version: Option<String>,

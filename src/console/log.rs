@@ -199,7 +199,7 @@ pub fn clean(bytes: &[u8]) -> String {
 }
 
 /// What `get_console_log` returns.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ConsoleLog {
     /// The console text, escape sequences and carriage returns removed.
     pub text: String,
@@ -223,7 +223,7 @@ impl ConsoleLog {
 }
 
 /// A regex match on the console.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ConsoleMatch {
     /// The whole line that matched, cleaned.
     pub line: String,

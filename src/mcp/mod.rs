@@ -8,12 +8,14 @@
 //! `args.rs` or next to the tools.
 
 mod args;
+mod args_console;
 mod args_net;
 mod args_storage;
 mod notify;
 mod reply;
 mod resources;
 mod server;
+mod tools_console;
 mod tools_host;
 mod tools_net;
 mod tools_storage;

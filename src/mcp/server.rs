@@ -148,7 +148,8 @@ impl KvmMcp {
     /// and adds `+ Self::<area>_tools()` here.
     #[must_use]
     pub fn router() -> ToolRouter<Self> {
-        let mut router = Self::vm_tools() + Self::host_tools() + Self::storage_tools() + Self::net_tools();
+        let mut router =
+            Self::vm_tools() + Self::host_tools() + Self::storage_tools() + Self::net_tools() + Self::console_tools();
         for route in router.map.values_mut() {
             unwrap_tool_docs(&mut route.attr);
         }
@@ -332,7 +333,7 @@ impl ServerHandler for KvmMcp {
         request: ReadResourceRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
-        super::resources::read(self.ops(), &request.uri).map(Into::into)
+        super::resources::read(self.ops(), &request.uri).await.map(Into::into)
     }
 }
 

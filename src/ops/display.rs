@@ -18,7 +18,7 @@ use crate::state::VmState;
 pub const DEFAULT_HOLD_MS: u32 = 50;
 
 /// One running VM's VNC endpoint (`get_vnc_ports`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VncPort {
     pub name: String,
     pub host: IpAddr,
@@ -28,7 +28,7 @@ pub struct VncPort {
 }
 
 /// One VM's VNC details, with the password (`get_vnc_info`).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VncInfo {
     pub name: String,
     pub host: IpAddr,
@@ -44,7 +44,7 @@ pub struct VncInfo {
 }
 
 /// A screenshot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Screenshot {
     pub width: u32,
     pub height: u32,

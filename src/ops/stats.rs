@@ -23,7 +23,7 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
 const FIRST_TAP_FD: i32 = 5;
 
 /// CPU use of the VM over the sampling interval.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct CpuStats {
     /// Share of all host CPUs used by the QEMU process, 0–100.
     pub percent_of_host: f64,
@@ -36,7 +36,7 @@ pub struct CpuStats {
 }
 
 /// One vCPU thread.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VcpuStats {
     /// QEMU's thread name, e.g. `CPU 0/TCG`.
     pub thread: String,
@@ -45,7 +45,7 @@ pub struct VcpuStats {
 }
 
 /// Memory figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct MemoryStats {
     pub configured_bytes: u64,
     /// QEMU's resident set.
@@ -55,7 +55,7 @@ pub struct MemoryStats {
 }
 
 /// One disk's I/O counters since QEMU started.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DiskStats {
     /// Block node name (`disk0`, …) or device id.
     pub node: String,
@@ -67,7 +67,7 @@ pub struct DiskStats {
 }
 
 /// One NIC's traffic counters, seen from the host side.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct NicStats {
     pub index: usize,
     pub mac: String,
@@ -82,7 +82,7 @@ pub struct NicStats {
 }
 
 /// What `vm_stats` returns.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VmStats {
     pub name: String,
     pub pid: i32,

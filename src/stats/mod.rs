@@ -88,7 +88,7 @@ pub fn tap_name(pid: i32, fd: i32) -> Option<String> {
 }
 
 /// Traffic counters of one interface.
-#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq, schemars::JsonSchema)]
 pub struct LinkCounters {
     pub rx_bytes: u64,
     pub tx_bytes: u64,

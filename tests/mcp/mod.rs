@@ -3,6 +3,7 @@
 //! `tests/mcp_py` (the official Python SDK over stdio and HTTP, including a full VM
 //! lifecycle on a TCG guest).
 
+mod console;
 mod golden;
 mod inprocess;
 mod net;

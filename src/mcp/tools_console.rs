@@ -1,0 +1,308 @@
+//! Console, display, guest agent and statistics tools: read and wait on the serial
+//! console, VNC details, screenshots and keyboard input, commands and files through the
+//! guest agent, VM and host figures. Each parses, calls `ops` and formats a [`Reply`].
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use rmcp::handler::server::tool::IntoCallToolResult;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock};
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::args::VmNameArgs;
+use super::args_console::{
+    ConsoleLogArgs, FileWritten, GuestExecArgs, GuestFileReadArgs, GuestFileWriteArgs, GuestPong, KeysSent,
+    ScreenshotInfo, SendKeysArgs, TypeTextArgs, VmStatsArgs, VncPortList, WaitConsoleArgs,
+};
+use super::notify::{Level, Reporter, drive};
+use super::reply::{Reply, fail, out};
+use super::server::KvmMcp;
+use crate::agent::exec::ExecResult;
+use crate::agent::files::{FileData, GuestInfo};
+use crate::console::log::{ConsoleLog, ConsoleMatch};
+use crate::ops::{ConsoleQuery, GuestExecRequest, Progress, VmStats, VncInfo};
+use crate::stats::host::HostStats;
+
+type ToolResult<T> = Result<Reply<T>, String>;
+
+/// `wait_for_console`'s timeout when none is given.
+const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// A screenshot: the PNG as image content, its size as structured content.
+pub struct ImageReply {
+    info: ScreenshotInfo,
+    png: Vec<u8>,
+}
+
+impl IntoCallToolResult for ImageReply {
+    fn into_call_tool_result(self) -> Result<CallToolResponse, rmcp::ErrorData> {
+        let value = serde_json::to_value(&self.info)
+            .map_err(|e| rmcp::ErrorData::internal_error(format!("cannot serialise the result: {e}"), None))?;
+        let summary =
+            format!("screenshot {}x{} pixels, {} bytes of PNG", self.info.width, self.info.height, self.info.bytes);
+        let mut result = CallToolResult::structured(value);
+        result.content = vec![ContentBlock::image(B64.encode(&self.png), "image/png"), ContentBlock::text(summary)];
+        Ok(result.into())
+    }
+}
+
+fn exec_summary(r: &ExecResult) -> String {
+    let how = match (r.exit_code, r.signal) {
+        _ if r.timed_out => "timed out and was killed".to_owned(),
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("ended by signal {s}"),
+        (None, None) => "ended".to_owned(),
+    };
+    format!(
+        "guest pid {} {how} after {} ms; {} bytes of stdout, {} of stderr",
+        r.pid,
+        r.duration_ms,
+        r.stdout.len(),
+        r.stderr.len()
+    )
+}
+
+#[tool_router(router = console_tools, vis = "pub(super)")]
+impl KvmMcp {
+    /// Read a VM's serial console log, running or stopped: the last `lines` lines (50
+    /// by default), or everything from `since_offset`. Pass the returned `next_offset`
+    /// as `since_offset` next time to read only what is new.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleLog>())]
+    async fn get_console_log(&self, Parameters(a): Parameters<ConsoleLogArgs>) -> ToolResult<ConsoleLog> {
+        let q = ConsoleQuery { lines: a.lines, since_offset: a.since_offset, max_bytes: a.max_bytes };
+        let log = self.ops().get_console_log(&a.name, q).map_err(fail)?;
+        let summary = format!(
+            "{} bytes of console text from offset {} to {}{}",
+            log.text.len(),
+            log.start_offset,
+            log.next_offset,
+            if log.truncated { " (truncated)" } else { "" }
+        );
+        Ok(Reply::new(log, summary))
+    }
+
+    /// Wait until a line of a VM's serial console matches the regular expression
+    /// `pattern`, and return that line. Looks from the start of the current run unless
+    /// `since_offset` is given, so a line printed before the call counts. Fails on the
+    /// timeout or when the VM stops, showing the console's last lines.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleMatch>())]
+    async fn wait_for_console(
+        &self,
+        Parameters(a): Parameters<WaitConsoleArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<ConsoleMatch> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        let timeout = a.timeout_s.map_or(DEFAULT_WAIT, Duration::from_secs);
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        // The operation watches the caller's cancellation itself; `drive` only reports.
+        let op = self.ops().wait_for_console(&a.name, &a.pattern, timeout, a.since_offset, &forward, &ctx.ct);
+        let waiting_for = format!("/{}/ on the console", a.pattern);
+        let Some(done) = drive(&mut reporter, &CancellationToken::new(), &waiting_for, rx, op).await else {
+            return Err("wait_for_console cancelled".into());
+        };
+        let m = done.map_err(fail)?;
+        let summary = format!("matched after {} ms: {}", m.waited_ms, m.line.trim_end());
+        Ok(Reply::new(m, summary))
+    }
+
+    /// List the VNC endpoints (host, port, display) of every running VM that has a
+    /// graphical display. `get_vnc_info` gives one VM's password.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncPortList>())]
+    async fn get_vnc_ports(&self) -> ToolResult<VncPortList> {
+        let vnc = self.ops().get_vnc_ports().map_err(fail)?;
+        let summary = if vnc.is_empty() {
+            "no running VM has a VNC display".to_owned()
+        } else {
+            let items: Vec<String> = vnc.iter().map(|v| format!("{} at {}:{}", v.name, v.host, v.port)).collect();
+            items.join(", ")
+        };
+        Ok(Reply::new(VncPortList { vnc }, summary))
+    }
+
+    /// One running VM's VNC endpoint, its password for this run (it changes at every
+    /// start), a `vnc://` URI for a viewer and how many clients are connected.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncInfo>())]
+    async fn get_vnc_info(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VncInfo> {
+        let v = self.ops().get_vnc_info(&a.name).await.map_err(fail)?;
+        let summary = format!("VM {:?}: {} ({} clients connected)", v.name, v.uri, v.clients);
+        Ok(Reply::new(v, summary))
+    }
+
+    /// Take a screenshot of a running VM's graphical display. Returns the PNG image
+    /// and its width and height in pixels.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ScreenshotInfo>())]
+    async fn screenshot_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> Result<ImageReply, String> {
+        let s = self.ops().screenshot(&a.name).await.map_err(fail)?;
+        Ok(ImageReply { info: ScreenshotInfo { width: s.width, height: s.height, bytes: s.bytes }, png: s.png })
+    }
+
+    /// Press key combinations on a running VM's keyboard, one after another, for
+    /// example ["ctrl-alt-delete"] (which reboots most guests) or ["alt-f2", "ret"].
+    /// An unknown key name sends nothing.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<KeysSent>()
+    )]
+    async fn send_keys(
+        &self,
+        Parameters(a): Parameters<SendKeysArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<KeysSent> {
+        let presses = self.ops().send_keys(&a.name, &a.keys, None).await.map_err(fail)?;
+        let summary = format!("sent {presses} key presses to VM {:?}: {}", a.name, a.keys.join(" "));
+        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        Ok(Reply::new(KeysSent { presses }, summary))
+    }
+
+    /// Type text on a running VM's keyboard (US layout; printable ASCII, newline for
+    /// Enter, tab). The keyboard drives the graphical console, not the serial one. A
+    /// character that cannot be typed sends nothing.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<KeysSent>()
+    )]
+    async fn type_text(&self, Parameters(a): Parameters<TypeTextArgs>) -> ToolResult<KeysSent> {
+        let presses = self.ops().type_text(&a.name, &a.text, None).await.map_err(fail)?;
+        let summary = format!("typed {} characters ({presses} key presses) on VM {:?}", a.text.chars().count(), a.name);
+        Ok(Reply::new(KeysSent { presses }, summary))
+    }
+
+    /// Check that the QEMU guest agent inside a running VM answers, and how fast.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<GuestPong>())]
+    async fn guest_ping(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<GuestPong> {
+        let rtt = self.ops().guest_ping(&a.name).await.map_err(fail)?;
+        let round_trip_ms = rtt.as_secs_f64() * 1e3;
+        let summary = format!("the guest agent of VM {:?} answered in {round_trip_ms:.1} ms", a.name);
+        Ok(Reply::new(GuestPong { round_trip_ms }, summary))
+    }
+
+    /// Facts about a running guest from its guest agent: agent version, OS, hostname
+    /// and network interfaces with their IP addresses.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<GuestInfo>())]
+    async fn guest_info(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<GuestInfo> {
+        let g = self.ops().guest_info(&a.name).await.map_err(fail)?;
+        let summary = format!(
+            "VM {:?}: hostname {}, agent {}",
+            a.name,
+            g.hostname.as_deref().unwrap_or("unknown"),
+            g.agent_version.as_deref().unwrap_or("version unknown")
+        );
+        Ok(Reply::new(g, summary))
+    }
+
+    /// Run a program inside a running VM through its guest agent and return its exit
+    /// code, stdout and stderr. It is killed after `timeout_s` (default 60) or when
+    /// the call is cancelled. No shell: use command "/bin/sh" with args ["-c", "…"].
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<ExecResult>()
+    )]
+    async fn guest_exec(
+        &self,
+        Parameters(a): Parameters<GuestExecArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<ExecResult> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        let waiting_for = format!("{:?} in the guest", a.command);
+        let req = GuestExecRequest {
+            command: a.command,
+            args: a.args,
+            stdin: a.stdin.map(String::into_bytes),
+            timeout: a.timeout_s.map(Duration::from_secs),
+            output_max_bytes: a.output_max_bytes,
+        };
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        // The operation kills the guest process itself when the caller cancels.
+        let op = self.ops().guest_exec(&a.name, req, &forward, &ctx.ct);
+        let Some(done) = drive(&mut reporter, &CancellationToken::new(), &waiting_for, rx, op).await else {
+            return Err("guest_exec cancelled".into());
+        };
+        let r = done.map_err(fail)?;
+        let summary = exec_summary(&r);
+        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        Ok(Reply::new(r, summary))
+    }
+
+    /// Read a file inside a running VM through its guest agent. The content comes back
+    /// as `text` when it is UTF-8, otherwise as `base64`.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<FileData>())]
+    async fn guest_file_read(&self, Parameters(a): Parameters<GuestFileReadArgs>) -> ToolResult<FileData> {
+        let f = self.ops().guest_file_read(&a.name, &a.path, a.max_bytes).await.map_err(fail)?;
+        let kind = if f.text.is_some() { "text" } else { "binary, as base64" };
+        let summary = format!("read {} bytes of {} ({kind})", f.size, f.path);
+        Ok(Reply::new(f, summary))
+    }
+
+    /// Write a file inside a running VM through its guest agent: created, or replaced
+    /// unless `append` is true. Give the content as `content` (text) or
+    /// `content_base64` (binary).
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<FileWritten>()
+    )]
+    async fn guest_file_write(
+        &self,
+        Parameters(a): Parameters<GuestFileWriteArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<FileWritten> {
+        let data = match (a.content, a.content_base64) {
+            (Some(t), None) => t.into_bytes(),
+            (None, Some(b)) => B64.decode(b.trim()).map_err(|e| {
+                format!("content_base64 is not valid base64 ({e}); give standard base64, or the text as `content`")
+            })?,
+            _ => return Err("give exactly one of `content` (text) and `content_base64` (binary)".into()),
+        };
+        let bytes_written = self.ops().guest_file_write(&a.name, &a.path, &data, a.append).await.map_err(fail)?;
+        let summary = format!(
+            "{} {bytes_written} bytes {} {} in VM {:?}",
+            if a.append { "appended" } else { "wrote" },
+            if a.append { "to" } else { "as" },
+            a.path,
+            a.name
+        );
+        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        Ok(Reply::new(FileWritten { path: a.path, bytes_written, appended: a.append }, summary))
+    }
+
+    /// Figures of a running VM: CPU use sampled over `interval_ms` (per vCPU too),
+    /// memory, per-disk I/O counters and per-NIC traffic counters.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmStats>())]
+    async fn vm_stats(&self, Parameters(a): Parameters<VmStatsArgs>) -> ToolResult<VmStats> {
+        let s = self.ops().vm_stats(&a.name, a.interval_ms.map(Duration::from_millis)).await.map_err(fail)?;
+        let summary = format!(
+            "VM {:?}: CPU {:.1}% of the host ({:.2} cores), {} disks, {} NICs",
+            s.name,
+            s.cpu.percent_of_host,
+            s.cpu.cores_used,
+            s.disks.len(),
+            s.nics.len()
+        );
+        Ok(Reply::new(s, summary))
+    }
+
+    /// Host figures: CPU use, load average, memory, and free space of the file system
+    /// where VM disks live.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<HostStats>())]
+    async fn host_stats(&self) -> ToolResult<HostStats> {
+        let h = self.ops().host_stats().await.map_err(fail)?;
+        let summary = format!(
+            "{} CPUs at {:.1}%, {} of {} MiB memory available",
+            h.cpus,
+            h.cpu_percent,
+            h.memory_available_bytes >> 20,
+            h.memory_total_bytes >> 20
+        );
+        Ok(Reply::new(h, summary))
+    }
+}
