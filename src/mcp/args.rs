@@ -157,7 +157,6 @@ impl TryFrom<CreateVmArgs> for CreateRequest {
             ignition: a.ignition,
             port_forwards: a.port_forwards,
             nics: a.nics,
-            ..CreateRequest::default()
         })
     }
 }
