@@ -3,10 +3,14 @@
 //! and the resolved [`Config`] with defaults applied and every value checked. A bad value
 //! is an error that names the key and the reason.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::IfName;
+mod storage;
+pub use storage::{DEFAULT_OVMF_DIR, StorageSettings};
 pub mod server;
 
 pub use server::{RateLimit, ServerSettings, TlsSettings, TokenSource};
@@ -87,7 +91,34 @@ struct RawConfig {
     qemu: RawQemu,
     paths: RawPaths,
     logging: RawLogging,
+    network: RawNetwork,
+    storage: storage::RawStorage,
     server: server::RawServer,
+    console: crate::guest_config::RawConsole,
+    display: crate::guest_config::RawDisplay,
+    agent: crate::guest_config::RawAgent,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNetwork {
+    create_bridge: Option<bool>,
+    dnsmasq: Option<PathBuf>,
+    dhcp: Option<RawDhcp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDhcp {
+    #[serde(default)]
+    bridge: Option<String>,
+    subnet: String,
+    #[serde(default)]
+    host_address: Option<Ipv4Addr>,
+    #[serde(default)]
+    range: Option<String>,
+    #[serde(default)]
+    lease_time_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +239,53 @@ pub struct LogSettings {
     pub keep_files: u32,
 }
 
+/// `network.*`: host networking.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkSettings {
+    /// Create a missing bridge (no uplink, no address) instead of refusing to start.
+    pub create_bridge: bool,
+    /// The dnsmasq binary run for a managed bridge.
+    pub dnsmasq: PathBuf,
+    /// The managed bridge, when configured.
+    pub dhcp: Option<DhcpSettings>,
+}
+
+/// `network.dhcp`: a bridge kvm-mcp manages for isolated labs. It is created when
+/// missing, given `host_address`, and served by a dnsmasq bound to it alone.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DhcpSettings {
+    /// The bridge (`network.dhcp.bridge`, default `vm.default_network`).
+    pub bridge: IfName,
+    /// Network address of the subnet.
+    pub network: Ipv4Addr,
+    /// Prefix length of the subnet (8..=30).
+    pub prefix_len: u8,
+    /// The host's address on the bridge (default: the subnet's first address).
+    pub host_address: Ipv4Addr,
+    /// First address handed out.
+    pub range_start: Ipv4Addr,
+    /// Last address handed out.
+    pub range_end: Ipv4Addr,
+    /// Lease length in seconds.
+    pub lease_time_s: u64,
+}
+
+impl DhcpSettings {
+    /// The subnet mask, e.g. `255.255.255.0`.
+    #[must_use]
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(mask_bits(self.prefix_len))
+    }
+}
+
+/// Default `network.dhcp.lease_time_s`.
+pub const DEFAULT_LEASE_TIME_S: u64 = 3600;
+/// dnsmasq refuses leases shorter than two minutes.
+const MIN_LEASE_TIME_S: u64 = 120;
+
+fn mask_bits(prefix_len: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0)
+}
 /// Default `logging.max_file_bytes`: 10 MB, as in the original kvm-mcp.
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 * 1000 * 1000;
 /// Default `logging.keep_files`.
@@ -225,14 +303,34 @@ pub struct Config {
     /// Sockets and pid files of running VMs (`<run_dir>/<name>/`).
     pub run_dir: PathBuf,
     pub logging: LogSettings,
+    pub network: NetworkSettings,
+    /// Image and ISO directories, firmware (`storage.*`).
+    pub storage: StorageSettings,
     /// `server.*`: the HTTP front end.
     pub server: server::ServerSettings,
+    /// Serial console log rotation (`console.*`).
+    pub console: crate::guest_config::ConsoleSettings,
+    /// VNC (`display.*`).
+    pub display: crate::guest_config::DisplaySettings,
+    /// Guest agent limits (`agent.*`).
+    pub agent: crate::guest_config::AgentSettings,
 }
 
 /// Default `qemu.stop_timeout_s`.
 pub const DEFAULT_STOP_TIMEOUT_S: u64 = 60;
 
 impl Config {
+    /// The file this config was read from, if any (passed on to child processes).
+    #[must_use]
+    pub fn file(&self) -> Option<&Path> {
+        match &self.source {
+            ConfigSource::Flag(p) | ConfigSource::Env(p) | ConfigSource::WorkingDir(p) | ConfigSource::System(p) => {
+                Some(p)
+            }
+            ConfigSource::Defaults => None,
+        }
+    }
+
     /// Finds and loads the config: `flag`, then `KVM_MCP_CONFIG`, `./config.json`,
     /// `/etc/kvm-mcp/config.json`, else built-in defaults; then applies the environment.
     ///
@@ -364,6 +462,7 @@ fn apply_env(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -> Resul
     if let Some(v) = get("KVM_MCP_LOG_LEVEL") {
         raw.logging.level = Some(v);
     }
+    storage::apply_env(&mut raw.storage, &get);
     server::apply_env(&mut raw.server, &get);
     Ok(())
 }
@@ -412,12 +511,11 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
     let vcpus = in_range("vm.default_vcpus", u64::from(v.default_vcpus.unwrap_or(2)), 1, u64::from(MAX_VCPUS), "")?;
     let disk = in_range("vm.default_disk_size", v.default_disk_size.unwrap_or(20), 1, MAX_DISK_SIZE_GIB, " GiB")?;
     let network = v.default_network.unwrap_or_else(|| "brforvms".into());
-    if network.is_empty() || network.len() > 15 || network.contains(['/', ' ', ':']) {
-        return Err(invalid(
-            "vm.default_network",
-            format!("{network:?} is not \"user\", \"none\" or a bridge name of at most 15 bytes"),
-        ));
+    if !matches!(network.as_str(), "user" | "none") {
+        IfName::new(&network)
+            .map_err(|e| invalid("vm.default_network", format!("not \"user\", \"none\" or a bridge name: {e}")))?;
     }
+    let network_settings = resolve_network(raw.network, &network)?;
     let (def_state, def_run) = default_dirs();
     let stop_timeout_s = raw.qemu.stop_timeout_s.unwrap_or(DEFAULT_STOP_TIMEOUT_S);
     in_range("qemu.stop_timeout_s", stop_timeout_s, 1, 3600, " s")?;
@@ -469,8 +567,98 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
             #[allow(clippy::cast_possible_truncation)] // checked against 100 just here
             keep_files: in_range("logging.keep_files", u64::from(raw.logging.keep_files.unwrap_or(DEFAULT_LOG_KEEP_FILES)), 0, 100, "")? as u32,
         },
+        network: network_settings,
+        storage: storage::resolve(raw.storage)?,
         server: server::resolve(raw.server)?,
+        console: raw.console.resolve()?,
+        display: raw.display.resolve(),
+        agent: raw.agent.resolve()?,
     })
+}
+
+fn resolve_network(raw: RawNetwork, default_network: &str) -> Result<NetworkSettings, ConfigError> {
+    let dhcp = raw.dhcp.map(|d| resolve_dhcp(d, default_network)).transpose()?;
+    Ok(NetworkSettings {
+        create_bridge: raw.create_bridge.unwrap_or(false),
+        dnsmasq: raw.dnsmasq.unwrap_or_else(|| "/usr/sbin/dnsmasq".into()),
+        dhcp,
+    })
+}
+
+fn resolve_dhcp(d: RawDhcp, default_network: &str) -> Result<DhcpSettings, ConfigError> {
+    let bridge_name = match d.bridge {
+        Some(b) => b,
+        None if !matches!(default_network, "user" | "none") => default_network.to_owned(),
+        None => {
+            return Err(invalid(
+                "network.dhcp.bridge",
+                format!("required, since vm.default_network is {default_network:?} and not a bridge"),
+            ));
+        }
+    };
+    let bridge = IfName::new(&bridge_name).map_err(|e| invalid("network.dhcp.bridge", e.to_string()))?;
+    let subnet_err =
+        || invalid("network.dhcp.subnet", format!("{:?} is not an IPv4 subnet such as \"192.168.150.0/24\"", d.subnet));
+    let (addr, len) = d.subnet.split_once('/').ok_or_else(subnet_err)?;
+    let network: Ipv4Addr = addr.parse().map_err(|_| subnet_err())?;
+    let prefix_len: u8 = len.parse().map_err(|_| subnet_err())?;
+    if !(8..=30).contains(&prefix_len) {
+        return Err(invalid("network.dhcp.subnet", format!("prefix length /{prefix_len} is outside /8../30")));
+    }
+    let mask = mask_bits(prefix_len);
+    let net = u32::from(network);
+    if net & !mask != 0 {
+        return Err(invalid(
+            "network.dhcp.subnet",
+            format!("{} has host bits set; the network address is {}", d.subnet, Ipv4Addr::from(net & mask)),
+        ));
+    }
+    let broadcast = net | !mask;
+    let inside = |a: Ipv4Addr| (net + 1..broadcast).contains(&u32::from(a));
+    let host_address = d.host_address.unwrap_or(Ipv4Addr::from(net + 1));
+    if !inside(host_address) {
+        return Err(invalid(
+            "network.dhcp.host_address",
+            format!("{host_address} is not a host address of {}", d.subnet),
+        ));
+    }
+    let (range_start, range_end) = match &d.range {
+        None => {
+            let (lo, hi) = if u32::from(host_address) == net + 1 {
+                (net + 2, broadcast - 1)
+            } else {
+                (net + 1, u32::from(host_address) - 1)
+            };
+            (Ipv4Addr::from(lo), Ipv4Addr::from(hi))
+        }
+        Some(r) => {
+            let bad = || {
+                invalid(
+                    "network.dhcp.range",
+                    format!("{r:?} is not FIRST-LAST, e.g. \"192.168.150.100-192.168.150.199\""),
+                )
+            };
+            let (a, b) = r.split_once('-').ok_or_else(bad)?;
+            let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+            let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+            (a, b)
+        }
+    };
+    if !inside(range_start) || !inside(range_end) || range_start > range_end {
+        return Err(invalid(
+            "network.dhcp.range",
+            format!("{range_start}-{range_end} must be ascending host addresses of {}", d.subnet),
+        ));
+    }
+    if (range_start..=range_end).contains(&host_address) {
+        return Err(invalid(
+            "network.dhcp.range",
+            format!("{range_start}-{range_end} contains the host address {host_address}"),
+        ));
+    }
+    let lease_time_s = d.lease_time_s.unwrap_or(DEFAULT_LEASE_TIME_S);
+    in_range("network.dhcp.lease_time_s", lease_time_s, MIN_LEASE_TIME_S, 365 * 24 * 3600, " s")?;
+    Ok(DhcpSettings { bridge, network, prefix_len, host_address, range_start, range_end, lease_time_s })
 }
 
 #[cfg(test)]
@@ -545,6 +733,80 @@ mod tests {
     fn bad_accel_is_refused() {
         let e = load(r#"{"qemu":{"accel":"hvf"}}"#, &[]).unwrap_err().to_string();
         assert!(e.contains("qemu.accel"), "{e}");
+    }
+
+    #[test]
+    fn network_defaults_refuse_missing_bridges() {
+        let c = load("{}", &[]).unwrap();
+        assert_eq!((c.network.create_bridge, c.network.dhcp), (false, None));
+    }
+
+    #[test]
+    fn dhcp_defaults_to_first_address_and_the_rest_of_the_subnet() {
+        let c = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.0/24"}}}"#, &[]).unwrap();
+        let d = c.network.dhcp.unwrap();
+        assert_eq!(
+            (d.bridge.as_str(), d.host_address, d.range_start, d.range_end, d.netmask()),
+            (
+                "brforvms",
+                Ipv4Addr::new(192, 0, 2, 1),
+                Ipv4Addr::new(192, 0, 2, 2),
+                Ipv4Addr::new(192, 0, 2, 254),
+                Ipv4Addr::new(255, 255, 255, 0)
+            )
+        );
+    }
+
+    #[test]
+    fn relative_image_dir_names_its_index() {
+        let e = load(r#"{"storage":{"image_dirs":["/srv/img","img"]}}"#, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("storage.image_dirs[1]: img is not an absolute path"), "{e}");
+    }
+
+    #[test]
+    fn root_as_iso_dir_is_refused() {
+        let e = load(r#"{"storage":{"iso_dirs":["/"]}}"#, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("storage.iso_dirs[0]: / would allow every file"), "{e}");
+    }
+
+    #[test]
+    fn disk_path_is_first_image_dir_and_last_iso_dir() {
+        let c =
+            load(r#"{"vm":{"disk_path":"/vm"},"storage":{"image_dirs":["/srv/img"],"iso_dirs":["/srv/iso"]}}"#, &[])
+                .unwrap();
+        let dp = &c.vm.disk_path;
+        assert_eq!(
+            (c.storage.image_dirs(dp), c.storage.iso_dirs(dp)),
+            (vec![PathBuf::from("/vm"), "/srv/img".into()], vec![PathBuf::from("/srv/iso"), "/vm".into()])
+        );
+    }
+
+    #[test]
+    fn dhcp_range_outside_subnet_names_key() {
+        let e = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.0/24","range":"192.0.3.10-192.0.3.20"}}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("network.dhcp.range:"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_subnet_with_host_bits_names_network_address() {
+        let e = load(r#"{"network":{"dhcp":{"subnet":"192.0.2.7/24"}}}"#, &[]).unwrap_err().to_string();
+        assert!(e.contains("the network address is 192.0.2.0"), "{e}");
+    }
+
+    #[test]
+    fn dhcp_without_bridge_needs_a_bridged_default_network() {
+        let e = load(r#"{"vm":{"default_network":"user"},"network":{"dhcp":{"subnet":"192.0.2.0/24"}}}"#, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("network.dhcp.bridge: required"), "{e}");
+    }
+
+    #[test]
+    fn image_dirs_env_is_colon_separated() {
+        let c = load("{}", &[("KVM_MCP_IMAGE_DIRS", "/a:/b")]).unwrap();
+        assert_eq!(c.storage.image_dirs, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
     }
 
     #[test]

@@ -4,20 +4,41 @@
 use std::io::Write;
 use std::path::Path;
 
-/// Writes `data` to `path` atomically.
+/// Writes `data` to `path` atomically and durably (the file and the rename are
+/// fsynced): for definitions that must survive a power loss.
 ///
 /// # Errors
 /// Any I/O error; the temporary file is removed on failure.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_replace(path, data, true)
+}
+
+/// Writes `data` to `path` atomically for readers (temp file + rename) without waiting
+/// for the disk. For status records rewritten on every transition: a power loss kills
+/// the VMs they describe anyway, and readers re-derive liveness from `/proc` and the
+/// boot id. Each fsync costs ~12 ms here, which would dominate `start` and `stop`.
+///
+/// # Errors
+/// Any I/O error; the temporary file is removed on failure.
+pub fn write_volatile(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_replace(path, data, false)
+}
+
+fn write_replace(path: &Path, data: &[u8], durable: bool) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let res = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        if durable {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -25,14 +46,26 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     res
 }
 
-/// Serialises `value` as pretty JSON and writes it atomically.
+/// Serialises `value` as pretty JSON and writes it atomically and durably.
 ///
 /// # Errors
 /// See [`write_atomic`].
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_atomic(path, &json(value)?)
+}
+
+/// Serialises `value` as pretty JSON and writes it with [`write_volatile`].
+///
+/// # Errors
+/// See [`write_volatile`].
+pub fn write_json_volatile<T: serde::Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    write_volatile(path, &json(value)?)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     let mut data = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
     data.push(b'\n');
-    write_atomic(path, &data)
+    Ok(data)
 }
 
 /// Appends one line (a single `write`, so concurrent appenders do not interleave).

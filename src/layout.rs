@@ -1,13 +1,58 @@
 //! Where a VM's files live. Durable things (definition, status, event log, console and
 //! QEMU logs) go under `<state_dir>/vms/<name>/`; sockets and pid files of a running VM
-//! under `<run_dir>/<name>/`.
+//! under `<run_dir>/<name>/`. A managed bridge's DHCP server keeps its files under
+//! `<run_dir>/.bridges/<bridge>/` (VM names cannot start with a dot, so no VM clashes).
 
 use std::path::{Path, PathBuf};
 
 use crate::ids::VmName;
+use crate::network::IfName;
 
 /// The state directory's VM folder name.
 pub const VMS_DIR: &str = "vms";
+
+/// The run directory's folder of managed bridges.
+pub const BRIDGES_DIR: &str = ".bridges";
+
+/// Files of a managed bridge's DHCP supervisor and its dnsmasq.
+#[derive(Debug, Clone)]
+pub struct BridgePaths {
+    /// `<run_dir>/.bridges/<bridge>`.
+    pub dir: PathBuf,
+}
+
+impl BridgePaths {
+    /// Paths of `bridge` under `run_dir`.
+    #[must_use]
+    pub fn new(run_dir: &Path, bridge: &IfName) -> Self {
+        Self { dir: run_dir.join(BRIDGES_DIR).join(bridge.as_str()) }
+    }
+    /// Held (flock) by the live DHCP supervisor.
+    #[must_use]
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.dir.join("supervisor.lock")
+    }
+    /// The DHCP supervisor's log; dnsmasq's own messages go here too.
+    #[must_use]
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("dhcp.log")
+    }
+    /// What the DHCP supervisor reports: dnsmasq's pid, restarts, last exit.
+    #[must_use]
+    pub fn status(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+    /// dnsmasq's pid file.
+    #[must_use]
+    pub fn pid(&self) -> PathBuf {
+        self.dir.join("dnsmasq.pid")
+    }
+    /// dnsmasq's lease file.
+    #[must_use]
+    pub fn leases(&self) -> PathBuf {
+        self.dir.join("dnsmasq.leases")
+    }
+}
 
 /// Paths of one VM.
 #[derive(Debug, Clone)]
@@ -39,6 +84,27 @@ impl VmPaths {
     #[must_use]
     pub fn creating(&self) -> PathBuf {
         self.state.join("creating")
+    }
+    /// Present from an ISO install's create until the guest first reboots or powers off:
+    /// while it exists, the CD-ROM boots first.
+    #[must_use]
+    pub fn install_pending(&self) -> PathBuf {
+        self.state.join("install-pending")
+    }
+    /// The cloud-init NoCloud seed disk (FAT, label `cidata`).
+    #[must_use]
+    pub fn cidata(&self) -> PathBuf {
+        self.state.join("cidata.img")
+    }
+    /// The Ignition config passed through fw_cfg.
+    #[must_use]
+    pub fn ignition(&self) -> PathBuf {
+        self.state.join("ignition.json")
+    }
+    /// The VM's copy of the UEFI variable store.
+    #[must_use]
+    pub fn uefi_vars(&self) -> PathBuf {
+        self.state.join("OVMF_VARS.fd")
     }
     /// Status written by the supervisor.
     #[must_use]

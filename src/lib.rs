@@ -1,10 +1,16 @@
 //! kvm-mcp: run QEMU/KVM virtual machines without libvirt, as MCP tools and a command
 //! line. See the README's Architecture section for how the modules fit together.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod dhcp;
+pub mod display;
 pub mod error;
 pub mod fsutil;
+pub mod guest_agent;
+pub mod guest_config;
 pub mod http;
 pub mod ids;
 pub mod layout;
@@ -18,10 +24,13 @@ pub mod network;
 pub mod ops;
 pub mod procid;
 pub mod profile;
+pub mod provision;
 pub mod qemu;
 pub mod qmp;
+pub mod qmp_extra;
 pub mod serve;
 pub mod spec;
 pub mod state;
+pub mod stats;
 pub mod storage;
 pub mod supervisor;

@@ -21,7 +21,10 @@ fn main() -> std::process::ExitCode {
     };
     // A CLI command reports through its output and exit status; its stderr carries
     // warnings only. Long-running commands log at the configured level.
-    let quiet = matches!(cli.command, Command::Vm(_) | Command::Host(_) | Command::Profiles);
+    let quiet = matches!(
+        cli.command,
+        Command::Vm(_) | Command::Host(_) | Command::Net(_) | Command::Profiles | Command::Storage(_)
+    );
     let mut log = cfg.logging.clone();
     if matches!(cli.command, Command::Serve(_)) && log.file.is_none() {
         log.file = Some(cfg.state_dir.join(kvm_mcp::serve::LOG_FILE));
@@ -47,6 +50,16 @@ fn main() -> std::process::ExitCode {
                     Err(e) => return fail(ErrorKind::InvalidInput, &e),
                 };
                 match kvm_mcp::supervisor::run(&cfg, &name, adopt, ready_fd).await {
+                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Err(e) => fail(ErrorKind::Internal, &e),
+                }
+            }
+            Command::DhcpSupervise { bridge, ready_fd } => {
+                let bridge = match kvm_mcp::network::IfName::new(&bridge) {
+                    Ok(b) => b,
+                    Err(e) => return fail(ErrorKind::InvalidInput, &e),
+                };
+                match kvm_mcp::dhcp::run(&cfg, &bridge, ready_fd).await {
                     Ok(()) => std::process::ExitCode::SUCCESS,
                     Err(e) => fail(ErrorKind::Internal, &e),
                 }

@@ -15,6 +15,8 @@ const BUILT_IN: &[(&str, &str)] = &[
     ("fedora-coreos", include_str!("../qemu-profiles/fedora-coreos.json")),
     ("legacy", include_str!("../qemu-profiles/legacy.json")),
     ("microvm", include_str!("../qemu-profiles/microvm.json")),
+    ("linux-uefi", include_str!("../qemu-profiles/linux-uefi.json")),
+    ("linux-secureboot", include_str!("../qemu-profiles/linux-secureboot.json")),
 ];
 
 /// Machine types profiles may use.
@@ -47,6 +49,11 @@ impl Machine {
 pub enum Firmware {
     /// SeaBIOS (QEMU's default).
     Bios,
+    /// OVMF (`OVMF_CODE_4M.fd`); each VM gets its own copy of `OVMF_VARS_4M.fd`.
+    Uefi,
+    /// OVMF with Secure Boot and Microsoft's keys enrolled (`OVMF_*_4M.ms.fd`; q35 only).
+    #[serde(rename = "uefi-secure")]
+    UefiSecure,
 }
 
 /// CPU model per accelerator.
@@ -120,6 +127,9 @@ pub struct Profile {
     pub nic_model: String,
     pub display: Display,
     pub devices: StandardDevices,
+    /// Pass an Ignition config (Fedora CoreOS) through fw_cfg.
+    #[serde(default)]
+    pub ignition: bool,
 }
 
 impl Profile {
@@ -202,6 +212,18 @@ fn parse(path: &Path, name: &str, text: &str) -> Result<Profile, ProfileError> {
     let mut p: Profile = serde_path_to_error::deserialize(de)
         .map_err(|e| ProfileError::Parse { path: path.into(), reason: format!("{}: {}", e.path(), e.inner()) })?;
     p.name = name.to_owned();
+    if p.firmware == Firmware::UefiSecure && p.machine != Machine::Q35 {
+        return Err(ProfileError::Parse {
+            path: path.into(),
+            reason: "Secure Boot needs SMM, which kvm-mcp enables on q35 only; set machine to \"q35\"".into(),
+        });
+    }
+    if p.machine == Machine::Microvm && p.firmware != Firmware::Bios {
+        return Err(ProfileError::Parse {
+            path: path.into(),
+            reason: "microvm boots kernels directly; use firmware \"bios\"".into(),
+        });
+    }
     if p.machine == Machine::Microvm && p.cdrom_bus != CdromBus::None {
         return Err(ProfileError::Parse {
             path: path.into(),
@@ -218,14 +240,20 @@ mod tests {
     #[test]
     fn built_in_profiles_all_parse() {
         let p = Profiles::load(None).unwrap();
-        assert_eq!(p.names(), ["fedora-coreos", "generic", "legacy", "linux", "microvm"]);
+        assert_eq!(
+            p.names(),
+            ["fedora-coreos", "generic", "legacy", "linux", "linux-secureboot", "linux-uefi", "microvm"]
+        );
     }
 
     #[test]
     fn unknown_variant_lists_known_ones() {
         let p = Profiles::load(None).unwrap();
         let e = p.get("win95").unwrap_err().to_string();
-        assert_eq!(e, "unknown os_variant \"win95\"; known profiles: fedora-coreos, generic, legacy, linux, microvm");
+        assert_eq!(
+            e,
+            "unknown os_variant \"win95\"; known profiles: fedora-coreos, generic, legacy, linux, linux-secureboot, linux-uefi, microvm"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::VmName;
+use crate::network::{MacAddr, PortForward};
 
 /// Current `spec.json` format version.
 pub const SPEC_VERSION: u32 = 1;
@@ -74,16 +75,61 @@ pub struct DiskSpec {
     pub media: Media,
     #[serde(default)]
     pub readonly: bool,
+    /// kvm-mcp wrote this file for the VM (overlay, blank disk, clone, seed): `delete`
+    /// removes it unless asked to keep disks. Images the caller adopted are never removed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub owned: bool,
+    /// A CD-ROM drive with no medium in it (`path` is the last medium, kept for reference).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub ejected: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// UEFI firmware of a VM: OVMF's code (shared, read-only) and the VM's own copy of the
+/// variable store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UefiSpec {
+    /// `OVMF_CODE_4M.fd` (or the Secure Boot build).
+    pub code: PathBuf,
+    /// The VM's private copy of `OVMF_VARS_4M.fd`.
+    pub vars: PathBuf,
+    /// Secure Boot firmware: needs SMM and a secured flash.
+    #[serde(default)]
+    pub secure_boot: bool,
 }
 
 /// Where a NIC is plugged.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum NetworkMode {
-    /// QEMU's user-mode NAT (slirp).
-    User,
+    /// QEMU's user-mode NAT (slirp), with host ports forwarded into the guest.
+    User {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        port_forwards: Vec<PortForward>,
+    },
     /// A tap on this bridge.
     Bridge { bridge: String },
+}
+
+impl NetworkMode {
+    /// User-mode networking without port forwards.
+    #[must_use]
+    pub fn user() -> Self {
+        NetworkMode::User { port_forwards: Vec::new() }
+    }
+
+    /// `"user"` or the bridge's name, as `create` takes it.
+    #[must_use]
+    pub fn label(&self) -> &str {
+        match self {
+            NetworkMode::User { .. } => "user",
+            NetworkMode::Bridge { bridge } => bridge,
+        }
+    }
 }
 
 /// One network interface.
@@ -91,8 +137,8 @@ pub enum NetworkMode {
 pub struct NicSpec {
     #[serde(flatten)]
     pub mode: NetworkMode,
-    /// `52:54:00:xx:xx:xx`.
-    pub mac: String,
+    /// Stable per VM and NIC, unique across defined VMs (see [`MacAddr::pick_unique`]).
+    pub mac: MacAddr,
     /// Device model; the profile's when absent.
     #[serde(default)]
     pub model: Option<String>,
@@ -133,4 +179,53 @@ pub struct VmSpec {
     pub nics: Vec<NicSpec>,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// Source of linked clones: starting it would change the clones' base, so `start`
+    /// refuses while clones exist.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub template: bool,
+    /// Ignition config handed to the guest through fw_cfg (`opt/com.coreos/config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignition: Option<PathBuf>,
+    /// UEFI firmware; BIOS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uefi: Option<UefiSpec>,
+    /// Not stored: set by the supervisor for the runs of an ISO install, so the CD-ROM
+    /// boots first and a guest reboot ends the run (the next run boots the disk).
+    #[serde(skip)]
+    pub install_boot: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_nic_without_forwards_loads_from_older_spec() {
+        let nic: NicSpec = serde_json::from_str(r#"{"mode":"user","mac":"52:54:00:12:34:56","model":null}"#).unwrap();
+        assert_eq!(nic.mode, NetworkMode::user());
+    }
+
+    #[test]
+    fn user_nic_forwards_round_trip() {
+        let nic = NicSpec {
+            mode: NetworkMode::User { port_forwards: vec![PortForward::tcp(2222, 22)] },
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            model: None,
+        };
+        let back: NicSpec = serde_json::from_str(&serde_json::to_string(&nic).unwrap()).unwrap();
+        assert_eq!(back, nic);
+    }
+
+    #[test]
+    fn bridge_nic_serialises_flat() {
+        let nic = NicSpec {
+            mode: NetworkMode::Bridge { bridge: "brforvms".into() },
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            model: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&nic).unwrap(),
+            serde_json::json!({"mode":"bridge","bridge":"brforvms","mac":"52:54:00:12:34:56","model":null})
+        );
+    }
 }

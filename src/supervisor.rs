@@ -93,7 +93,7 @@ impl Recorder {
     }
 
     fn flush(&self) {
-        if let Err(e) = fsutil::write_json_atomic(&self.paths.status(), &self.status) {
+        if let Err(e) = fsutil::write_json_volatile(&self.paths.status(), &self.status) {
             tracing::warn!(error = %e, "cannot write status.json");
         }
     }
@@ -135,15 +135,15 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
     rec.status.supervisor_pid = Some(std::process::id().cast_signed());
 
     let mut outcome = if adopt {
-        let Some(ident) = old.as_ref().and_then(|s| s.qemu.clone()) else {
-            return Err(SupervisorError::NothingToAdopt { name: name.to_string() });
-        };
         let marker = spec.uuid.to_string();
-        let Some(pidfd) = ident.open_verified(&marker) else {
+        let found = old.as_ref().and_then(|s| s.qemu.clone()).and_then(|i| i.open_verified(&marker).map(|fd| (i, fd)));
+        let Some((ident, pidfd)) = found else {
+            ready.send(false, "no running QEMU of this VM to adopt", &[]);
             return Err(SupervisorError::NothingToAdopt { name: name.to_string() });
         };
         tracing::info!(pid = ident.pid, "adopting running QEMU");
         rec.flush();
+        ready.send(true, "adopted", &[]);
         watch_adopted(&mut rec, &spec, &pidfd).await
     } else {
         rec.status.restarts = 0;
@@ -154,6 +154,10 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
     loop {
         finish(&mut rec, &outcome);
         let stop_asked = paths.stop_intent().exists();
+        if crate::provision::install::finish_run(&paths, outcome.reason) && !stop_asked {
+            outcome = run_once(cfg, &mut rec, &spec, &mut ready, Reason::GuestReset).await;
+            continue;
+        }
         let restart = !stop_asked
             && match spec.restart_policy {
                 RestartPolicy::Never => false,
@@ -177,10 +181,16 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
             break;
         }
         rec.status.restarts += 1;
+        // Re-read the definition: port forwards changed at run time live there.
+        let spec = reload_spec(&paths).unwrap_or_else(|| spec.clone());
         outcome = run_once(cfg, &mut rec, &spec, &mut ready, Reason::PolicyRestart).await;
     }
     cleanup(&paths);
     Ok(())
+}
+
+fn reload_spec(paths: &VmPaths) -> Option<VmSpec> {
+    std::fs::read(paths.spec()).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
 /// Sleeps `delay`, returning early (true) if a stop is requested meanwhile.
@@ -207,6 +217,7 @@ fn finish(rec: &mut Recorder, o: &Outcome) {
 }
 
 fn cleanup(paths: &VmPaths) {
+    crate::display::vnc::cleanup(paths);
     for p in [paths.qmp_sock(), paths.events_sock(), paths.qga_sock(), paths.serial_sock(), paths.stop_intent()] {
         let _ = std::fs::remove_file(p);
     }
@@ -245,15 +256,29 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
         Err(e) => return fail(ready, e.to_string(), &paths),
     };
     rec.status.accel = Some(decision.accel.as_str().to_owned());
-    let taps = match crate::netplan::open_taps(spec).await {
+    if let Err(e) = crate::netplan::check_port_forwards(spec) {
+        return fail(ready, e, &paths);
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "kvm-mcp".into());
+    let taps = match crate::netplan::open_taps(cfg, spec, &exe).await {
         Ok(t) => t,
         Err(e) => return fail(ready, e, &paths),
     };
     let fds = cmdline::FdPlan::standard(taps.len());
-    let argv = match cmdline::build(spec, &profile, decision.accel, &paths, &fds) {
+    let run_spec = crate::provision::install::run_spec(spec, &paths);
+    let mut argv = match cmdline::build(&run_spec, &profile, decision.accel, &paths, &fds) {
         Ok(a) => a,
         Err(e) => return fail(ready, e.to_string(), &paths),
     };
+    // VNC on a free display; the allocation lock is held until QEMU answers on QMP.
+    let vnc = match crate::display::vnc::plan(&cfg.display, &profile, &cfg.run_dir, &paths).await {
+        Ok(v) => v,
+        Err(e) => return fail(ready, e, &paths),
+    };
+    argv.extend(vnc.iter().flat_map(crate::display::vnc::VncPlan::args));
+    if let Err(e) = crate::console::log::begin_run(&paths, &cfg.console) {
+        tracing::warn!(error = %e, "cannot rotate the serial log");
+    }
     let (qmp_fd, ev_fd) = match (listen(&paths.qmp_sock()), listen(&paths.events_sock())) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
@@ -293,14 +318,27 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
         let st = child.wait().await.ok();
         return exited_early(ready, &paths, st);
     };
+    if let Some(v) = vnc
+        && let Err(e) = v.activate(&qmp, &paths).await
+    {
+        tracing::warn!(error = %e, "VNC stays closed");
+    }
     let running = qmp.status().await.map(|s| s.running).unwrap_or(true);
     rec.set(if running { VmState::Running } else { VmState::Paused }, why, None);
     ready.send(true, "running", &[]);
 
     let mut seen = Seen::default();
+    // begin_run rotated just now: the first check is one period away.
+    let every = crate::console::log::ROTATE_CHECK;
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let status = loop {
         tokio::select! {
             st = child.wait() => break st.ok(),
+            _ = rotate.tick() => {
+                if let Err(e) = crate::console::log::rotate_if_needed(&paths, &cfg.console) {
+                    tracing::warn!(error = %e, "cannot rotate the serial log");
+                }
+            }
             ev = events.recv() => match ev {
                 Some(ev) => on_event(rec, &mut seen, &ev),
                 // Monitor closed: QEMU is exiting; wait for it.

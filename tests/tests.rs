@@ -4,6 +4,10 @@
 //! The network tests need root (or `CAP_NET_ADMIN` + `CAP_SYS_ADMIN`): each
 //! runs in a network namespace of its own, never on the host's interfaces.
 
+mod cli;
 mod common;
+mod guest;
+mod host;
 mod mcp;
 mod network;
+mod storage;

@@ -78,6 +78,7 @@ impl From<CreateVmArgs> for CreateRequest {
             network: a.network,
             restart_policy: a.restart_policy,
             start: a.start,
+            ..CreateRequest::default()
         }
     }
 }

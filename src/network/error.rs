@@ -39,6 +39,25 @@ pub enum NetworkError {
         attempts: u32,
     },
 
+    /// A port forward failed to parse or validate.
+    #[error("invalid port forward {input:?}: {reason}")]
+    InvalidPortForward {
+        /// The rejected input, as given.
+        input: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+
+    /// The host socket of a port forward cannot be bound.
+    #[error("host port {forward} cannot be used; pick another host port")]
+    HostPortInUse {
+        /// The host side, `tcp:127.0.0.1:2222`.
+        forward: String,
+        /// The bind(2) error.
+        #[source]
+        source: io::Error,
+    },
+
     /// An address/prefix pair given to `add_address` is not valid.
     #[error("invalid prefix length /{prefix_len} for address {address}")]
     InvalidPrefix {
@@ -197,7 +216,10 @@ impl NetworkError {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidName { .. } | Self::InvalidMac { .. } | Self::InvalidPrefix { .. } => ErrorKind::InvalidInput,
+            Self::InvalidName { .. }
+            | Self::InvalidMac { .. }
+            | Self::InvalidPrefix { .. }
+            | Self::InvalidPortForward { .. } => ErrorKind::InvalidInput,
             Self::MacExhausted { .. } | Self::NotABridge { .. } => ErrorKind::Conflict,
             Self::LinkMissing { .. } | Self::BridgeMissing { .. } => ErrorKind::NotFound,
             Self::StatsMissing { .. } => ErrorKind::Internal,
@@ -205,6 +227,7 @@ impl NetworkError {
                 kind_of_io(source).unwrap_or(ErrorKind::Unavailable)
             }
             Self::CreateTap { source, .. }
+            | Self::HostPortInUse { source, .. }
             | Self::LookupLink { source, .. }
             | Self::CreateBridge { source, .. }
             | Self::AttachLink { source, .. }

@@ -151,6 +151,20 @@ impl From<MacAddr> for String {
     }
 }
 
+impl schemars::JsonSchema for MacAddr {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "MacAddr".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A MAC address such as 52:54:00:12:34:56",
+            "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

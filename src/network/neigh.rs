@@ -22,6 +22,8 @@ pub struct NeighbourEntry {
     /// The kernel's NUD state in lower case, as `ip neigh` prints it
     /// (`reachable`, `stale`, `permanent`, ...).
     pub state: String,
+    /// Seconds since the kernel last confirmed or updated the entry, when it says.
+    pub age_s: Option<u64>,
 }
 
 impl Netlink {
@@ -64,6 +66,7 @@ fn entry_for(msg: &NeighbourMessage, index: u32, mac: MacAddr) -> Option<Neighbo
     }
     let mut lladdr = None;
     let mut ip = None;
+    let mut age_s = None;
     for attr in &msg.attributes {
         match attr {
             NeighbourAttribute::LinkLayerAddress(bytes) => lladdr = Some(bytes.as_slice()),
@@ -73,13 +76,15 @@ fn entry_for(msg: &NeighbourMessage, index: u32, mac: MacAddr) -> Option<Neighbo
             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                 ip = Some(IpAddr::V6(*v6));
             }
+            // Both are clock ticks (USER_HZ, 100 a second) since the event.
+            NeighbourAttribute::CacheInfo(c) => age_s = Some(u64::from(c.confirmed.min(c.updated)) / 100),
             _ => {}
         }
     }
     if lladdr? != mac.octets().as_slice() {
         return None;
     }
-    Some(NeighbourEntry { ip: ip?, state: state_name(msg.header.state) })
+    Some(NeighbourEntry { ip: ip?, state: state_name(msg.header.state), age_s })
 }
 
 fn state_name(state: NeighbourState) -> String {

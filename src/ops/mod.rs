@@ -3,7 +3,20 @@
 //! state of its own. Every operation works from the state directory, so front ends are
 //! peers; mutations of one VM are serialised by its file lock.
 
+mod agent;
+mod block;
+mod clone;
+mod console;
+mod disks;
+mod display;
 mod host;
+mod images;
+mod ip;
+mod media;
+mod net;
+mod provision;
+mod snapshot;
+mod stats;
 mod vm;
 mod watch;
 
@@ -12,13 +25,24 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use agent::GuestExecRequest;
+pub use clone::CloneRequest;
+pub use console::ConsoleQuery;
+pub use disks::{DeleteOptions, DeleteReport};
+pub use display::{Screenshot, VncInfo, VncPort};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
+pub use images::{ImageEntry, IsoEntry};
+pub use ip::{IpAnswer, IpQuery, IpSource, NicIps, VmIps};
+pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
+pub use snapshot::SnapshotEntry;
+pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats as VmNicStats, VcpuStats, VmStats};
 pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
 pub use watch::VmSetWatcher;
 
 use crate::config::{Config, ConfigError};
 use crate::error::ErrorKind;
 use crate::ids::NameError;
+use crate::network::NetworkError;
 use crate::profile::{ProfileError, Profiles};
 use crate::qmp::QmpError;
 
@@ -66,6 +90,44 @@ pub enum OpsError {
     },
     #[error("VM {name:?}: {what} did not happen within {secs} s")]
     Timeout { name: String, what: &'static str, secs: u64 },
+    #[error("{what} is already used by {by}")]
+    Taken { what: String, by: String },
+    #[error("VM {name:?} has no port forward {selector}; `list_port_forwards` shows them")]
+    NoSuchForward { name: String, selector: String },
+    #[error("VM {name:?}")]
+    Network {
+        name: String,
+        #[source]
+        source: NetworkError,
+    },
+    #[error("{field}")]
+    Storage {
+        field: String,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    #[error("{what} is in use by {}; {hint}", users.join(", "))]
+    InUse { what: String, users: Vec<String>, hint: String },
+    #[error("VM {name:?} is {state}; {what} needs it stopped: stop it first")]
+    MustBeStopped { name: String, state: String, what: &'static str },
+    #[error("VM {name:?}")]
+    Console {
+        name: String,
+        #[source]
+        source: crate::console::ConsoleError,
+    },
+    #[error("VM {name:?}")]
+    Display {
+        name: String,
+        #[source]
+        source: crate::display::DisplayError,
+    },
+    #[error("VM {name:?}")]
+    Agent {
+        name: String,
+        #[source]
+        source: crate::agent::AgentError,
+    },
 }
 
 impl OpsError {
@@ -78,11 +140,19 @@ impl OpsError {
             | OpsError::AlreadyRunning { .. }
             | OpsError::Active { .. }
             | OpsError::NotRunning { .. }
-            | OpsError::Busy { .. } => ErrorKind::Conflict,
+            | OpsError::Busy { .. }
+            | OpsError::Taken { .. } => ErrorKind::Conflict,
+            OpsError::NoSuchForward { .. } => ErrorKind::NotFound,
+            OpsError::Network { source, .. } => source.kind(),
             OpsError::Invalid { .. } | OpsError::Name(_) | OpsError::Config(_) => ErrorKind::InvalidInput,
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
             OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+            OpsError::Storage { source, .. } => source.kind(),
+            OpsError::InUse { .. } | OpsError::MustBeStopped { .. } => ErrorKind::Conflict,
+            OpsError::Console { source, .. } => source.kind(),
+            OpsError::Display { source, .. } => source.kind(),
+            OpsError::Agent { source, .. } => source.kind(),
         }
     }
 
@@ -93,6 +163,11 @@ impl OpsError {
 
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
         OpsError::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn storage(field: &str) -> impl FnOnce(crate::storage::StorageError) -> Self {
+        let field = field.to_owned();
+        move |source| OpsError::Storage { field, source }
     }
 }
 

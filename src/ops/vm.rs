@@ -8,16 +8,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
+use super::ip::VmIps;
+use super::net::NicRequest;
 use super::{LOCK_TIMEOUT, Ops, OpsError, Progress, ProgressFn, no_progress};
 use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::fsutil;
 use crate::ids::VmName;
 use crate::layout::{VMS_DIR, VmPaths};
 use crate::lock::{self, FileLock};
+use crate::network::PortForward;
 use crate::procid::Liveness;
 use crate::qemu::launcher;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, qmp};
-use crate::spec::{Boot, DiskFormat, DiskSpec, Media, NetworkMode, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
+use crate::spec::{Boot, DiskSpec, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
 use crate::state::{ExitInfo, Reason, Status, VmState, now_ms};
 use crate::supervisor::qemu_liveness;
 
@@ -32,8 +35,17 @@ const FORCE_STEP: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskSource {
-    /// Use this existing image as it is (qcow2 or raw).
+    /// Use this existing image as it is (qcow2 or raw); it must lie in an image directory.
     Existing(PathBuf),
+    /// A new qcow2 overlay on this master image (name or path inside the image
+    /// directories; `null`: `vm.default_master_image`), grown to `disk_size_gib`.
+    Master(Option<PathBuf>),
+    /// A blank disk of `disk_size_gib` plus this ISO (inside the ISO directories; `null`:
+    /// `vm.default_iso`) on a CD-ROM that boots first until the installer reboots or
+    /// powers off.
+    Install(Option<PathBuf>),
+    /// A blank disk of `disk_size_gib`.
+    Blank,
 }
 
 /// Everything `create` accepts; unset fields come from `config.json`.
@@ -47,12 +59,27 @@ pub struct CreateRequest {
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
-    /// `"user"`, `"none"` or a bridge name.
+    /// One NIC: `"user"`, `"none"` or a bridge name (default `vm.default_network`).
     pub network: Option<String>,
+    /// Port forwards of that NIC when it is `"user"`.
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
+    /// Several NICs, each on its own bridge or user mode; instead of `network`.
+    #[serde(default)]
+    pub nics: Vec<NicRequest>,
     pub restart_policy: Option<RestartPolicy>,
     /// Start it once defined.
     #[serde(default)]
     pub start: bool,
+    /// Size of a new disk (overlay, blank, install) in GiB; `vm.default_disk_size` if unset.
+    #[serde(default)]
+    pub disk_size_gib: Option<u64>,
+    /// A cloud-init NoCloud seed disk with these settings.
+    #[serde(default)]
+    pub cloud_init: Option<crate::provision::cloudinit::CloudInitRequest>,
+    /// Ignition overrides of `vm.ignition.*` (Fedora CoreOS profiles get a config anyway).
+    #[serde(default)]
+    pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
 }
 
 /// Options of `stop`.
@@ -108,6 +135,9 @@ pub struct VmInfo {
     pub nics: Vec<NicSpec>,
     pub serial_log: PathBuf,
     pub state_dir: PathBuf,
+    /// Guest addresses, filled by [`Ops::info_live`] for a running VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ips: Option<VmIps>,
 }
 
 /// A defined VM, loaded.
@@ -128,13 +158,6 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
     std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn detect_format(path: &Path) -> std::io::Result<DiskFormat> {
-    let mut magic = [0u8; 4];
-    let mut f = std::fs::File::open(path)?;
-    let n = f.read(&mut magic)?;
-    Ok(if n == 4 && magic == *b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
-}
-
 fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
     if !p.is_absolute() {
         return Err(OpsError::invalid(field, format!("{} is not an absolute path", p.display())));
@@ -143,12 +166,6 @@ fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
         return Err(OpsError::invalid(field, format!("{} does not exist or is not a file", p.display())));
     }
     Ok(p.to_owned())
-}
-
-/// `52:54:00` (QEMU's prefix) followed by three bytes of the VM's UUID and the NIC index.
-fn derived_mac(uuid: &uuid::Uuid, index: u8) -> String {
-    let b = uuid.as_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2].wrapping_add(index))
 }
 
 impl Ops {
@@ -220,6 +237,7 @@ impl Ops {
             nics: vm.spec.nics.clone(),
             serial_log: vm.paths.serial_log(),
             state_dir: vm.paths.state.clone(),
+            ips: None,
         }
     }
 
@@ -252,12 +270,9 @@ impl Ops {
             (None, Some(_)) => return Err(OpsError::invalid("initrd", "an initrd needs a kernel; pass kernel too")),
             (None, None) => Boot::Disk,
         };
-        let mut disks = Vec::new();
-        if let Some(DiskSource::Existing(p)) = &req.disk {
-            let path = existing_file("disk", p)?;
-            let format = detect_format(&path).map_err(OpsError::io("cannot read disk image", &path))?;
-            disks.push(DiskSpec { path, format, media: Media::Disk, readonly: false });
-        }
+        let profile = self.profiles.get(&os_variant)?.clone();
+        let plan = self.plan_disks(&req, &name, &profile, matches!(boot, Boot::Disk))?;
+        let disks = plan.disks.clone();
         if disks.is_empty() && matches!(boot, Boot::Disk) {
             return Err(OpsError::invalid(
                 "disk",
@@ -265,25 +280,9 @@ impl Ops {
             ));
         }
         let uuid = uuid::Uuid::new_v4();
-        let network = req.network.clone().unwrap_or_else(|| d.default_network.clone());
-        let nics = match network.as_str() {
-            "none" => vec![],
-            "user" => vec![NicSpec { mode: NetworkMode::User, mac: derived_mac(&uuid, 0), model: None }],
-            bridge => {
-                if bridge.is_empty() || bridge.len() > 15 || bridge.contains(['/', ' ', ':']) {
-                    return Err(OpsError::invalid(
-                        "network",
-                        format!("{bridge:?} is not \"user\", \"none\" or a bridge name of at most 15 bytes"),
-                    ));
-                }
-                vec![NicSpec {
-                    mode: NetworkMode::Bridge { bridge: bridge.into() },
-                    mac: derived_mac(&uuid, 0),
-                    model: None,
-                }]
-            }
-        };
-        let spec = VmSpec {
+        let nics = self.plan_nics(req.network.as_deref(), &req.port_forwards, &req.nics, &uuid)?;
+        let prov = self.plan_provisioning(&req, &profile, name.as_str(), &uuid, &nics)?;
+        let mut spec = VmSpec {
             version: SPEC_VERSION,
             name: name.clone(),
             uuid,
@@ -295,6 +294,10 @@ impl Ops {
             disks,
             nics,
             restart_policy: req.restart_policy.unwrap_or_default(),
+            template: false,
+            ignition: None,
+            uefi: None,
+            install_boot: false,
         };
         let paths = self.paths(&name);
         let vms = self.cfg.state_dir.join(VMS_DIR);
@@ -306,13 +309,22 @@ impl Ops {
             }
             Err(e) => return Err(OpsError::io("cannot create VM directory", &paths.state)(e)),
         }
+        if let Err(e) = Self::write_disks(&plan, &paths) {
+            let _ = std::fs::remove_dir_all(&paths.state);
+            return Err(e);
+        }
+        if let Err(e) = Self::write_provisioning(&prov, &mut spec, &paths) {
+            plan.discard();
+            let _ = std::fs::remove_dir_all(&paths.state);
+            return Err(e);
+        }
         let written = (|| {
-            std::fs::write(paths.creating(), b"")?;
             fsutil::write_json_atomic(&paths.spec(), &spec)?;
-            fsutil::write_json_atomic(&paths.status(), &Status::created(now_ms()))?;
+            fsutil::write_json_volatile(&paths.status(), &Status::created(now_ms()))?;
             std::fs::remove_file(paths.creating())
         })();
         if let Err(e) = written {
+            plan.discard();
             let _ = std::fs::remove_dir_all(&paths.state);
             return Err(OpsError::io("cannot write VM definition in", &paths.state)(e));
         }
@@ -330,6 +342,21 @@ impl Ops {
     pub fn info(&self, name: &str) -> Result<VmInfo, OpsError> {
         let vm = self.load(name)?;
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
+    }
+
+    /// Like [`Ops::info`], plus the guest's addresses discovered now (one pass over the
+    /// sources of [`Ops::get_vm_ip`], no waiting) when the VM runs.
+    ///
+    /// # Errors
+    /// [`OpsError::NotFound`].
+    pub async fn info_live(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let obs = Self::observe(&vm);
+        let mut info = Self::info_of(&vm, &obs);
+        if obs.status.state.is_active() && !vm.spec.nics.is_empty() {
+            info.ips = Some(self.discover(&vm, false, super::ip::AGENT_SYNC_TIMEOUT_QUICK).await);
+        }
+        Ok(info)
     }
 
     /// Every defined VM, sorted by name. Reads status files only.
@@ -405,7 +432,7 @@ impl Ops {
         if adopt {
             args.push("--adopt".into());
         }
-        if let Some(p) = self.config_path() {
+        if let Some(p) = self.cfg.file() {
             args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
         }
         let child = launcher::spawn_supervisor(&self.exe, &args, &vm.paths.supervisor_log(), &tx)
@@ -443,16 +470,8 @@ impl Ops {
         Err(OpsError::StartFailed { name, message, log_tail })
     }
 
-    fn config_path(&self) -> Option<PathBuf> {
-        use crate::config::ConfigSource as S;
-        match &self.cfg.source {
-            S::Flag(p) | S::Env(p) | S::WorkingDir(p) | S::System(p) => Some(p.clone()),
-            S::Defaults => None,
-        }
-    }
-
     /// Starts a new supervisor for a QEMU that runs without one.
-    async fn ensure_supervised(&self, vm: &Vm, obs: &Observed) -> Result<(), OpsError> {
+    pub(crate) async fn ensure_supervised(&self, vm: &Vm, obs: &Observed) -> Result<(), OpsError> {
         if obs.unsupervised {
             tracing::info!(vm = %vm.spec.name, "adopting unsupervised QEMU");
             self.spawn_supervisor(vm, true).await?;
@@ -472,7 +491,12 @@ impl Ops {
             self.ensure_supervised(&vm, &obs).await?;
             return Err(OpsError::AlreadyRunning { name: name.into() });
         }
-        self.spawn_supervisor(&vm, false).await?;
+        self.check_startable(&vm)?;
+        if let Err(e) = self.spawn_supervisor(&vm, false).await {
+            // Let the supervisor record the failure before anyone looks.
+            self.wait_supervisor_done(&vm).await;
+            return Err(e);
+        }
         tracing::info!(vm = %name, "started");
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
     }
@@ -492,7 +516,7 @@ impl Ops {
         Ok(Self::info_of(&vm, &Self::observe(&vm)))
     }
 
-    async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
+    pub(crate) async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
         Qmp::connect(&vm.paths.qmp_sock(), DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
             name: vm.spec.name.to_string(),
             what: "cannot reach QEMU's monitor",
@@ -525,20 +549,24 @@ impl Ops {
         }
     }
 
+    /// Runs one QMP command on a running VM and waits for the supervisor to record `want`.
+    async fn qmp_to_state<C>(&self, name: &str, cmd: C, what: &'static str, want: VmState) -> Result<VmInfo, OpsError>
+    where
+        C: qmp::QmpCommand + qapi::Command,
+    {
+        let (vm, _lock, _) = self.running(name).await?;
+        let q = self.qmp(&vm).await?;
+        q.execute(cmd, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp { name: name.into(), what, source })?;
+        let obs = Self::wait_status(&vm, |s| s == want, Duration::from_secs(5)).await;
+        Ok(Self::info_of(&vm, &obs))
+    }
+
     /// Pauses the vCPUs.
     ///
     /// # Errors
     /// Not running, or QMP failed.
     pub async fn pause(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let (vm, _lock, _) = self.running(name).await?;
-        let q = self.qmp(&vm).await?;
-        q.execute(qmp::stop {}, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
-            name: name.into(),
-            what: "pause failed",
-            source,
-        })?;
-        let obs = Self::wait_status(&vm, |s| s == VmState::Paused, Duration::from_secs(5)).await;
-        Ok(Self::info_of(&vm, &obs))
+        self.qmp_to_state(name, qmp::stop {}, "pause failed", VmState::Paused).await
     }
 
     /// Resumes paused vCPUs.
@@ -546,15 +574,7 @@ impl Ops {
     /// # Errors
     /// Not running, or QMP failed.
     pub async fn resume(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let (vm, _lock, _) = self.running(name).await?;
-        let q = self.qmp(&vm).await?;
-        q.execute(qmp::cont {}, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
-            name: name.into(),
-            what: "resume failed",
-            source,
-        })?;
-        let obs = Self::wait_status(&vm, |s| s == VmState::Running, Duration::from_secs(5)).await;
-        Ok(Self::info_of(&vm, &obs))
+        self.qmp_to_state(name, qmp::cont {}, "resume failed", VmState::Running).await
     }
 
     /// Resets the VM (like pressing the reset button); the guest boots again.
@@ -619,6 +639,7 @@ impl Ops {
                 if let Ok(q) = self.qmp(vm).await {
                     let _ = q.execute(qmp::system_powerdown {}, DEFAULT_TIMEOUT).await;
                 }
+                self.agent_shutdown_fallback(vm, step, progress).await;
                 let left = deadline.saturating_duration_since(Instant::now());
                 if pidfd.wait_exit(PRESS_INTERVAL.min(left)).await {
                     exited = true;
@@ -654,7 +675,7 @@ impl Ops {
     async fn wait_supervisor_done(&self, vm: &Vm) -> Observed {
         let deadline = Instant::now() + Duration::from_secs(10);
         while lock::is_held(&vm.paths.supervisor_lock()) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Self::observe(vm)
     }
@@ -665,12 +686,24 @@ impl Ops {
     /// # Errors
     /// [`OpsError::Active`] when running and not forced.
     pub async fn delete(&self, name: &str, force: bool) -> Result<(), OpsError> {
+        self.delete_with(name, super::DeleteOptions { force, keep_disks: false }).await.map(|_| ())
+    }
+
+    /// Removes a VM's definition, state, seed files and the disks kvm-mcp created for it
+    /// (unless `keep_disks`). Images the caller adopted stay; a disk another VM is
+    /// built on (a linked clone's base) makes the delete fail before anything changes.
+    ///
+    /// # Errors
+    /// [`OpsError::Active`] when running and not forced; [`OpsError::InUse`].
+    pub async fn delete_with(&self, name: &str, opts: super::DeleteOptions) -> Result<super::DeleteReport, OpsError> {
+        let force = opts.force;
         let vname = VmName::new(name)?;
         let paths = self.paths(&vname);
         if !paths.state.exists() {
             return Err(OpsError::NotFound { name: name.into() });
         }
         let _lock = self.lock(name, &paths).await?;
+        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks)?;
         if let Ok(vm) = self.load(name) {
             let obs = Self::observe(&vm);
             if obs.status.state.is_active() {
@@ -682,7 +715,8 @@ impl Ops {
         }
         std::fs::remove_dir_all(&paths.state).map_err(OpsError::io("cannot remove", &paths.state))?;
         let _ = std::fs::remove_dir_all(&paths.run);
-        tracing::info!(vm = %name, "deleted");
-        Ok(())
+        let (removed, kept) = if opts.keep_disks { (vec![], own) } else { (super::disks::remove_files(own), vec![]) };
+        tracing::info!(vm = %name, removed = removed.len(), "deleted");
+        Ok(super::DeleteReport { name: name.into(), removed, kept })
     }
 }

@@ -138,6 +138,7 @@ pub fn build(
         a.push("-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
     }
 
+    super::boot_order::firmware(&mut a.0, spec);
     disks(&mut a, spec, profile)?;
     nics(&mut a, spec, profile, fds)?;
 
@@ -167,7 +168,7 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
     // Slots on the machine's built-in IDE/AHCI controllers, shared by disks and CD-ROMs.
     let mut ata_slot = 0usize;
     let ata_max = if profile.machine == Machine::Q35 { 6 } else { 4 };
-    let mut boot_given = false;
+    let boot_index = super::boot_order::boot_indexes(spec);
     for (i, d) in spec.disks.iter().enumerate() {
         let node = format!("disk{i}");
         let ro = d.readonly || d.media == Media::Cdrom;
@@ -177,7 +178,9 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
             "read-only": ro,
             "file": { "driver": "file", "filename": d.path.to_string_lossy(), "read-only": ro },
         });
-        a.push("-blockdev", json.to_string());
+        if !d.ejected {
+            a.push("-blockdev", json.to_string());
+        }
         let bus = match d.media {
             Media::Disk => match profile.disk_bus {
                 DiskBus::Virtio => "virtio",
@@ -221,9 +224,11 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
                 format!("{kind},drive={node},{place},id={node}-dev")
             }
         };
-        if boot_from_disk && !boot_given && !mmio {
-            let _ = write!(device, ",bootindex=1");
-            boot_given = true;
+        if d.ejected {
+            device = device.replace(&format!("drive={node},"), "");
+        }
+        if let Some(n) = boot_index[i].filter(|_| boot_from_disk && !mmio) {
+            let _ = write!(device, ",bootindex={n}");
         }
         a.push("-device", device);
     }
@@ -235,7 +240,13 @@ fn nics(a: &mut Args, spec: &VmSpec, profile: &Profile, fds: &FdPlan) -> Result<
     for (i, n) in spec.nics.iter().enumerate() {
         let id = format!("net{i}");
         match &n.mode {
-            NetworkMode::User => a.push("-netdev", format!("user,id={id}")),
+            NetworkMode::User { port_forwards } => {
+                let mut netdev = format!("user,id={id}");
+                for f in port_forwards {
+                    let _ = write!(netdev, ",hostfwd={}", f.rule());
+                }
+                a.push("-netdev", netdev);
+            }
             NetworkMode::Bridge { .. } => {
                 let fd = taps.next().ok_or(CmdlineError::MissingTap { index: i })?;
                 a.push("-netdev", format!("tap,id={id},fd={fd}"));
@@ -270,16 +281,22 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 media: Media::Disk,
                 readonly: false,
+                owned: false,
+                ejected: false,
             }],
             nics: vec![
-                NicSpec { mode: NetworkMode::User, mac: "52:54:00:12:34:56".into(), model: None },
+                NicSpec { mode: NetworkMode::user(), mac: "52:54:00:12:34:56".parse().unwrap(), model: None },
                 NicSpec {
                     mode: NetworkMode::Bridge { bridge: "brforvms".into() },
-                    mac: "52:54:00:12:34:57".into(),
+                    mac: "52:54:00:12:34:57".parse().unwrap(),
                     model: None,
                 },
             ],
             restart_policy: RestartPolicy::Never,
+            template: false,
+            ignition: None,
+            uefi: None,
+            install_boot: false,
         }
     }
 
@@ -352,6 +369,20 @@ mod tests {
         let profiles = Profiles::load(None).unwrap();
         let e = build(&spec(Boot::Disk), profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(0));
         assert_eq!(e, Err(CmdlineError::MissingTap { index: 1 }));
+    }
+
+    #[test]
+    fn user_port_forwards_become_hostfwd_rules() {
+        let mut spec = spec(Boot::Disk);
+        spec.nics[0].mode = NetworkMode::User {
+            port_forwards: vec![crate::network::PortForward::tcp(2222, 22), "0.0.0.0:5353:53/udp".parse().unwrap()],
+        };
+        let profiles = Profiles::load(None).unwrap();
+        let argv = build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1)).unwrap();
+        assert!(
+            argv.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:0.0.0.0:5353-:53".to_owned()),
+            "{argv:?}"
+        );
     }
 
     #[test]

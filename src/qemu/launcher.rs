@@ -94,6 +94,29 @@ pub fn spawn_qemu(
     cmd.spawn()
 }
 
+/// Starts a helper daemon (dnsmasq) as a child of the caller that receives SIGTERM
+/// when the caller dies, so a killed supervisor never leaves it behind. stdin from
+/// /dev/null, output appended to `log`.
+///
+/// # Errors
+/// The log cannot be opened or the spawn fails (binary missing, ...).
+pub fn spawn_tied_child(binary: &Path, args: &[String], log: &Path) -> std::io::Result<tokio::process::Child> {
+    let out = log_file(log)?;
+    let err = out.try_clone()?;
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(false);
+    // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// `qemu --version`'s first line, e.g. `QEMU emulator version 7.2.22 (Debian ...)`.
 ///
 /// # Errors

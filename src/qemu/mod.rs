@@ -3,5 +3,6 @@
 //! detection ([`accel`]).
 
 pub mod accel;
+pub mod boot_order;
 pub mod cmdline;
 pub mod launcher;

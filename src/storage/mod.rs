@@ -6,9 +6,11 @@
 //! without replacing, directory fsync) after a free-space check.
 
 mod atomic;
+mod copy;
 pub mod error;
 pub mod paths;
 pub mod qcow2;
+mod seed;
 #[cfg(test)]
 mod testutil;
 
@@ -16,11 +18,14 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use copy::copy_image;
 pub use error::{ErrorKind, StorageError};
 pub use paths::{resolve_confined, resolve_confined_new};
 pub use qcow2::{
-    CreateOptions, MAX_CHAIN_LEN, backing_chain, create_blank, create_overlay, inspect, inspect_as, resize_offline,
+    CreateOptions, MAX_CHAIN_LEN, SnapshotInfo, backing_chain, create_blank, create_overlay, inspect, inspect_as,
+    resize_offline, snapshots,
 };
+pub use seed::{fat_image, write_fat_image};
 
 /// On-disk format of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -16,6 +16,7 @@ mod header;
 mod inspect;
 mod refcount;
 mod resize;
+mod snapshots;
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -24,6 +25,7 @@ use std::path::Path;
 
 pub use inspect::{MAX_CHAIN_LEN, backing_chain, inspect, inspect_as};
 pub use resize::resize_offline;
+pub use snapshots::{SnapshotInfo, snapshots};
 
 use self::header::{MAX_BACKING_NAME_BYTES, MAX_NEW_SIZE, NewImage};
 use super::ImageFormat;

@@ -49,3 +49,25 @@ pub async fn link_message(handle: &rtnetlink::Handle, name: &str) -> LinkMessage
         .expect("link lookup")
         .expect("link exists")
 }
+
+/// The IPv4 addresses of link `index`, read straight from the kernel.
+pub async fn ipv4_addresses(index: u32) -> Vec<std::net::IpAddr> {
+    use futures::TryStreamExt;
+    use rtnetlink::packet_route::address::AddressAttribute;
+
+    rtnl()
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("address dump")
+        .into_iter()
+        .flat_map(|msg| msg.attributes)
+        .filter_map(|attr| match attr {
+            AddressAttribute::Address(ip) if ip.is_ipv4() => Some(ip),
+            _ => None,
+        })
+        .collect()
+}

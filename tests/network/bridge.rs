@@ -2,12 +2,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures::TryStreamExt;
 use kvm_mcp::network::{ErrorKind, Netlink, Tap};
-use rtnetlink::packet_route::address::AddressAttribute;
 
 use super::ifname;
-use crate::common::netns::{in_netns, rtnl};
+use crate::common::netns::{in_netns, ipv4_addresses};
 
 #[test]
 fn created_bridge_is_found_by_name() {
@@ -121,22 +119,7 @@ fn added_address_appears_on_bridge_and_adding_again_succeeds() {
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         nl.add_address(&ifname("kmbr5"), ip, 24).await.expect("add");
         nl.add_address(&ifname("kmbr5"), ip, 24).await.expect("add again");
-        rtnl()
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute()
-            .try_collect::<Vec<_>>()
-            .await
-            .expect("address dump")
-            .into_iter()
-            .flat_map(|msg| msg.attributes)
-            .filter_map(|attr| match attr {
-                AddressAttribute::Address(ip) => Some(ip),
-                _ => None,
-            })
-            .filter(IpAddr::is_ipv4)
-            .collect::<Vec<_>>()
+        ipv4_addresses(index).await
     });
 
     assert_eq!(addresses, vec![IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))]);

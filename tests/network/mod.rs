@@ -2,7 +2,9 @@
 //! its own network namespace.
 
 mod bridge;
+mod managed;
 mod neigh;
+mod nics;
 mod qemu;
 mod tap;
 

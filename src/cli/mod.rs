@@ -2,14 +2,21 @@
 //! with `--json`). Exit status 0 on success; otherwise a one-line reason on stderr and
 //! a non-zero code chosen by the error's kind.
 
+mod guest;
+mod net;
+mod storage;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+pub use net::{ForwardCommand, NetCommand, parse_nic};
+
 use crate::ids::VmName;
-use crate::ops::{CreateRequest, DiskSource, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
+use crate::network::PortForward;
+use crate::ops::{CreateRequest, NicRequest, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
 use crate::spec::RestartPolicy;
 
 /// Run QEMU/KVM virtual machines without libvirt.
@@ -35,8 +42,14 @@ pub enum Command {
     /// Facts about this host.
     #[command(subcommand)]
     Host(HostCommand),
+    /// Guest addresses, port forwards and NIC counters.
+    #[command(subcommand)]
+    Net(NetCommand),
     /// List the QEMU profiles (os_variant values).
     Profiles,
+    /// Images, ISOs, clones, disk growth and reset, CD-ROM media.
+    #[command(subcommand)]
+    Storage(storage::StorageCommand),
     /// Serve MCP: on stdin/stdout for an MCP host, or Streamable HTTP with --http.
     Serve(ServeArgs),
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
@@ -45,6 +58,13 @@ pub enum Command {
         name: String,
         #[arg(long)]
         adopt: bool,
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
+    /// Run a managed bridge's DHCP supervisor (started on demand; not for direct use).
+    #[command(hide = true)]
+    DhcpSupervise {
+        bridge: String,
         #[arg(long)]
         ready_fd: Option<i32>,
     },
@@ -67,6 +87,8 @@ pub struct ServeArgs {
 pub enum HostCommand {
     /// Accelerator (and why), QEMU version, memory and disk space.
     Info,
+    /// CPU use, memory and free space where VM disks live.
+    Stats,
 }
 
 /// `kvm-mcp vm …`.
@@ -81,7 +103,7 @@ pub enum VmCommand {
     /// Show one VM.
     Info { name: String },
     /// Define a VM (defaults come from config.json).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Start a VM and wait until QEMU runs.
     Start { name: String },
     /// Stop a VM: ACPI power button, then force after the timeout.
@@ -106,9 +128,14 @@ pub enum VmCommand {
         /// Stop it first if it is running.
         #[arg(long)]
         force: bool,
+        /// Keep the disks kvm-mcp created for it.
+        #[arg(long)]
+        keep_disks: bool,
     },
     /// Attach a new supervisor to a VM whose supervisor died.
     Adopt { name: String },
+    #[command(flatten)]
+    Guest(guest::GuestCommand),
 }
 
 /// `kvm-mcp vm create`.
@@ -137,15 +164,23 @@ pub struct CreateArgs {
     /// Kernel command line for direct boot.
     #[arg(long)]
     pub cmdline: Option<String>,
-    /// "user", "none" or a bridge name.
+    /// "user", "none" or a bridge name (one NIC).
     #[arg(long)]
     pub network: Option<String>,
+    /// Port forward of the user-mode NIC, `[HOST_ADDR:]HOST_PORT:GUEST_PORT[/udp]`; repeatable.
+    #[arg(long = "forward")]
+    pub forwards: Vec<PortForward>,
+    /// A NIC, `NETWORK[,mac=M][,model=X][,forward=F]…`; repeatable, instead of --network.
+    #[arg(long = "nic", value_parser = parse_nic)]
+    pub nics: Vec<NicRequest>,
     /// never, on-failure or always.
     #[arg(long)]
     pub restart: Option<RestartPolicy>,
     /// Start it right away.
     #[arg(long)]
     pub start: bool,
+    #[command(flatten)]
+    pub storage: storage::CreateDiskArgs,
 }
 
 /// Formats rows as left-aligned columns.
@@ -223,7 +258,19 @@ fn info_text(i: &VmInfo) -> String {
         rows.push(vec!["disk".into(), format!("{} ({:?})", d.path.display(), d.format)]);
     }
     for n in &i.nics {
-        rows.push(vec!["nic".into(), format!("{:?} {}", n.mode, n.mac)]);
+        let model = n.model.as_deref().map_or_else(String::new, |m| format!(" ({m})"));
+        rows.push(vec!["nic".into(), format!("{} {}{model}", n.mode.label(), n.mac)]);
+        if let crate::spec::NetworkMode::User { port_forwards } = &n.mode {
+            for f in port_forwards {
+                rows.push(vec!["forward".into(), f.to_string()]);
+            }
+        }
+    }
+    for n in i.ips.iter().flat_map(|r| &r.nics) {
+        for a in &n.addresses {
+            let age = a.age_s.map_or_else(String::new, |s| format!(", {s} s old"));
+            rows.push(vec!["ip".into(), format!("{} (NIC {}, {:?}{age})", a.ip, n.index, a.source)]);
+        }
     }
     for l in &i.log_tail {
         rows.push(vec!["qemu log".into(), l.clone()]);
@@ -246,6 +293,7 @@ fn print<T: Serialize>(json: bool, value: &T, text: impl FnOnce(&T) -> String) {
 pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
     match cmd {
         Command::Vm(vm) => run_vm(ops, json, vm).await,
+        Command::Net(n) => net::run(ops, json, n).await,
         Command::Host(HostCommand::Info) => {
             let h = ops.host_info().await?;
             print(json, &h, |h| {
@@ -276,6 +324,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
+        Command::Host(HostCommand::Stats) => guest::host_stats(ops, json).await,
         Command::Profiles => {
             let p = ops.list_profiles();
             print(json, &p, |p| {
@@ -295,7 +344,8 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             });
             Ok(())
         }
-        Command::Supervise { .. } | Command::Serve(_) => Ok(()),
+        Command::Storage(c) => storage::run(ops, json, c, |i| print(json, &i, info_text)).await,
+        Command::Supervise { .. } | Command::DhcpSupervise { .. } | Command::Serve(_) => Ok(()),
     }
 }
 
@@ -306,24 +356,29 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
             let vms = if live { ops.list_live().await? } else { ops.list()? };
             print(json, &vms, |v| summary_rows(v));
         }
-        VmCommand::Info { name } => show(ops.info(&name)?),
+        VmCommand::Info { name } => show(ops.info_live(&name).await?),
         VmCommand::Create(a) => {
+            let a = *a;
             if let Some(n) = &a.name {
                 VmName::new(n)?;
             }
-            let req = CreateRequest {
+            let mut req = CreateRequest {
                 name: a.name,
                 memory_mib: a.memory,
                 vcpus: a.vcpus,
                 os_variant: a.os_variant,
-                disk: a.disk.map(DiskSource::Existing),
+                disk: None,
                 kernel: a.kernel,
                 initrd: a.initrd,
                 cmdline: a.cmdline,
                 network: a.network,
+                port_forwards: a.forwards,
+                nics: a.nics,
                 restart_policy: a.restart,
                 start: a.start,
+                ..CreateRequest::default()
             };
+            a.storage.apply(&mut req, a.disk)?;
             show(ops.create(req).await?);
         }
         VmCommand::Start { name } => show(ops.start(&name).await?),
@@ -335,9 +390,19 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
         VmCommand::Pause { name } => show(ops.pause(&name).await?),
         VmCommand::Resume { name } => show(ops.resume(&name).await?),
         VmCommand::Adopt { name } => show(ops.adopt(&name).await?),
-        VmCommand::Delete { name, force } => {
-            ops.delete(&name, force).await?;
-            print(json, &serde_json::json!({ "deleted": name }), |_| format!("deleted {name}"));
+        VmCommand::Guest(g) => guest::run(ops, json, g).await?,
+        VmCommand::Delete { name, force, keep_disks } => {
+            let r = ops.delete_with(&name, crate::ops::DeleteOptions { force, keep_disks }).await?;
+            print(json, &r, |r| {
+                let mut s = format!("deleted {name}");
+                for p in &r.removed {
+                    s.push_str(&format!("\nremoved {}", p.display()));
+                }
+                for p in &r.kept {
+                    s.push_str(&format!("\nkept {}", p.display()));
+                }
+                s
+            });
         }
     }
     Ok(())

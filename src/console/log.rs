@@ -1,0 +1,363 @@
+//! The serial log on disk: `serial.log` (QEMU appends to it), `serial.log.1` … `.N`
+//! (rotated copies, newest first) and `serial.log.base`, the absolute offset of
+//! `serial.log`'s first byte. Offsets handed to callers are absolute, so they stay
+//! valid across rotations: a reader resumes where it stopped even if the log was
+//! rotated in between (as long as the bytes are still in `serial.log.1`).
+//!
+//! Rotation is copy-then-truncate, because QEMU keeps the log open for its whole run
+//! and cannot be told to reopen it; it opened the file with `O_APPEND`, so after the
+//! truncation it goes on writing at the new end. Bytes QEMU writes between the copy
+//! and the truncation are lost (the same trade-off as logrotate's `copytruncate`).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+
+use serde::Serialize;
+
+use crate::guest_config::ConsoleSettings;
+use crate::layout::VmPaths;
+
+/// How often the supervisor checks whether the running VM's log needs rotating.
+pub const ROTATE_CHECK: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Most bytes one read returns.
+pub const MAX_READ_BYTES: usize = 1024 * 1024;
+
+fn sibling(p: &Path, suffix: &str) -> PathBuf {
+    let mut s = p.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// `serial.log.N`.
+#[must_use]
+pub fn rotated(paths: &VmPaths, n: u32) -> PathBuf {
+    sibling(&paths.serial_log(), &format!(".{n}"))
+}
+
+fn base_file(paths: &VmPaths) -> PathBuf {
+    sibling(&paths.serial_log(), ".base")
+}
+
+/// Where the current QEMU run's console output starts (written at each spawn).
+fn run_start_file(paths: &VmPaths) -> PathBuf {
+    paths.run.join("serial.start")
+}
+
+fn len(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+/// Absolute offset of `serial.log`'s first byte.
+#[must_use]
+pub fn base(paths: &VmPaths) -> u64 {
+    std::fs::read_to_string(base_file(paths)).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Absolute offset just past the last byte written so far.
+#[must_use]
+pub fn end(paths: &VmPaths) -> u64 {
+    base(paths) + len(&paths.serial_log())
+}
+
+/// Absolute offset where the running QEMU's output begins, if recorded.
+#[must_use]
+pub fn run_start(paths: &VmPaths) -> Option<u64> {
+    std::fs::read_to_string(run_start_file(paths)).ok().and_then(|s| s.trim().parse().ok())
+}
+
+/// Called by the supervisor before each QEMU spawn: rotates an oversized log and
+/// records where this run's output will start.
+///
+/// # Errors
+/// The log or the marker cannot be written.
+pub fn begin_run(paths: &VmPaths, settings: &ConsoleSettings) -> std::io::Result<()> {
+    rotate_if_needed(paths, settings)?;
+    crate::fsutil::write_atomic(&run_start_file(paths), end(paths).to_string().as_bytes())
+}
+
+/// Rotates `serial.log` when it is larger than the configured maximum. Returns whether
+/// it rotated.
+///
+/// # Errors
+/// Any I/O error; the log is left as it was where possible.
+pub fn rotate_if_needed(paths: &VmPaths, settings: &ConsoleSettings) -> std::io::Result<bool> {
+    let log = paths.serial_log();
+    let size = len(&log);
+    if size <= settings.log_max_bytes {
+        return Ok(false);
+    }
+    if settings.log_keep > 0 {
+        let _ = std::fs::remove_file(rotated(paths, settings.log_keep));
+        for n in (1..settings.log_keep).rev() {
+            let from = rotated(paths, n);
+            if from.exists() {
+                std::fs::rename(&from, rotated(paths, n + 1))?;
+            }
+        }
+        let tmp = sibling(&log, ".rotating");
+        std::fs::copy(&log, &tmp)?;
+        std::fs::rename(&tmp, rotated(paths, 1))?;
+    }
+    let copied = if settings.log_keep > 0 { len(&rotated(paths, 1)) } else { size };
+    std::fs::OpenOptions::new().write(true).open(&log)?.set_len(0)?;
+    crate::fsutil::write_atomic(&base_file(paths), (base(paths) + copied).to_string().as_bytes())?;
+    tracing::debug!(log = %log.display(), bytes = copied, "rotated the serial log");
+    Ok(true)
+}
+
+/// A stretch of raw console bytes at an absolute offset.
+#[derive(Debug, Clone, Default)]
+pub struct Chunk {
+    /// Absolute offset of the first byte.
+    pub start: u64,
+    pub bytes: Vec<u8>,
+    /// The caller asked for an offset that was rotated away; reading resumed later.
+    pub skipped: bool,
+}
+
+impl Chunk {
+    /// Absolute offset just past the last byte.
+    #[must_use]
+    pub fn end(&self) -> u64 {
+        self.start + self.bytes.len() as u64
+    }
+}
+
+fn read_at(p: &Path, at: u64, max: usize) -> std::io::Result<Vec<u8>> {
+    let mut f = match std::fs::File::open(p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    f.seek(SeekFrom::Start(at))?;
+    let mut buf = Vec::new();
+    f.take(max as u64).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Reads up to `max` bytes from absolute offset `from`, out of `serial.log.1` when the
+/// offset was rotated away but is still there.
+///
+/// # Errors
+/// The log cannot be read.
+pub fn read_from(paths: &VmPaths, from: u64, max: usize) -> std::io::Result<Chunk> {
+    let max = max.min(MAX_READ_BYTES);
+    let base = base(paths);
+    if from >= base {
+        let bytes = read_at(&paths.serial_log(), from - base, max)?;
+        return Ok(Chunk { start: from, bytes, skipped: false });
+    }
+    let prev = rotated(paths, 1);
+    let prev_start = base.saturating_sub(len(&prev));
+    if from >= prev_start && prev_start < base {
+        let bytes = read_at(&prev, from - prev_start, max)?;
+        return Ok(Chunk { start: from, bytes, skipped: false });
+    }
+    let start = if prev_start < base { prev_start } else { base };
+    let mut c = read_from(paths, start, max)?;
+    c.skipped = true;
+    Ok(c)
+}
+
+/// The last `lines` lines (looking back at most `max` bytes).
+///
+/// # Errors
+/// The log cannot be read.
+pub fn tail(paths: &VmPaths, lines: usize, max: usize) -> std::io::Result<Chunk> {
+    let end = end(paths);
+    let max = max.min(MAX_READ_BYTES);
+    let from = end.saturating_sub(max as u64).max(base(paths));
+    let mut c = read_from(paths, from, max)?;
+    // Keep whole lines: the last `lines` newline-terminated lines plus any partial tail.
+    let body_end = if c.bytes.last() == Some(&b'\n') { c.bytes.len() - 1 } else { c.bytes.len() };
+    let cut = c.bytes[..body_end]
+        .iter()
+        .enumerate()
+        .rev()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(lines.saturating_sub(1))
+        .map_or(0, |(i, _)| i + 1);
+    let cut = if lines == 0 { c.bytes.len() } else { cut };
+    c.bytes.drain(..cut);
+    c.start += cut as u64;
+    Ok(c)
+}
+
+static ANSI: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
+    // CSI sequences (colours, cursor moves, the shell's ESC[6n) and two-byte escapes.
+    regex::bytes::Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]").unwrap_or_else(|_| unreachable!())
+});
+
+/// Console bytes as readable text: escape sequences and control characters other than
+/// newline and tab removed, invalid UTF-8 replaced.
+#[must_use]
+pub fn clean(bytes: &[u8]) -> String {
+    let stripped = ANSI.replace_all(bytes, &b""[..]);
+    String::from_utf8_lossy(&stripped).chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
+}
+
+/// What `get_console_log` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsoleLog {
+    /// The console text, escape sequences and carriage returns removed.
+    pub text: String,
+    /// Absolute byte offset of the first byte returned.
+    pub start_offset: u64,
+    /// Absolute offset after the last byte returned; pass it as `since_offset` to
+    /// continue from here.
+    pub next_offset: u64,
+    /// Part of the asked-for range was rotated away (or cut at the size limit).
+    pub truncated: bool,
+    /// Where the log lives on the host.
+    pub path: PathBuf,
+}
+
+impl ConsoleLog {
+    /// Builds the answer from a chunk.
+    #[must_use]
+    pub fn from_chunk(c: &Chunk, truncated: bool, path: PathBuf) -> Self {
+        Self { text: clean(&c.bytes), start_offset: c.start, next_offset: c.end(), truncated, path }
+    }
+}
+
+/// A regex match on the console.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsoleMatch {
+    /// The whole line that matched, cleaned.
+    pub line: String,
+    /// Absolute offset where that line starts.
+    pub line_offset: u64,
+    /// Absolute offset after the line; pass it as `since_offset` to wait for what follows.
+    pub next_offset: u64,
+    /// Milliseconds spent waiting.
+    pub waited_ms: u64,
+}
+
+/// Incremental line matcher over console bytes.
+#[derive(Debug)]
+pub struct Matcher {
+    re: regex::Regex,
+    /// Bytes of the line under way and its absolute start.
+    line: Vec<u8>,
+    line_start: u64,
+}
+
+impl Matcher {
+    /// Starts matching at absolute offset `at`.
+    #[must_use]
+    pub fn new(re: regex::Regex, at: u64) -> Self {
+        Self { re, line: Vec::new(), line_start: at }
+    }
+
+    /// Feeds the next chunk; returns the first match, looking at complete lines and at
+    /// the unfinished last line (prompts such as `login: ` end without a newline).
+    pub fn feed(&mut self, c: &Chunk) -> Option<(String, u64, u64)> {
+        if c.start != self.line_start + self.line.len() as u64 {
+            // Bytes were rotated away in between: start over at the chunk.
+            self.line.clear();
+            self.line_start = c.start;
+        }
+        let mut rest = &c.bytes[..];
+        while let Some(i) = rest.iter().position(|b| *b == b'\n') {
+            self.line.extend_from_slice(&rest[..=i]);
+            rest = &rest[i + 1..];
+            let text = clean(&self.line);
+            let (start, next) = (self.line_start, self.line_start + self.line.len() as u64);
+            if self.re.is_match(text.trim_end_matches('\n')) {
+                return Some((text.trim_end().to_owned(), start, next));
+            }
+            self.line_start = next;
+            self.line.clear();
+        }
+        self.line.extend_from_slice(rest);
+        let text = clean(&self.line);
+        if !self.line.is_empty() && self.re.is_match(&text) {
+            let found = (text.trim_end().to_owned(), self.line_start, self.line_start + self.line.len() as u64);
+            self.line_start += self.line.len() as u64;
+            self.line.clear();
+            return Some(found);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::VmName;
+
+    fn setup() -> (tempfile::TempDir, VmPaths) {
+        let d = tempfile::tempdir().unwrap();
+        let p = VmPaths::new(d.path(), &d.path().join("run"), &VmName::new("c").unwrap());
+        std::fs::create_dir_all(&p.state).unwrap();
+        std::fs::create_dir_all(&p.run).unwrap();
+        (d, p)
+    }
+
+    fn settings(max: u64, keep: u32) -> ConsoleSettings {
+        ConsoleSettings { log_max_bytes: max, log_keep: keep }
+    }
+
+    #[test]
+    fn offsets_survive_rotation() {
+        let (_d, p) = setup();
+        std::fs::write(p.serial_log(), "one\ntwo\n").unwrap();
+        rotate_if_needed(&p, &settings(4, 2)).unwrap();
+        std::fs::write(p.serial_log(), "three\n").unwrap();
+        let old = read_from(&p, 4, 100).unwrap();
+        let new = read_from(&p, 8, 100).unwrap();
+        assert_eq!((old.bytes, new.bytes, end(&p)), (b"two\n".to_vec(), b"three\n".to_vec(), 14));
+    }
+
+    #[test]
+    fn rotation_keeps_at_most_keep_files() {
+        let (_d, p) = setup();
+        for i in 0..4 {
+            std::fs::write(p.serial_log(), format!("line {i} of the console\n")).unwrap();
+            rotate_if_needed(&p, &settings(4, 2)).unwrap();
+        }
+        let present: Vec<bool> = (1..=3).map(|n| rotated(&p, n).exists()).collect();
+        assert_eq!(present, [true, true, false]);
+    }
+
+    #[test]
+    fn offset_rotated_away_is_flagged() {
+        let (_d, p) = setup();
+        for _ in 0..3 {
+            std::fs::write(p.serial_log(), "0123456789\n").unwrap();
+            rotate_if_needed(&p, &settings(4, 1)).unwrap();
+        }
+        let c = read_from(&p, 0, 100).unwrap();
+        assert_eq!((c.start, c.skipped), (22, true));
+    }
+
+    #[test]
+    fn tail_returns_last_lines_and_their_offset() {
+        let (_d, p) = setup();
+        std::fs::write(p.serial_log(), "a\nbb\nccc\n").unwrap();
+        let c = tail(&p, 2, 1000).unwrap();
+        assert_eq!((c.bytes, c.start), (b"bb\nccc\n".to_vec(), 2));
+    }
+
+    #[test]
+    fn clean_strips_escapes_and_carriage_returns() {
+        assert_eq!(clean(b"\x1b[6nfixture# ls\r\n\x1b[0;32mok\x1b[0m\n"), "fixture# ls\nok\n");
+    }
+
+    #[test]
+    fn matcher_finds_a_line_split_across_chunks() {
+        let mut m = Matcher::new(regex::Regex::new("READY").unwrap(), 100);
+        let a = Chunk { start: 100, bytes: b"boot\nFIXTURE-RE".to_vec(), skipped: false };
+        let b = Chunk { start: 115, bytes: b"ADY uptime=3\nmore".to_vec(), skipped: false };
+        assert_eq!((m.feed(&a), m.feed(&b)), (None, Some(("FIXTURE-READY uptime=3".into(), 105, 128))));
+    }
+
+    #[test]
+    fn matcher_sees_an_unterminated_prompt() {
+        let mut m = Matcher::new(regex::Regex::new("login: $").unwrap(), 0);
+        let c = Chunk { start: 0, bytes: b"Debian\r\nhost login: ".to_vec(), skipped: false };
+        assert_eq!(m.feed(&c).map(|f| f.1), Some(8));
+    }
+}

@@ -1,0 +1,305 @@
+//! Operations on a stopped VM's disks: `clone_vm` (linked: an overlay on the source's
+//! disk, the source then a template that refuses to start while clones exist; or a
+//! full copy), `resize_disk` (grow only, live through QMP or offline) and
+//! `reset_vm_disk` (a fresh overlay on the same base: the fastest clean slate).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::disks::{check_size_gib, image_format};
+use super::vm::{Vm, VmInfo};
+use super::{Ops, OpsError};
+use crate::fsutil;
+use crate::ids::VmName;
+use crate::layout::VmPaths;
+use crate::spec::{DiskFormat, DiskSpec, Media, VmSpec};
+use crate::state::{Status, now_ms};
+use crate::storage::{self, CreateOptions};
+
+/// What `clone_vm` accepts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CloneRequest {
+    /// The stopped VM to clone.
+    pub source: String,
+    /// Name of the new VM.
+    pub name: String,
+    /// Copy the disks instead of making overlays on them (the source stays usable).
+    #[serde(default)]
+    pub full: bool,
+    /// Start the clone once defined.
+    #[serde(default)]
+    pub start: bool,
+}
+
+impl Ops {
+    fn stopped(&self, vm: &Vm, what: &'static str) -> Result<(), OpsError> {
+        let state = Self::observe(vm).status.state;
+        if state.is_active() {
+            return Err(OpsError::MustBeStopped { name: vm.spec.name.to_string(), state: state.to_string(), what });
+        }
+        Ok(())
+    }
+
+    /// Refuses to start a template whose linked clones still exist; a template
+    /// without clones becomes an ordinary VM again.
+    pub(crate) fn check_startable(&self, vm: &Vm) -> Result<(), OpsError> {
+        if !vm.spec.template {
+            return Ok(());
+        }
+        let name = vm.spec.name.to_string();
+        let mut clones: Vec<String> = vm
+            .spec
+            .disks
+            .iter()
+            .filter(|d| d.media == Media::Disk)
+            .flat_map(|d| self.users_of(&d.path, &name))
+            .collect();
+        clones.sort();
+        clones.dedup();
+        if clones.is_empty() {
+            let mut vm = vm.clone();
+            vm.spec.template = false;
+            return Self::save_spec(&vm);
+        }
+        Err(OpsError::InUse {
+            what: format!("VM {name:?} is the template of linked clones: its disk"),
+            users: clones,
+            hint: "starting it would change their base image; delete the clones first, or run a full clone of it"
+                .into(),
+        })
+    }
+
+    /// Defines a new VM with the disks of a stopped one: overlays on them (linked, the
+    /// default) or copies (`full`). CD-ROM media are shared; the cloud-init seed and
+    /// Ignition config are not carried over (the guest already ran them); UEFI
+    /// variables are copied. MAC addresses are new.
+    ///
+    /// # Errors
+    /// Source running ([`OpsError::MustBeStopped`]), name taken, storage failures
+    /// (nothing is left behind).
+    pub async fn clone_vm(&self, req: CloneRequest) -> Result<VmInfo, OpsError> {
+        let mut src = self.load(&req.source)?;
+        let name = VmName::new(&req.name)?;
+        let _src_lock = self.lock(&req.source, &src.paths).await?;
+        self.stopped(&src, "cloning")?;
+        let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, &name);
+        std::fs::create_dir_all(paths.state.parent().unwrap_or(Path::new("/")))
+            .map_err(OpsError::io("cannot create state directory", &self.cfg.state_dir))?;
+        match std::fs::create_dir(&paths.state) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(OpsError::Exists { name: name.to_string() });
+            }
+            Err(e) => return Err(OpsError::io("cannot create VM directory", &paths.state)(e)),
+        }
+        let mut written: Vec<PathBuf> = Vec::new();
+        let res = self.clone_files(&src, &name, &paths, req.full, &mut written);
+        let res = res.and_then(|spec| {
+            (|| {
+                fsutil::write_json_atomic(&paths.spec(), &spec)?;
+                fsutil::write_json_volatile(&paths.status(), &Status::created(now_ms()))?;
+                std::fs::remove_file(paths.creating())
+            })()
+            .map_err(OpsError::io("cannot write VM definition in", &paths.state))
+        });
+        if let Err(e) = res {
+            super::disks::remove_files(written);
+            let _ = std::fs::remove_dir_all(&paths.state);
+            return Err(e);
+        }
+        if !req.full && !src.spec.template {
+            src.spec.template = true;
+            Self::save_spec(&src)?;
+        }
+        tracing::info!(vm = %name, source = %req.source, full = req.full, "cloned");
+        if req.start {
+            return self.start(name.as_str()).await;
+        }
+        self.info(name.as_str())
+    }
+
+    fn clone_files(
+        &self,
+        src: &Vm,
+        name: &VmName,
+        paths: &VmPaths,
+        full: bool,
+        written: &mut Vec<PathBuf>,
+    ) -> Result<VmSpec, OpsError> {
+        let mut disks = Vec::new();
+        let mut n = 0;
+        let mut planned = String::new();
+        for d in &src.spec.disks {
+            if d.media == Media::Cdrom {
+                disks.push(DiskSpec { owned: false, ..d.clone() });
+                continue;
+            }
+            if d.path.starts_with(&src.paths.state) {
+                continue; // the source's seed disk
+            }
+            let path = self.new_disk_path(name, n)?;
+            n += 1;
+            planned.push_str(&format!("{}\n", path.display()));
+            std::fs::write(paths.creating(), &planned).map_err(OpsError::io("cannot write", paths.creating()))?;
+            let res = if full {
+                storage::copy_image(&d.path, &path)
+            } else {
+                let base = std::fs::canonicalize(&d.path).map_err(OpsError::io("cannot resolve", &d.path))?;
+                storage::create_overlay(&path, &base, image_format(d.format), None)
+            };
+            res.map_err(OpsError::storage("disk"))?;
+            written.push(path.clone());
+            let format = if full { d.format } else { DiskFormat::Qcow2 };
+            disks.push(DiskSpec { path, format, owned: true, ..d.clone() });
+        }
+        let uefi = match &src.spec.uefi {
+            Some(u) => {
+                let vars = paths.uefi_vars();
+                std::fs::copy(&u.vars, &vars).map_err(OpsError::io("cannot copy UEFI variables to", &vars))?;
+                Some(crate::spec::UefiSpec { vars, ..u.clone() })
+            }
+            None => None,
+        };
+        let uuid = uuid::Uuid::new_v4();
+        let mut nics = src.spec.nics.clone();
+        let mut taken: std::collections::HashSet<crate::network::MacAddr> =
+            self.defined_specs().iter().flat_map(|s| s.nics.iter().map(|n| n.mac)).collect();
+        for (i, nic) in nics.iter_mut().enumerate() {
+            nic.mac = crate::network::MacAddr::pick_unique(&uuid, u8::try_from(i).unwrap_or(u8::MAX), &taken)
+                .map_err(|e| OpsError::Taken { what: "every candidate MAC".into(), by: e.to_string() })?;
+            taken.insert(nic.mac);
+        }
+        Ok(VmSpec {
+            name: name.clone(),
+            uuid,
+            created_at: now_ms() / 1000,
+            disks,
+            nics,
+            template: false,
+            ignition: None,
+            uefi,
+            ..src.spec.clone()
+        })
+    }
+
+    fn disk_index(vm: &Vm, disk: Option<usize>) -> Result<usize, OpsError> {
+        let i = match disk {
+            Some(i) => i,
+            None => vm.spec.disks.iter().position(|d| d.media == Media::Disk).unwrap_or(usize::MAX),
+        };
+        match vm.spec.disks.get(i) {
+            Some(d) if d.media == Media::Disk => Ok(i),
+            _ => Err(OpsError::invalid("disk", format!("VM {:?} has no disk number {i}", vm.spec.name.as_str()))),
+        }
+    }
+
+    /// Grows disk `disk` (the first disk when `None`) to `size_gib`: through QMP
+    /// `block_resize` while the VM runs (the guest sees the new size at once), in the
+    /// file otherwise. Shrinking is refused.
+    ///
+    /// # Errors
+    /// Smaller size, storage or QMP failures.
+    pub async fn resize_disk(&self, name: &str, size_gib: u64, disk: Option<usize>) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let _lock = self.lock(name, &vm.paths).await?;
+        let i = Self::disk_index(&vm, disk)?;
+        let d = &vm.spec.disks[i];
+        let bytes = check_size_gib("size_gib", size_gib)?;
+        let now = storage::inspect_as(&d.path, image_format(d.format)).map_err(OpsError::storage("disk"))?;
+        if bytes < now.virtual_size_bytes {
+            return Err(OpsError::invalid(
+                "size_gib",
+                format!("{size_gib} GiB is smaller than the disk's {} bytes; disks only grow", now.virtual_size_bytes),
+            ));
+        }
+        if Self::observe(&vm).status.state.is_active() {
+            let q = self.live_qmp(&vm).await?;
+            super::block::resize(&q, &format!("disk{i}"), bytes).await.map_err(|source| OpsError::Qmp {
+                name: name.into(),
+                what: "growing the disk failed",
+                source,
+            })?;
+        } else {
+            storage::resize_offline(&d.path, bytes).map_err(OpsError::storage("disk"))?;
+        }
+        tracing::info!(vm = %name, disk = i, size_gib, "disk grown");
+        self.info(name)
+    }
+
+    /// Throws away what the VM wrote to its own disks: each overlay is replaced by a
+    /// fresh one on the same base (same size); a blank disk of an ISO install becomes
+    /// blank again and the install starts over. Internal snapshots go with it.
+    ///
+    /// # Errors
+    /// VM running, a disk that is not kvm-mcp's own, a disk other VMs are built on.
+    pub async fn reset_vm_disk(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let _lock = self.lock(name, &vm.paths).await?;
+        self.stopped(&vm, "resetting its disk")?;
+        let disks: Vec<&DiskSpec> =
+            vm.spec.disks.iter().filter(|d| d.media == Media::Disk && !d.path.starts_with(&vm.paths.state)).collect();
+        if disks.is_empty() || disks.iter().any(|d| !d.owned || d.format != DiskFormat::Qcow2) {
+            return Err(OpsError::invalid(
+                "name",
+                format!(
+                    "VM {name:?} uses a disk kvm-mcp did not create; only its own overlays and blank disks can be reset"
+                ),
+            ));
+        }
+        for d in &disks {
+            let users = self.users_of(&d.path, name);
+            if !users.is_empty() {
+                return Err(OpsError::InUse {
+                    what: format!("disk {}", d.path.display()),
+                    users,
+                    hint: "resetting it would change their base image; delete them first".into(),
+                });
+            }
+        }
+        for d in disks {
+            Self::recreate(&d.path)?;
+        }
+        if vm.spec.disks.iter().any(|d| d.media == Media::Cdrom && !d.ejected) && !Self::has_backing(&vm) {
+            std::fs::write(vm.paths.install_pending(), b"")
+                .map_err(OpsError::io("cannot write", vm.paths.install_pending()))?;
+        }
+        tracing::info!(vm = %name, "disk reset");
+        self.info(name)
+    }
+
+    fn has_backing(vm: &Vm) -> bool {
+        vm.spec
+            .disks
+            .iter()
+            .filter(|d| d.media == Media::Disk)
+            .any(|d| storage::inspect(&d.path).is_ok_and(|i| i.backing_file.is_some()))
+    }
+
+    /// Writes a fresh image next to `path` and renames it over `path`.
+    fn recreate(path: &Path) -> Result<(), OpsError> {
+        let info = storage::inspect_as(path, storage::ImageFormat::Qcow2).map_err(OpsError::storage("disk"))?;
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let tmp = dir.join(format!(".{}.reset", path.file_name().unwrap_or_default().to_string_lossy()));
+        let _ = std::fs::remove_file(&tmp);
+        let res = match (&info.backing_file, info.backing_format) {
+            (Some(b), Some(fmt)) => {
+                let base = if b.is_absolute() { b.clone() } else { dir.join(b) };
+                storage::create_overlay(&tmp, &base, fmt, Some(info.virtual_size_bytes))
+            }
+            (Some(_), None) => {
+                return Err(OpsError::invalid(
+                    "disk",
+                    format!("{} names no backing format; it cannot be recreated safely", path.display()),
+                ));
+            }
+            (None, _) => storage::create_blank(&tmp, info.virtual_size_bytes, &CreateOptions::default()),
+        };
+        res.map_err(OpsError::storage("disk"))?;
+        if let Err(e) = std::fs::rename(&tmp, path).and_then(|()| std::fs::File::open(dir)?.sync_all()) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(OpsError::io("cannot replace", path)(e));
+        }
+        Ok(())
+    }
+}

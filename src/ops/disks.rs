@@ -1,0 +1,351 @@
+//! Disks of new and deleted VMs: where a new VM's disk comes from (master image
+//! overlay, blank disk plus install ISO, blank, or an adopted image), confinement of
+//! every caller path to the configured directories, writing the files with nothing
+//! left behind on failure, and removing a VM's own disks on delete while never
+//! removing an image another VM is built on.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::vm::{CreateRequest, DiskSource, Vm};
+use super::{Ops, OpsError};
+use crate::config::MAX_DISK_SIZE_GIB;
+use crate::ids::VmName;
+use crate::layout::{VMS_DIR, VmPaths};
+use crate::profile::{CdromBus, Profile};
+use crate::spec::{DiskFormat, DiskSpec, Media};
+use crate::storage::{self, CreateOptions, ImageFormat};
+
+/// Bytes in a GiB.
+pub(crate) const GIB: u64 = 1 << 30;
+
+/// Options of `delete_with`.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
+pub struct DeleteOptions {
+    /// Stop a running VM first (forcefully).
+    #[serde(default)]
+    pub force: bool,
+    /// Leave the disks kvm-mcp created for the VM in place.
+    #[serde(default)]
+    pub keep_disks: bool,
+}
+
+/// What `delete_with` did with the VM's files.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeleteReport {
+    pub name: String,
+    /// Disk images removed.
+    pub removed: Vec<PathBuf>,
+    /// The VM's own disk images left in place (`keep_disks`).
+    pub kept: Vec<PathBuf>,
+}
+
+/// A disk file `create` writes.
+#[derive(Debug, Clone)]
+pub(crate) enum NewFile {
+    Overlay { path: PathBuf, base: PathBuf, base_format: ImageFormat, size_bytes: u64 },
+    Blank { path: PathBuf, size_bytes: u64 },
+}
+
+impl NewFile {
+    fn path(&self) -> &Path {
+        match self {
+            NewFile::Overlay { path, .. } | NewFile::Blank { path, .. } => path,
+        }
+    }
+}
+
+/// The disks of a VM being created.
+#[derive(Debug, Default)]
+pub(crate) struct DiskPlan {
+    pub disks: Vec<DiskSpec>,
+    pub files: Vec<NewFile>,
+    /// Blank disk + ISO: boot the CD-ROM until the installer reboots or powers off.
+    pub install: bool,
+}
+
+impl DiskPlan {
+    /// Removes the first `n` files (those written so far).
+    fn discard_first(&self, n: usize) {
+        for f in self.files.iter().take(n) {
+            if let Err(e) = std::fs::remove_file(f.path()) {
+                tracing::warn!(error = %e, path = %f.path().display(), "cannot remove disk of a failed create");
+            }
+        }
+    }
+
+    /// Removes every file of the plan (after a later step failed).
+    pub(crate) fn discard(&self) {
+        self.discard_first(self.files.len());
+    }
+}
+
+pub(crate) fn image_format(f: DiskFormat) -> ImageFormat {
+    match f {
+        DiskFormat::Qcow2 => ImageFormat::Qcow2,
+        DiskFormat::Raw => ImageFormat::Raw,
+    }
+}
+
+fn detect_format(path: &Path) -> std::io::Result<DiskFormat> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let n = std::fs::File::open(path)?.read(&mut magic)?;
+    Ok(if n == 4 && magic == *b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
+}
+
+fn owned_disk(path: PathBuf) -> DiskSpec {
+    DiskSpec { path, format: DiskFormat::Qcow2, media: Media::Disk, readonly: false, owned: true, ejected: false }
+}
+
+/// `size_gib` checked against the limits.
+pub(crate) fn check_size_gib(field: &str, size_gib: u64) -> Result<u64, OpsError> {
+    if (1..=MAX_DISK_SIZE_GIB).contains(&size_gib) {
+        Ok(size_gib * GIB)
+    } else {
+        Err(OpsError::invalid(field, format!("{size_gib} is outside 1..={MAX_DISK_SIZE_GIB} GiB")))
+    }
+}
+
+impl Ops {
+    /// Image directories that exist (`vm.disk_path` is created on demand).
+    pub(crate) fn image_dirs(&self) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
+        self.cfg.storage.image_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
+    }
+
+    /// ISO directories that exist.
+    pub(crate) fn iso_dirs(&self) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
+        self.cfg.storage.iso_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
+    }
+
+    /// Resolves a caller's path inside `dirs`; a bare name is searched in each.
+    pub(crate) fn confine(field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
+        let s = p.to_str().ok_or_else(|| OpsError::invalid(field, "the path is not valid UTF-8"))?;
+        // A bare name is looked up in each directory in turn.
+        let found = (!s.contains('/'))
+            .then(|| dirs.iter().map(|d| d.join(s)).find(|c| std::fs::symlink_metadata(c).is_ok()))
+            .flatten();
+        let input = found.as_deref().and_then(Path::to_str).unwrap_or(s);
+        storage::resolve_confined(input, dirs).map_err(OpsError::storage(field))
+    }
+
+    /// `<disk_path>/<name>.qcow2` (`<name>-disk<i>.qcow2` for further disks); refused
+    /// when the file exists, so nobody's image is ever replaced.
+    pub(crate) fn new_disk_path(&self, name: &VmName, index: usize) -> Result<PathBuf, OpsError> {
+        let dir = &self.cfg.vm.disk_path;
+        std::fs::create_dir_all(dir).map_err(OpsError::io("cannot create disk directory", dir))?;
+        let file = if index == 0 { format!("{name}.qcow2") } else { format!("{name}-disk{index}.qcow2") };
+        let path = dir.join(file);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            return Err(OpsError::Storage {
+                field: "disk".into(),
+                source: storage::StorageError::AlreadyExists { path },
+            });
+        }
+        Ok(path)
+    }
+
+    /// Works out a new VM's disks from the request without writing anything.
+    pub(crate) fn plan_disks(
+        &self,
+        req: &CreateRequest,
+        name: &VmName,
+        profile: &Profile,
+        boots_from_disk: bool,
+    ) -> Result<DiskPlan, OpsError> {
+        let d = &self.cfg.vm;
+        let explicit = req.disk_size_gib.map(|g| check_size_gib("disk_size_gib", g)).transpose()?;
+        let want = explicit.unwrap_or(d.default_disk_size_gib * GIB);
+        let source = match (&req.disk, boots_from_disk, &d.default_master_image, &d.default_iso) {
+            (Some(s), ..) => s.clone(),
+            (None, false, ..) => return Ok(DiskPlan::default()),
+            (None, true, Some(_), _) => DiskSource::Master(None),
+            (None, true, None, Some(_)) => DiskSource::Install(None),
+            (None, true, None, None) => {
+                return Err(OpsError::invalid(
+                    "disk",
+                    "nothing to boot: pass disk (existing, master, install or blank), kernel (with initrd) for \
+                     direct boot, or set vm.default_master_image or vm.default_iso",
+                ));
+            }
+        };
+        let mut plan = DiskPlan::default();
+        match source {
+            DiskSource::Existing(p) => {
+                let path = Self::confine("disk.existing", &p, &self.image_dirs())?;
+                // Adopted as is: the magic decides the format; a damaged image is
+                // QEMU's to report when it starts.
+                let format = detect_format(&path).map_err(OpsError::io("cannot read disk image", &path))?;
+                plan.disks.push(DiskSpec { owned: false, format, ..owned_disk(path) });
+            }
+            DiskSource::Master(m) => {
+                let m = m.or_else(|| d.default_master_image.clone()).ok_or_else(|| {
+                    OpsError::invalid("disk.master", "no master image given and vm.default_master_image is not set")
+                })?;
+                let base = Self::confine("disk.master", &m, &self.image_dirs())?;
+                // The whole chain must be readable and sane before anything is written.
+                let chain = storage::backing_chain(&base).map_err(OpsError::storage("disk.master"))?;
+                let base_size = chain[0].virtual_size_bytes.next_multiple_of(512);
+                let size_bytes = if explicit.is_some() { want } else { want.max(base_size) };
+                let path = self.new_disk_path(name, 0)?;
+                plan.files.push(NewFile::Overlay {
+                    path: path.clone(),
+                    base,
+                    base_format: chain[0].format,
+                    size_bytes,
+                });
+                plan.disks.push(owned_disk(path));
+            }
+            DiskSource::Install(iso) => {
+                if profile.cdrom_bus == CdromBus::None {
+                    return Err(OpsError::invalid(
+                        "disk.install",
+                        format!("profile {:?} has no CD-ROM bus; pick another os_variant", profile.name),
+                    ));
+                }
+                let iso = iso
+                    .or_else(|| d.default_iso.clone())
+                    .ok_or_else(|| OpsError::invalid("disk.install", "no ISO given and vm.default_iso is not set"))?;
+                let iso = Self::confine("disk.install", &iso, &self.iso_dirs())?;
+                let path = self.new_disk_path(name, 0)?;
+                plan.files.push(NewFile::Blank { path: path.clone(), size_bytes: want });
+                plan.disks.push(owned_disk(path));
+                plan.disks.push(DiskSpec {
+                    path: iso,
+                    format: DiskFormat::Raw,
+                    media: Media::Cdrom,
+                    readonly: true,
+                    owned: false,
+                    ejected: false,
+                });
+                plan.install = true;
+            }
+            DiskSource::Blank => {
+                let path = self.new_disk_path(name, 0)?;
+                plan.files.push(NewFile::Blank { path: path.clone(), size_bytes: want });
+                plan.disks.push(owned_disk(path));
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Writes the planned disks (the `creating` marker lists them first, so `delete`
+    /// of an interrupted create finds them). On failure, removes what it wrote.
+    pub(crate) fn write_disks(plan: &DiskPlan, paths: &VmPaths) -> Result<(), OpsError> {
+        let list: String = plan.files.iter().map(|f| format!("{}\n", f.path().display())).collect();
+        std::fs::write(paths.creating(), list).map_err(OpsError::io("cannot write", paths.creating()))?;
+        for (i, f) in plan.files.iter().enumerate() {
+            let res = match f {
+                NewFile::Overlay { path, base, base_format, size_bytes } => {
+                    storage::create_overlay(path, base, *base_format, Some(*size_bytes))
+                }
+                NewFile::Blank { path, size_bytes } => {
+                    storage::create_blank(path, *size_bytes, &CreateOptions::default())
+                }
+            };
+            if let Err(e) = res {
+                plan.discard_first(i);
+                return Err(OpsError::storage("disk")(e));
+            }
+        }
+        if plan.install {
+            let marker = paths.install_pending();
+            if let Err(e) = std::fs::write(&marker, b"") {
+                plan.discard();
+                return Err(OpsError::io("cannot write", marker)(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every defined VM but `except`, loaded.
+    pub(crate) fn other_vms(&self, except: &str) -> Vec<Vm> {
+        let dir = self.cfg.state_dir.join(VMS_DIR);
+        let Ok(rd) = std::fs::read_dir(&dir) else { return vec![] };
+        rd.flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != except)
+            .filter_map(|n| self.load(&n).ok())
+            .collect()
+    }
+
+    /// Canonical paths of every image a VM reads: its disks, their backing chains
+    /// and its CD-ROM media.
+    pub(crate) fn images_of(vm: &Vm) -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        for d in vm.spec.disks.iter().filter(|d| !d.ejected) {
+            match storage::backing_chain(&d.path) {
+                Ok(chain) if d.format == DiskFormat::Qcow2 => {
+                    out.extend(chain.iter().filter_map(|i| std::fs::canonicalize(&i.path).ok()));
+                }
+                _ => out.extend(std::fs::canonicalize(&d.path).ok()),
+            }
+        }
+        out
+    }
+
+    /// Names of the other VMs that read `image` (directly or as a backing file).
+    pub(crate) fn users_of(&self, image: &Path, except: &str) -> Vec<String> {
+        let Ok(image) = std::fs::canonicalize(image) else { return vec![] };
+        self.other_vms(except)
+            .into_iter()
+            .filter(|vm| Self::images_of(vm).contains(&image))
+            .map(|vm| vm.spec.name.to_string())
+            .collect()
+    }
+
+    /// The VM's own disk files delete should remove (or keep), refusing when another
+    /// VM is built on one of them. For an incomplete VM, the files its interrupted
+    /// create listed.
+    pub(crate) fn owned_disks_for_delete(
+        &self,
+        name: &str,
+        paths: &VmPaths,
+        keep: bool,
+    ) -> Result<Vec<PathBuf>, OpsError> {
+        let files: Vec<PathBuf> = match self.load(name) {
+            Ok(vm) => vm
+                .spec
+                .disks
+                .iter()
+                .filter(|d| d.owned && d.media == Media::Disk && !d.path.starts_with(&paths.state))
+                .map(|d| d.path.clone())
+                .collect(),
+            Err(_) => std::fs::read_to_string(paths.creating())
+                .unwrap_or_default()
+                .lines()
+                .map(PathBuf::from)
+                .filter(|p| p.starts_with(&self.cfg.vm.disk_path) && p.exists())
+                .collect(),
+        };
+        for f in files.iter().filter(|_| !keep) {
+            let users = self.users_of(f, name);
+            if !users.is_empty() {
+                return Err(OpsError::InUse {
+                    what: format!("disk {} of VM {name:?}", f.display()),
+                    users,
+                    hint: "delete those VMs first, or delete this one with keep_disks".into(),
+                });
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// Removes `files`, returning those removed.
+pub(crate) fn remove_files(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    files
+        .into_iter()
+        .filter(|f| match std::fs::remove_file(f) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %f.display(), "cannot remove disk");
+                false
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,255 @@
+//! `vm_stats` and `host_stats`: CPU over a short interval, memory, per-disk and per-NIC
+//! counters of a running VM; host capacity.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::vm::Vm;
+use super::{Ops, OpsError};
+use crate::procid::Liveness;
+use crate::qmp::DEFAULT_TIMEOUT;
+use crate::qmp_extra::{BlockStatsEntry, QueryBalloon, QueryBlockstats};
+use crate::spec::NetworkMode;
+use crate::stats::{self, LinkCounters, host::HostStats};
+use crate::supervisor::qemu_liveness;
+
+/// CPU sampling interval when none is given.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest sampling interval accepted.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// Where bridged NICs' tap descriptors sit in QEMU (see `cmdline::FdPlan::standard`).
+const FIRST_TAP_FD: i32 = 5;
+
+/// CPU use of the VM over the sampling interval.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuStats {
+    /// Share of all host CPUs used by the QEMU process, 0–100.
+    pub percent_of_host: f64,
+    /// Host cores' worth of CPU used (1.0 = one core busy).
+    pub cores_used: f64,
+    /// CPU seconds QEMU used since it started.
+    pub total_seconds: f64,
+    pub host_cpus: usize,
+    pub vcpus: Vec<VcpuStats>,
+}
+
+/// One vCPU thread.
+#[derive(Debug, Clone, Serialize)]
+pub struct VcpuStats {
+    /// QEMU's thread name, e.g. `CPU 0/TCG`.
+    pub thread: String,
+    /// Percent of one host core.
+    pub percent_of_core: f64,
+}
+
+/// Memory figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryStats {
+    pub configured_bytes: u64,
+    /// QEMU's resident set.
+    pub qemu_rss_bytes: Option<u64>,
+    /// What the balloon leaves the guest (`query-balloon`), when the VM has a balloon.
+    pub balloon_actual_bytes: Option<u64>,
+}
+
+/// One disk's I/O counters since QEMU started.
+#[derive(Debug, Clone, Serialize)]
+pub struct DiskStats {
+    /// Block node name (`disk0`, …) or device id.
+    pub node: String,
+    pub path: Option<PathBuf>,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+/// One NIC's traffic counters, seen from the host side.
+#[derive(Debug, Clone, Serialize)]
+pub struct NicStats {
+    pub index: usize,
+    pub mac: String,
+    /// `user` or `bridge`.
+    pub mode: String,
+    /// The tap device, for bridged NICs.
+    pub tap: Option<String>,
+    /// From `/sys/class/net/<tap>/statistics`; host rx = guest tx.
+    pub counters: Option<LinkCounters>,
+    /// Why there are no counters.
+    pub note: Option<String>,
+}
+
+/// What `vm_stats` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmStats {
+    pub name: String,
+    pub pid: i32,
+    pub interval_ms: u64,
+    pub cpu: CpuStats,
+    pub memory: MemoryStats,
+    pub disks: Vec<DiskStats>,
+    pub nics: Vec<NicStats>,
+}
+
+/// Figures of a running VM that need no interval (for Prometheus).
+#[derive(Debug, Clone)]
+pub(crate) struct Counters {
+    pub cpu_seconds: f64,
+    pub memory: MemoryStats,
+    pub disks: Vec<DiskStats>,
+    pub nics: Vec<NicStats>,
+}
+
+fn disk_stats(vm: &Vm, entries: Vec<BlockStatsEntry>) -> Vec<DiskStats> {
+    entries
+        .into_iter()
+        .filter_map(|e| {
+            // `-blockdev node-name=diskN` + `-device …,id=diskN-dev`: find N either way.
+            let node = e
+                .node_name
+                .clone()
+                .filter(|n| !n.is_empty())
+                .or_else(|| {
+                    e.qdev
+                        .as_deref()
+                        .and_then(|q| q.split('/').find(|p| p.ends_with("-dev")))
+                        .map(|p| p.trim_end_matches("-dev").to_owned())
+                })
+                .or_else(|| e.device.clone().filter(|d| !d.is_empty()))?;
+            let path = node
+                .strip_prefix("disk")
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| vm.spec.disks.get(i))
+                .map(|d| d.path.clone());
+            Some(DiskStats {
+                node,
+                path,
+                read_bytes: e.stats.rd_bytes,
+                write_bytes: e.stats.wr_bytes,
+                read_ops: e.stats.rd_operations,
+                write_ops: e.stats.wr_operations,
+            })
+        })
+        .collect()
+}
+
+/// Per-NIC counters. Bridged NICs' taps are found from the tap descriptors QEMU holds
+/// (`/proc/<pid>/fdinfo`), so this works whatever the taps are named.
+fn nic_stats(vm: &Vm, pid: i32) -> Vec<NicStats> {
+    let mut tap_fd = FIRST_TAP_FD;
+    vm.spec
+        .nics
+        .iter()
+        .enumerate()
+        .map(|(index, n)| match &n.mode {
+            NetworkMode::User { .. } => NicStats {
+                index,
+                mac: n.mac.to_string(),
+                mode: "user".into(),
+                tap: None,
+                counters: None,
+                note: Some("user-mode networking has no host interface to count".into()),
+            },
+            NetworkMode::Bridge { .. } => {
+                let tap = stats::tap_name(pid, tap_fd);
+                tap_fd += 1;
+                let counters = tap.as_deref().and_then(|t| stats::link_counters(Path::new("/sys/class/net"), t));
+                let note = counters.is_none().then(|| "tap not found".to_owned());
+                NicStats { index, mac: n.mac.to_string(), mode: "bridge".into(), tap, counters, note }
+            }
+        })
+        .collect()
+}
+
+impl Ops {
+    fn qemu_pid(&self, name: &str) -> Result<(Vm, i32), OpsError> {
+        let vm = self.load(name)?;
+        let obs = Self::observe(&vm);
+        match obs.status.qemu.as_ref() {
+            Some(q) if obs.status.state.is_active() && qemu_liveness(&obs.status, &vm.spec) == Liveness::Alive => {
+                let pid = q.pid;
+                Ok((vm, pid))
+            }
+            _ => Err(OpsError::NotRunning { name: name.into(), state: obs.status.state.to_string() }),
+        }
+    }
+
+    pub(crate) async fn counters(&self, name: &str) -> Result<Counters, OpsError> {
+        let (vm, pid) = self.qemu_pid(name)?;
+        let q = self.qmp(&vm).await?;
+        let blocks = q.execute(QueryBlockstats {}, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
+            name: name.into(),
+            what: "query-blockstats failed",
+            source,
+        })?;
+        let balloon = q.execute(QueryBalloon {}, DEFAULT_TIMEOUT).await.ok().map(|b| b.actual);
+        drop(q);
+        let tck = stats::clock_ticks_per_s() as f64;
+        Ok(Counters {
+            cpu_seconds: stats::process_ticks(pid).unwrap_or(0) as f64 / tck,
+            memory: MemoryStats {
+                configured_bytes: vm.spec.memory_mib * 1024 * 1024,
+                qemu_rss_bytes: stats::rss_bytes(pid),
+                balloon_actual_bytes: balloon,
+            },
+            disks: disk_stats(&vm, blocks),
+            nics: nic_stats(&vm, pid),
+        })
+    }
+
+    /// CPU (sampled over `interval`, default 0.5 s), memory, disk and NIC figures of a
+    /// running VM.
+    ///
+    /// # Errors
+    /// Not running, or QMP failed.
+    pub async fn vm_stats(&self, name: &str, interval: Option<Duration>) -> Result<VmStats, OpsError> {
+        let interval = interval.unwrap_or(DEFAULT_INTERVAL).clamp(Duration::from_millis(50), MAX_INTERVAL);
+        let (_, pid) = self.qemu_pid(name)?;
+        let t0 = Instant::now();
+        let p0 = stats::process_ticks(pid).unwrap_or(0);
+        let v0 = stats::vcpu_ticks(pid);
+        tokio::time::sleep(interval).await;
+        let p1 = stats::process_ticks(pid).unwrap_or(p0);
+        let v1 = stats::vcpu_ticks(pid);
+        let secs = t0.elapsed().as_secs_f64();
+        let tck = stats::clock_ticks_per_s() as f64;
+        let pct = |d: u64| d as f64 / tck / secs * 100.0;
+        let cores_used = pct(p1.saturating_sub(p0)) / 100.0;
+        let host_cpus = stats::host_cpus();
+        let vcpus = v1
+            .iter()
+            .map(|t| {
+                let before = v0.iter().find(|b| b.name == t.name).map_or(t.ticks, |b| b.ticks);
+                VcpuStats { thread: t.name.clone(), percent_of_core: pct(t.ticks.saturating_sub(before)) }
+            })
+            .collect();
+        let c = self.counters(name).await?;
+        Ok(VmStats {
+            name: name.into(),
+            pid,
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            cpu: CpuStats {
+                percent_of_host: cores_used * 100.0 / host_cpus as f64,
+                cores_used,
+                total_seconds: c.cpu_seconds,
+                host_cpus,
+                vcpus,
+            },
+            memory: c.memory,
+            disks: c.disks,
+            nics: c.nics,
+        })
+    }
+
+    /// Host CPU, memory and free space where VM disks live (`vm.disk_path`).
+    ///
+    /// # Errors
+    /// The host figures cannot be read.
+    pub async fn host_stats(&self) -> Result<HostStats, OpsError> {
+        stats::host::sample(&self.cfg.vm.disk_path)
+            .await
+            .map_err(|e| OpsError::io("cannot read host figures for", &self.cfg.vm.disk_path)(std::io::Error::other(e)))
+    }
+}

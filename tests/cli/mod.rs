@@ -1,0 +1,122 @@
+//! The command line without guests: errors, exit codes, tables and JSON.
+
+use crate::common::vm::TestEnv;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+#[test]
+fn zero_memory_in_config_is_named() {
+    let env = TestEnv::new();
+    std::fs::write(&env.config_path, r#"{"vm":{"default_memory":0}}"#).unwrap();
+    let out = env.cli(&["vm", "list"]);
+    assert_eq!(
+        (out.status.code(), stderr(&out)),
+        (Some(2), "kvm-mcp: vm.default_memory: 0 is below the minimum of 16 MiB".into())
+    );
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    let env = TestEnv::new();
+    std::fs::write(&env.config_path, r#"{"vm":{"default_memroy":512}}"#).unwrap();
+    let out = env.cli(&["vm", "list"]);
+    assert!(stderr(&out).contains("vm.default_memroy: unknown field"), "{}", stderr(&out));
+}
+
+#[test]
+fn bad_vm_name_is_refused_with_rule() {
+    let env = TestEnv::new();
+    let out = env.cli(&["vm", "create", "../etc", "--disk", "/nonexistent"]);
+    assert_eq!(
+        (out.status.code(), stderr(&out)),
+        (Some(2), "kvm-mcp: VM name \"../etc\" contains '/'; use letters, digits, '-', '_' and '.'".into())
+    );
+}
+
+#[test]
+fn duplicate_name_is_conflict() {
+    let env = TestEnv::new();
+    let disk = env.disk("dup");
+    let disk = disk.to_str().unwrap();
+    env.cli(&["vm", "create", "dup", "--disk", disk]);
+    let out = env.cli(&["vm", "create", "dup", "--disk", disk]);
+    assert_eq!(
+        (out.status.code(), stderr(&out)),
+        (Some(4), "kvm-mcp: a VM named \"dup\" already exists; pick another name or delete it first".into())
+    );
+}
+
+#[test]
+fn unknown_os_variant_lists_profiles() {
+    let env = TestEnv::new();
+    let disk = env.disk("osv");
+    let out = env.cli(&["vm", "create", "osv", "--os-variant", "beos", "--disk", disk.to_str().unwrap()]);
+    assert!(
+        stderr(&out)
+            .ends_with("known profiles: fedora-coreos, generic, legacy, linux, linux-secureboot, linux-uefi, microvm"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn missing_vm_is_not_found() {
+    let env = TestEnv::new();
+    let out = env.cli(&["vm", "start", "ghost"]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[test]
+fn list_prints_aligned_table() {
+    let env = TestEnv::new();
+    let disk = env.disk("a");
+    env.cli(&["vm", "create", "a", "--disk", disk.to_str().unwrap(), "--memory", "300"]);
+    let out = String::from_utf8(env.cli(&["vm", "list"]).stdout).unwrap();
+    assert_eq!(out, "NAME  STATE    VCPUS  MEMORY   UPTIME  PID\na     shutoff  1      300 MiB  -       -\n");
+}
+
+#[test]
+fn list_json_is_machine_readable() {
+    let env = TestEnv::new();
+    let disk = env.disk("j");
+    env.cli(&["vm", "create", "j", "--disk", disk.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_slice(&env.cli(&["vm", "list", "--json"]).stdout).unwrap();
+    assert_eq!((v[0]["name"].as_str(), v[0]["state"].as_str()), (Some("j"), Some("shutoff")));
+}
+
+#[test]
+fn interrupted_create_is_listed_incomplete_and_deletable() {
+    let env = TestEnv::new();
+    let dir = env.dir.path().join("state/vms/half");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("creating"), b"").unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&env.cli(&["vm", "list", "--json"]).stdout).unwrap();
+    let deleted = env.cli(&["vm", "delete", "half"]).status.success();
+    assert_eq!((listed[0]["incomplete"].as_bool(), deleted, dir.exists()), (Some(true), true, false));
+}
+
+#[test]
+fn host_info_reports_accelerator_and_qemu_version() {
+    let env = TestEnv::new();
+    let v: serde_json::Value = serde_json::from_slice(&env.cli(&["host", "info", "--json"]).stdout).unwrap();
+    assert_eq!(v["accel"].as_str(), Some("tcg"));
+    assert!(v["qemu_version"].as_str().unwrap().starts_with("QEMU emulator version"), "{v}");
+}
+
+#[test]
+fn start_failure_reports_qemu_error() {
+    let env = TestEnv::new();
+    let disk = env.disk("bad");
+    std::fs::write(&disk, b"QFI\xfbgarbage").unwrap();
+    env.cli(&["vm", "create", "bad", "--disk", disk.to_str().unwrap()]);
+    let out = env.cli(&["vm", "start", "bad"]);
+    let info: serde_json::Value = serde_json::from_slice(&env.cli(&["vm", "info", "bad", "--json"]).stdout).unwrap();
+    assert_eq!((out.status.code(), info["state"].as_str(), env.processes()), (Some(5), Some("crashed"), vec![]));
+    assert!(
+        stderr(&out).starts_with("kvm-mcp: VM \"bad\" failed to start: QEMU exited during start-up"),
+        "{}",
+        stderr(&out)
+    );
+}

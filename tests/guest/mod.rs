@@ -1,0 +1,12 @@
+//! Tests that boot real TCG guests through kvm-mcp. nextest runs at most two at once
+//! (test group `guest` in `.config/nextest.toml`).
+
+mod agent;
+mod bridged;
+mod console;
+mod display;
+mod lifecycle;
+mod recovery;
+mod stats;
+mod storage;
+mod usermode;
