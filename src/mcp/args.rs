@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::ops::{CreateRequest, DiskSource, ProfileInfo, VmInfo, VmSummary};
+use crate::ops::{CreateRequest, DiskSource, OpsError, ProfileInfo, VmInfo, VmSummary};
+use crate::provision::cloudinit::CloudInitRequest;
+use crate::provision::ignition::IgnitionRequest;
 use crate::spec::RestartPolicy;
 
 /// Names one VM.
@@ -44,8 +46,23 @@ pub struct CreateVmArgs {
     /// `list_profiles` shows the choices. Defaults to the configured profile.
     pub os_variant: Option<String>,
     /// Absolute path of an existing disk image (qcow2 or raw) on the server to boot
-    /// from. The VM uses the file in place; it is not copied.
+    /// from. The VM uses the file in place; it is not copied. It must lie in an image
+    /// directory (`list_images` shows them). Give this or `disk_source`, not both.
     pub disk: Option<PathBuf>,
+    /// Where a new disk comes from, instead of `disk`: an overlay on a master image,
+    /// a blank disk plus an installer ISO, a blank disk, or an existing image. When
+    /// neither this nor `disk` nor `kernel` is given, the configured default master
+    /// image (if any) is used.
+    pub disk_source: Option<DiskSourceArg>,
+    /// Size in GiB of a new disk (master overlay, install or blank); an overlay is
+    /// grown to it. Defaults to the configured default disk size.
+    pub disk_size_gib: Option<u64>,
+    /// Give the guest a cloud-init NoCloud seed disk with these settings (user, SSH
+    /// keys, packages, first-boot commands, network). For cloud images.
+    pub cloud_init: Option<CloudInitRequest>,
+    /// Overrides of the configured Ignition settings, for Fedora CoreOS profiles
+    /// (which get an Ignition config anyway).
+    pub ignition: Option<IgnitionRequest>,
     /// Absolute path of a Linux kernel on the server, to boot directly instead of
     /// from a disk. Use with `initrd` and `cmdline`.
     pub kernel: Option<PathBuf>,
@@ -64,22 +81,72 @@ pub struct CreateVmArgs {
     pub start: bool,
 }
 
-impl From<CreateVmArgs> for CreateRequest {
-    fn from(a: CreateVmArgs) -> Self {
-        CreateRequest {
+/// Where the disk of a new VM comes from (`type` picks the kind).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiskSourceArg {
+    /// Use an existing image file as it is (same as the `disk` argument).
+    Existing {
+        /// Absolute path of the image (qcow2 or raw), inside an image directory.
+        path: PathBuf,
+    },
+    /// A new qcow2 overlay on a master image; the master stays unchanged.
+    Master {
+        /// File name or absolute path of the master image inside the image
+        /// directories (`list_images` shows them). Defaults to the configured default
+        /// master image.
+        #[serde(default)]
+        image: Option<PathBuf>,
+    },
+    /// A blank disk plus an installer ISO in a CD-ROM drive that boots first until
+    /// the installer reboots or powers off the VM.
+    Install {
+        /// File name or absolute path of the ISO inside the ISO directories
+        /// (`list_isos` shows them). Defaults to the configured default ISO.
+        #[serde(default)]
+        iso: Option<PathBuf>,
+    },
+    /// A blank disk of `disk_size_gib`.
+    Blank,
+}
+
+impl TryFrom<CreateVmArgs> for CreateRequest {
+    type Error = OpsError;
+
+    fn try_from(a: CreateVmArgs) -> Result<Self, OpsError> {
+        let disk = match (a.disk, a.disk_source) {
+            (Some(_), Some(_)) => {
+                return Err(OpsError::Invalid {
+                    field: "disk".into(),
+                    reason: "give either `disk` or `disk_source`, not both".into(),
+                });
+            }
+            (Some(p), None) => Some(DiskSource::Existing(p)),
+            (None, Some(src)) => Some(match src {
+                DiskSourceArg::Existing { path } => DiskSource::Existing(path),
+                DiskSourceArg::Master { image } => DiskSource::Master(image),
+                DiskSourceArg::Install { iso } => DiskSource::Install(iso),
+                DiskSourceArg::Blank => DiskSource::Blank,
+            }),
+            (None, None) => None,
+        };
+        Ok(CreateRequest {
             name: a.name,
             memory_mib: a.memory_mib,
             vcpus: a.vcpus,
             os_variant: a.os_variant,
-            disk: a.disk.map(DiskSource::Existing),
+            disk,
             kernel: a.kernel,
             initrd: a.initrd,
             cmdline: a.cmdline,
             network: a.network,
             restart_policy: a.restart_policy,
             start: a.start,
+            disk_size_gib: a.disk_size_gib,
+            cloud_init: a.cloud_init,
+            ignition: a.ignition,
             ..CreateRequest::default()
-        }
+        })
     }
 }
 
@@ -108,6 +175,11 @@ pub struct DeleteVmArgs {
     /// running VM is refused.
     #[serde(default)]
     pub force: bool,
+    /// Leave the disk images kvm-mcp created for this VM (overlays, blank disks) on
+    /// disk instead of removing them. Default false. Images the VM was given with
+    /// `disk` are never removed.
+    #[serde(default)]
+    pub keep_disks: bool,
 }
 
 /// The defined VMs.
@@ -129,6 +201,10 @@ pub struct VmResult {
 pub struct Deleted {
     /// Name of the VM that no longer exists.
     pub deleted: String,
+    /// Disk images kvm-mcp had created for the VM and removed.
+    pub removed: Vec<PathBuf>,
+    /// The VM's own disk images left in place (`keep_disks: true`).
+    pub kept: Vec<PathBuf>,
 }
 
 /// The QEMU profiles (values for `os_variant`).

@@ -8,11 +8,13 @@
 //! `args.rs` or next to the tools.
 
 mod args;
+mod args_storage;
 mod notify;
 mod reply;
 mod resources;
 mod server;
 mod tools_host;
+mod tools_storage;
 mod tools_vm;
 
 use std::sync::Arc;

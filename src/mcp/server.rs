@@ -148,7 +148,7 @@ impl KvmMcp {
     /// and adds `+ Self::<area>_tools()` here.
     #[must_use]
     pub fn router() -> ToolRouter<Self> {
-        let mut router = Self::vm_tools() + Self::host_tools();
+        let mut router = Self::vm_tools() + Self::host_tools() + Self::storage_tools();
         for route in router.map.values_mut() {
             unwrap_tool_docs(&mut route.attr);
         }

@@ -13,7 +13,7 @@ use super::args::{CreateVmArgs, DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, 
 use super::notify::{Level, Reporter, drive};
 use super::reply::{Reply, fail, out};
 use super::server::KvmMcp;
-use crate::ops::{CreateRequest, Progress, StopOptions, VmInfo, VmSummary};
+use crate::ops::{CreateRequest, DeleteOptions, Progress, StopOptions, VmInfo, VmSummary};
 
 type ToolResult<T> = Result<Reply<T>, String>;
 
@@ -41,7 +41,7 @@ fn list_summary(vms: &[VmSummary]) -> String {
 
 impl KvmMcp {
     /// What a cancelled wait left behind, logged to the session and returned as text.
-    async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
+    pub(super) async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
         let state = self.ops().info(vm).map_or_else(fail, |i| format!("VM {vm:?} is {}", i.state));
         let msg = format!("{tool} cancelled: {state}; {note}");
         tracing::warn!(vm, "{msg}");
@@ -73,7 +73,9 @@ impl KvmMcp {
 
     /// Define a new VM. Every argument is optional: with none, the VM gets the
     /// server's configured defaults (name, memory, vCPUs, OS profile, network). It
-    /// needs something to boot: `disk` (an existing image) or `kernel`. Pass
+    /// needs something to boot: `disk` (an existing image), `disk_source` (a new
+    /// overlay on a master image, an install ISO, or a blank disk), `kernel`, or the
+    /// configured default master image. Pass
     /// `start: true` to start it too. Does not start it otherwise.
     #[tool(
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -90,7 +92,7 @@ impl KvmMcp {
         reporter.send(format!("defining VM {name:?}")).await;
         let (_tx, rx) = mpsc::unbounded_channel::<Progress>();
         let waiting_for = if start { "the VM to be defined and started" } else { "the VM to be defined" };
-        let req = CreateRequest::from(a);
+        let req = CreateRequest::try_from(a).map_err(fail)?;
         let Some(done) = drive(&mut reporter, &ctx.ct, waiting_for, rx, self.ops().create(req)).await else {
             return Err(self
                 .cancelled(&ctx, "create_vm", &name, "its supervisor may still be starting it; check with get_vm")
@@ -216,8 +218,9 @@ impl KvmMcp {
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
-    /// Delete a VM's definition and state. Disk images given at create stay on disk.
-    /// A running VM is refused unless `force: true`, which forces it off first.
+    /// Delete a VM's definition and state, and the disk images kvm-mcp created for it
+    /// (unless `keep_disks: true`). Disk images given at create stay on disk. A
+    /// running VM is refused unless `force: true`, which forces it off first.
     #[tool(
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<Deleted>()
@@ -227,10 +230,16 @@ impl KvmMcp {
         Parameters(a): Parameters<DeleteVmArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<Deleted> {
-        self.ops().delete(&a.name, a.force).await.map_err(fail)?;
+        let opts = DeleteOptions { force: a.force, keep_disks: a.keep_disks };
+        let report = self.ops().delete_with(&a.name, opts).await.map_err(fail)?;
         self.vm_set_changed();
-        let summary = format!("deleted VM {:?}", a.name);
+        let summary = format!(
+            "deleted VM {:?}; {} disk image(s) removed, {} kept",
+            a.name,
+            report.removed.len(),
+            report.kept.len()
+        );
         self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
-        Ok(Reply::new(Deleted { deleted: a.name }, summary))
+        Ok(Reply::new(Deleted { deleted: a.name, removed: report.removed, kept: report.kept }, summary))
     }
 }

@@ -33,7 +33,7 @@ pub struct DeleteOptions {
 }
 
 /// What `delete_with` did with the VM's files.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct DeleteReport {
     pub name: String,
     /// Disk images removed.

@@ -11,7 +11,7 @@ use crate::spec::Media;
 use crate::storage::{self, ImageFormat};
 
 /// One image in an image directory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ImageEntry {
     pub path: PathBuf,
     pub format: ImageFormat,
@@ -25,7 +25,7 @@ pub struct ImageEntry {
 }
 
 /// One ISO in an ISO directory.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct IsoEntry {
     pub path: PathBuf,
     pub size_bytes: u64,

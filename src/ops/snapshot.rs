@@ -44,7 +44,7 @@ raw_job!(QueryJobs, "query-jobs", Vec<Value>);
 raw_job!(JobDismiss, "job-dismiss", qapi::Empty);
 
 /// One snapshot of a VM.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct SnapshotEntry {
     pub name: String,
     /// Unix seconds.

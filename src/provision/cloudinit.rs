@@ -13,7 +13,7 @@ use super::{ProvisionError, check_hostname, check_user, ssh_keys};
 pub const SEED_LABEL: &str = "cidata";
 
 /// How the guest's first NIC gets its address.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum SeedNetwork {
     /// DHCP (IPv4).
@@ -32,7 +32,7 @@ pub enum SeedNetwork {
 }
 
 /// What goes into a NoCloud seed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitRequest {
     /// Host name; the VM's name when unset.

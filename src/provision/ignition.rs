@@ -12,7 +12,7 @@ use crate::config::IgnitionDefaults;
 pub const IGNITION_VERSION: &str = "3.4.0";
 
 /// Per-call overrides of `vm.ignition.*`; unset fields take the configured default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IgnitionRequest {
     /// Host name (`/etc/hostname`).

@@ -28,7 +28,7 @@ pub use qcow2::{
 pub use seed::{fat_image, write_fat_image};
 
 /// On-disk format of an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     /// QEMU copy-on-write v2/v3.

@@ -6,6 +6,7 @@
 mod golden;
 mod inprocess;
 mod python;
+mod storage;
 
 use std::path::Path;
 

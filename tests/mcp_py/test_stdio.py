@@ -183,7 +183,7 @@ async def test_full_lifecycle_through_tools_on_a_tcg_guest(env, fixture_disk):
         deleted = structured(await s.call_tool("delete_vm", {"name": "guest"}))
         remaining = structured(await s.call_tool("list_vms", {}))["vms"]
     assert (created["state"], started["state"], [v["state"] for v in listed], stopped["state"], deleted, remaining) == (
-        "shutoff", "running", ["running"], "shutoff", {"deleted": "guest"}, []
+        "shutoff", "running", ["running"], "shutoff", {"deleted": "guest", "removed": [], "kept": []}, []
     )
     assert start_progress and any("power button" in m for m in stop_progress), (start_progress, stop_progress)
     assert acpi_seen

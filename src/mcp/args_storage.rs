@@ -1,0 +1,112 @@
+//! Arguments and results of the storage tools: images and ISOs, CD-ROM media, clones,
+//! disk growth and reset, snapshots. The doc comments are what the model reads.
+
+use std::path::PathBuf;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::ops::{CloneRequest, ImageEntry, IsoEntry, SnapshotEntry};
+
+/// Arguments of `attach_iso`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachIsoArgs {
+    /// The VM's name, as shown by `list_vms`.
+    pub name: String,
+    /// File name or absolute path of the ISO, inside the server's ISO directories
+    /// (`list_isos` shows the ISOs there). Defaults to the configured default ISO.
+    pub iso: Option<PathBuf>,
+}
+
+/// Arguments of `clone_vm`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloneVmArgs {
+    /// Name of the stopped VM to clone.
+    pub source: String,
+    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
+    /// not starting with '.'.
+    pub name: String,
+    /// Copy the disks (slower, uses the full space; the source stays usable). Default
+    /// false: a linked clone, whose disks are overlays on the source's, which then
+    /// refuses to start while the clone exists.
+    #[serde(default)]
+    pub full: bool,
+    /// Start the clone right after defining it. Default false.
+    #[serde(default)]
+    pub start: bool,
+}
+
+impl From<CloneVmArgs> for CloneRequest {
+    fn from(a: CloneVmArgs) -> Self {
+        CloneRequest { source: a.source, name: a.name, full: a.full, start: a.start }
+    }
+}
+
+/// Arguments of `resize_disk`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeDiskArgs {
+    /// The VM's name.
+    pub name: String,
+    /// New size of the disk in GiB (1 GiB = 2^30 bytes). Disks only grow: a size
+    /// below the current one is refused. The guest still has to grow its partition
+    /// and file system.
+    pub size_gib: u64,
+    /// Index of the disk in the VM's disk list as `get_vm` shows it, counting from
+    /// 0. Defaults to the first disk.
+    pub disk: Option<usize>,
+}
+
+/// Names one snapshot of one VM.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotArgs {
+    /// The VM's name.
+    pub name: String,
+    /// The snapshot's name (for example "before-upgrade"); `list_snapshots` shows
+    /// the existing ones.
+    pub snapshot: String,
+}
+
+/// The disk images in the server's image directories.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ImageList {
+    /// One entry per image, sorted by path.
+    pub images: Vec<ImageEntry>,
+}
+
+/// The ISO files in the server's ISO directories.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct IsoList {
+    /// One entry per ISO, sorted by path.
+    pub isos: Vec<IsoEntry>,
+}
+
+/// The snapshots of one VM.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotList {
+    /// The VM's name.
+    pub name: String,
+    /// Its snapshots, oldest first.
+    pub snapshots: Vec<SnapshotEntry>,
+}
+
+/// The snapshot `create_snapshot` made.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotResult {
+    /// The VM's name.
+    pub name: String,
+    /// The new snapshot.
+    pub snapshot: SnapshotEntry,
+}
+
+/// What `delete_snapshot` removed.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotDeleted {
+    /// The VM's name.
+    pub name: String,
+    /// Name of the snapshot that no longer exists.
+    pub deleted: String,
+}

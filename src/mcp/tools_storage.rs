@@ -1,0 +1,278 @@
+//! Storage tools: the images and ISOs on the server, CD-ROM media, clones, growing and
+//! resetting disks, and internal snapshots. Each parses its arguments, calls `ops`,
+//! and formats a [`Reply`]; the snapshot jobs report progress and stop waiting when
+//! the caller cancels.
+
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, tool, tool_router};
+use tokio::sync::mpsc;
+
+use super::args::{VmNameArgs, VmResult};
+use super::args_storage::{
+    AttachIsoArgs, CloneVmArgs, ImageList, IsoList, ResizeDiskArgs, SnapshotArgs, SnapshotDeleted, SnapshotList,
+    SnapshotResult,
+};
+use super::notify::{Level, Reporter, drive};
+use super::reply::{Reply, fail, out};
+use super::server::KvmMcp;
+use crate::ops::{CloneRequest, Progress, VmInfo};
+
+type ToolResult<T> = Result<Reply<T>, String>;
+
+fn gib(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let g = bytes as f64 / f64::from(1u32 << 30);
+    format!("{g:.1} GiB")
+}
+
+fn users(used_by: &[String]) -> String {
+    if used_by.is_empty() { "unused".into() } else { format!("used by {}", used_by.join(", ")) }
+}
+
+fn state(vm: &VmInfo) -> String {
+    format!("VM {:?} is {}", vm.name, vm.state)
+}
+
+impl KvmMcp {
+    /// Logs `summary` for `vm` and wraps the VM as the reply.
+    async fn vm_reply(&self, ctx: &RequestContext<RoleServer>, vm: VmInfo, summary: String) -> ToolResult<VmResult> {
+        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        Ok(Reply::new(VmResult { vm }, summary))
+    }
+}
+
+#[tool_router(router = storage_tools, vis = "pub(super)")]
+impl KvmMcp {
+    /// List the disk images (qcow2, and .img/.raw files) in the server's image
+    /// directories: format, virtual and allocated size, backing file, and which VMs
+    /// use each. These are the files `create_vm` accepts as `disk` or as a master image.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ImageList>())]
+    async fn list_images(&self) -> ToolResult<ImageList> {
+        let images = self.ops().list_images().map_err(fail)?;
+        let summary = if images.is_empty() {
+            "no disk images in the image directories".into()
+        } else {
+            let items: Vec<String> = images
+                .iter()
+                .map(|i| format!("{} ({}, {})", i.path.display(), gib(i.virtual_size_bytes), users(&i.used_by)))
+                .collect();
+            format!("{} image(s): {}", images.len(), items.join("; "))
+        };
+        Ok(Reply::new(ImageList { images }, summary))
+    }
+
+    /// List the .iso files in the server's ISO directories, with their size and the
+    /// VMs that have each in a CD-ROM drive. These are what `attach_iso` and an
+    /// install `disk_source` of `create_vm` accept.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<IsoList>())]
+    async fn list_isos(&self) -> ToolResult<IsoList> {
+        let isos = self.ops().list_isos().map_err(fail)?;
+        let summary = if isos.is_empty() {
+            "no ISO files in the ISO directories".into()
+        } else {
+            let items: Vec<String> =
+                isos.iter().map(|i| format!("{} ({})", i.path.display(), users(&i.used_by))).collect();
+            format!("{} ISO(s): {}", isos.len(), items.join("; "))
+        };
+        Ok(Reply::new(IsoList { isos }, summary))
+    }
+
+    /// Put an ISO into a VM's CD-ROM drive. A running VM changes the medium at once
+    /// (it must already have a drive); a stopped VM without a drive gets one. The
+    /// choice is kept for later starts.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn attach_iso(
+        &self,
+        Parameters(a): Parameters<AttachIsoArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().attach_iso(&a.name, a.iso.as_deref()).await.map_err(fail)?;
+        let summary = format!("ISO attached; {}", state(&vm));
+        self.vm_reply(&ctx, vm, summary).await
+    }
+
+    /// Empty a VM's CD-ROM drive (running or stopped). The drive stays, so an ISO can
+    /// go in again with `attach_iso`.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn eject_iso(
+        &self,
+        Parameters(a): Parameters<VmNameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().eject_iso(&a.name).await.map_err(fail)?;
+        let summary = format!("CD-ROM ejected; {}", state(&vm));
+        self.vm_reply(&ctx, vm, summary).await
+    }
+
+    /// Define a new VM with the disks of a stopped one. By default a linked clone:
+    /// its disks are overlays on the source's, and the source becomes a template that
+    /// refuses to start while clones exist. `full: true` copies the disks instead.
+    /// The clone gets new MAC addresses; a cloud-init seed is not carried over.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn clone_vm(
+        &self,
+        Parameters(a): Parameters<CloneVmArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let kind = if a.full { "full" } else { "linked" };
+        let source = a.source.clone();
+        let vm = self.ops().clone_vm(CloneRequest::from(a)).await.map_err(fail)?;
+        self.vm_set_changed();
+        let summary = format!("{kind} clone of {source:?}; {}", state(&vm));
+        self.vm_reply(&ctx, vm, summary).await
+    }
+
+    /// Grow one of a VM's disks to `size_gib`: live while it runs (the guest sees the
+    /// new size at once), in the image file otherwise. Disks only grow; the guest
+    /// still has to grow its partition and file system.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn resize_disk(
+        &self,
+        Parameters(a): Parameters<ResizeDiskArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().resize_disk(&a.name, a.size_gib, a.disk).await.map_err(fail)?;
+        let summary = format!("disk {} grown to {} GiB; {}", a.disk.unwrap_or(0), a.size_gib, state(&vm));
+        self.vm_reply(&ctx, vm, summary).await
+    }
+
+    /// Throw away everything a stopped VM wrote to its disks: each overlay is
+    /// replaced by a fresh one on the same base, a blank install disk becomes blank
+    /// again (the install starts over). Its snapshots are lost too. Only disks
+    /// kvm-mcp created can be reset.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn reset_vm_disk(
+        &self,
+        Parameters(a): Parameters<VmNameArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let vm = self.ops().reset_vm_disk(&a.name).await.map_err(fail)?;
+        let summary = format!("disks reset to their base; {}", state(&vm));
+        self.vm_reply(&ctx, vm, summary).await
+    }
+
+    /// Take a named internal snapshot of all of a VM's writable qcow2 disks. Of a
+    /// running VM it also saves RAM and device state (reverting resumes it there); of
+    /// a stopped VM it holds the machine as at power-on. Reports progress.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<SnapshotResult>()
+    )]
+    async fn create_snapshot(
+        &self,
+        Parameters(a): Parameters<SnapshotArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<SnapshotResult> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        reporter.send(format!("saving snapshot {:?} of VM {:?}", a.snapshot, a.name)).await;
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        let op = self.ops().create_snapshot(&a.name, &a.snapshot, &forward);
+        let Some(done) = drive(&mut reporter, &ctx.ct, "the snapshot to be saved", rx, op).await else {
+            return Err(self
+                .cancelled(&ctx, "create_snapshot", &a.name, "QEMU may still finish the snapshot; check list_snapshots")
+                .await);
+        };
+        let snapshot = done.map_err(fail)?;
+        let summary = format!(
+            "snapshot {:?} of VM {:?} saved ({})",
+            snapshot.name,
+            a.name,
+            if snapshot.live { "with RAM state" } else { "power-on state" }
+        );
+        reporter.send(summary.clone()).await;
+        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        Ok(Reply::new(SnapshotResult { name: a.name, snapshot }, summary))
+    }
+
+    /// List a VM's internal snapshots: name, time taken, saved RAM size, and whether
+    /// it was taken while the guest ran.
+    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<SnapshotList>())]
+    async fn list_snapshots(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<SnapshotList> {
+        let snapshots = self.ops().list_snapshots(&a.name).map_err(fail)?;
+        let summary = if snapshots.is_empty() {
+            format!("VM {:?} has no snapshots; create_snapshot takes one", a.name)
+        } else {
+            let names: Vec<&str> = snapshots.iter().map(|s| s.name.as_str()).collect();
+            format!("VM {:?} has {} snapshot(s): {}", a.name, snapshots.len(), names.join(", "))
+        };
+        Ok(Reply::new(SnapshotList { name: a.name, snapshots }, summary))
+    }
+
+    /// Return a VM to a snapshot: its disks lose every write made since, and a
+    /// running VM also gets the snapshot's RAM back. Reports progress.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<VmResult>()
+    )]
+    async fn revert_snapshot(
+        &self,
+        Parameters(a): Parameters<SnapshotArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmResult> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        reporter.send(format!("reverting VM {:?} to snapshot {:?}", a.name, a.snapshot)).await;
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        let op = self.ops().revert_snapshot(&a.name, &a.snapshot, &forward);
+        let Some(done) = drive(&mut reporter, &ctx.ct, "the snapshot to be loaded", rx, op).await else {
+            return Err(self
+                .cancelled(&ctx, "revert_snapshot", &a.name, "QEMU may still finish loading the snapshot")
+                .await);
+        };
+        let vm = done.map_err(fail)?;
+        let summary = format!("reverted to snapshot {:?}; {}", a.snapshot, state(&vm));
+        reporter.send(summary.clone()).await;
+        self.vm_reply(&ctx, vm, summary).await
+    }
+
+    /// Delete a VM's snapshot from all its disks. The VM's current state is not
+    /// changed. Reports progress.
+    #[tool(
+        annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<SnapshotDeleted>()
+    )]
+    async fn delete_snapshot(
+        &self,
+        Parameters(a): Parameters<SnapshotArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<SnapshotDeleted> {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        reporter.send(format!("deleting snapshot {:?} of VM {:?}", a.snapshot, a.name)).await;
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward = move |p: Progress| {
+            let _ = tx.send(p);
+        };
+        let op = self.ops().delete_snapshot(&a.name, &a.snapshot, &forward);
+        let Some(done) = drive(&mut reporter, &ctx.ct, "the snapshot to be deleted", rx, op).await else {
+            return Err(self
+                .cancelled(&ctx, "delete_snapshot", &a.name, "QEMU may still delete it; check list_snapshots")
+                .await);
+        };
+        done.map_err(fail)?;
+        let summary = format!("deleted snapshot {:?} of VM {:?}", a.snapshot, a.name);
+        reporter.send(summary.clone()).await;
+        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        Ok(Reply::new(SnapshotDeleted { name: a.name, deleted: a.snapshot }, summary))
+    }
+}
