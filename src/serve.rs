@@ -73,12 +73,16 @@ pub fn run(cfg: Config, args: &ServeArgs) -> Result<(), ServeError> {
         None => {
             // One session, mostly waiting: a single thread keeps start-up and memory small.
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(ServeError::Runtime)?;
-            rt.block_on(async move {
+            let served = rt.block_on(async move {
                 let shutdown = shutdown_on_signals().map_err(ServeError::Runtime)?;
                 let shared = KvmMcp::shared(ops);
                 crate::mcp::serve_stdio(shared, shutdown, drain).await?;
                 Ok(())
-            })
+            });
+            // The stdin reader is a blocking thread that only returns on input or EOF;
+            // after a signal neither may come, so do not wait for it.
+            rt.shutdown_background();
+            served
         }
         Some(addr) => {
             let workers = std::thread::available_parallelism().map_or(2, std::num::NonZero::get).clamp(1, 4);
@@ -87,7 +91,7 @@ pub fn run(cfg: Config, args: &ServeArgs) -> Result<(), ServeError> {
                 .enable_all()
                 .build()
                 .map_err(ServeError::Runtime)?;
-            rt.block_on(async move {
+            let served = rt.block_on(async move {
                 let shutdown = shutdown_on_signals().map_err(ServeError::Runtime)?;
                 let settings = ops.config().server.clone();
                 let state_dir = ops.config().state_dir.clone();
@@ -96,7 +100,9 @@ pub fn run(cfg: Config, args: &ServeArgs) -> Result<(), ServeError> {
                 let opts = crate::http::HttpOptions { addr, no_auth: args.no_auth, settings, state_dir };
                 crate::http::serve(shared, opts, shutdown).await?;
                 Ok(())
-            })
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+            served
         }
     }
 }

@@ -248,7 +248,10 @@ impl ServerHandler for KvmMcp {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let name = request.name.clone();
+        // Client-chosen names must not mint metric series: unknown ones share a label.
+        let name = if self.shared.tools.has_route(&request.name) { request.name.clone() } else { "(unknown)".into() };
+        // Counted before the draining check, so a drain that starts now waits for it.
+        let _guard = self.shared.inflight.enter();
         if self.shared.inflight.draining.load(Ordering::Acquire) {
             metrics::observe_tool_call(&name, CallOutcome::ToolError, Duration::ZERO);
             return Ok(CallToolResult::error(vec![ContentBlock::text(
@@ -256,7 +259,6 @@ impl ServerHandler for KvmMcp {
             )])
             .into());
         }
-        let _guard = self.shared.inflight.enter();
         let started = Instant::now();
         let ct = context.ct.clone();
         let result = self.shared.tools.call(ToolCallContext::new(self, request, context)).await;

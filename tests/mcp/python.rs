@@ -1,6 +1,6 @@
 //! Runs the real-client suite (`tests/mcp_py`, the official MCP Python SDK) against the
 //! binary this build produced. One test, so the suite's guests boot one at a time.
-//! Needs `pip install -r tests/mcp_py/requirements.txt`.
+//! Needs `pip install -r tests/requirements.txt`.
 
 use std::process::Command;
 
@@ -10,7 +10,7 @@ fn python_sdk_suite_passes() {
     let probe = Command::new("python3").args(["-c", "import mcp, pytest"]).output().expect("run python3");
     assert!(
         probe.status.success(),
-        "the MCP Python SDK is missing: pip install -r tests/mcp_py/requirements.txt\n{}",
+        "the MCP Python SDK is missing: pip install -r tests/requirements.txt\n{}",
         String::from_utf8_lossy(&probe.stderr)
     );
     let out = Command::new("python3")

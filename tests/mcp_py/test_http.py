@@ -117,6 +117,20 @@ async def test_sdk_session_lists_and_calls_tools_over_http(henv, http_server):
     assert ("list_vms" in names, vms) == (True, {"vms": []})
 
 
+async def test_concurrent_sessions_each_get_their_answer(henv, http_server):
+    url = http_server(henv).url
+    answers: list = []
+
+    async def one_session():
+        async with http_session(url, AUTH) as s:
+            answers.append(structured(await s.call_tool("list_vms", {})))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(5):
+            tg.start_soon(one_session)
+    assert answers == [{"vms": []}] * 5
+
+
 async def test_metrics_count_tool_calls_by_outcome(henv, http_server):
     url = http_server(henv).url
     async with http_session(url, AUTH) as s:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 
 import anyio
@@ -33,6 +34,22 @@ def test_stdout_carries_nothing_but_protocol(env):
                          timeout=DEADLINE_S)
     messages = [json.loads(line) for line in out.stdout.splitlines()]
     assert ({m.get("jsonrpc") for m in messages}, messages[0].get("id")) == ({"2.0"}, 1), out.stdout
+
+
+def test_sigterm_ends_a_stdio_server_cleanly(env):
+    proc = subprocess.Popen([BIN, "--config", str(env.config), "serve"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc.stdin.write(b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25",'
+                         b'"capabilities":{},"clientInfo":{"name":"t","version":"1"}}}\n')
+        proc.stdin.flush()
+        first = json.loads(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=DEADLINE_S)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert (first["id"], code) == (1, 0)
 
 
 async def test_every_tool_has_an_output_schema(env):
