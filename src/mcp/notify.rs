@@ -6,14 +6,18 @@
 #![allow(deprecated)]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken};
+use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::Progress;
+use super::reply::{Reply, ToolResult, fail};
+use super::server::KvmMcp;
+use crate::ops::{OpsError, Progress};
 
 /// How often a long wait reports that it is still waiting.
 const HEARTBEAT: Duration = Duration::from_secs(1);
@@ -93,6 +97,89 @@ impl Reporter {
         self.sent += 1;
         let p = ProgressNotificationParam::new(token, f64::from(self.sent)).with_message(message);
         let _ = self.peer.notify_progress(p).await;
+    }
+}
+
+/// Where an operation run by [`KvmMcp::run_long`] sends its progress (`&*forward`
+/// is the operation's progress callback). Owned, so the operation's future needs no
+/// borrow of it.
+pub(super) type Forward = Arc<dyn Fn(Progress) + Send + Sync>;
+
+/// A tool call that may take long: what it reports while it runs and what a
+/// cancelled wait tells the caller.
+pub(super) struct LongCall<'a> {
+    /// The tool's name, for the cancellation message.
+    pub tool: &'static str,
+    /// The VM it acts on.
+    pub vm: &'a str,
+    /// The first progress message, if any.
+    pub start: Option<String>,
+    /// What the heartbeat says the call waits for.
+    pub waiting_for: &'a str,
+    /// What the VM may still be doing when the caller cancels the wait. `None` when
+    /// the operation watches the cancellation itself and ends with its own error.
+    pub if_cancelled: Option<&'a str>,
+    /// Whether the call changes something and is logged to the session.
+    pub log: bool,
+}
+
+impl KvmMcp {
+    /// Runs `op` for a tool call: forwards its progress, sends a heartbeat while it
+    /// waits, and stops waiting when the caller cancels. On success `summarise`
+    /// gives the summary, sent as the last progress message (and logged, if the
+    /// call changes something); the value and the summary are returned.
+    pub(super) async fn run_long<T, F>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        call: LongCall<'_>,
+        op: impl FnOnce(Forward) -> F,
+        summarise: impl FnOnce(&T) -> String,
+    ) -> Result<(T, String), String>
+    where
+        F: Future<Output = Result<T, OpsError>>,
+    {
+        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        if let Some(start) = call.start {
+            reporter.send(start).await;
+        }
+        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
+        let forward: Forward = Arc::new(move |p: Progress| {
+            let _ = tx.send(p);
+        });
+        let never = CancellationToken::new();
+        let ct = if call.if_cancelled.is_some() { &ctx.ct } else { &never };
+        let Some(done) = drive(&mut reporter, ct, call.waiting_for, rx, op(forward)).await else {
+            let note = call.if_cancelled.unwrap_or_default();
+            return Err(self.cancelled(ctx, call.tool, call.vm, note).await);
+        };
+        let value = done.map_err(fail)?;
+        let summary = summarise(&value);
+        reporter.send(summary.clone()).await;
+        if call.log {
+            self.log(&ctx.peer, Level::Info, call.vm, summary.clone()).await;
+        }
+        Ok((value, summary))
+    }
+
+    /// What a cancelled wait left behind, logged to the session and returned as text.
+    pub(super) async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
+        let state = self.ops().info(vm).map_or_else(fail, |i| format!("VM {vm:?} is {}", i.state));
+        let msg = format!("{tool} cancelled: {state}; {note}");
+        tracing::warn!(vm, "{msg}");
+        self.log(&ctx.peer, Level::Warning, vm, msg.clone()).await;
+        msg
+    }
+
+    /// Logs `summary` for `vm` to the session and wraps `value` as the reply.
+    pub(super) async fn logged<T>(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        vm: &str,
+        value: T,
+        summary: String,
+    ) -> ToolResult<T> {
+        self.log(&ctx.peer, Level::Info, vm, summary.clone()).await;
+        Ok(Reply::new(value, summary))
     }
 }
 

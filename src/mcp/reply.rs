@@ -16,6 +16,9 @@ use serde::Serialize;
 use crate::error::chain;
 use crate::ops::OpsError;
 
+/// What a tool returns: a reply, or the text of an `isError: true` result.
+pub type ToolResult<T> = Result<Reply<T>, String>;
+
 /// A successful tool result: the value and a short human summary.
 #[derive(Debug)]
 pub struct Reply<T> {

@@ -11,24 +11,20 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::args::VmNameArgs;
 use super::args_console::{
     ConsoleLogArgs, FileWritten, GuestExecArgs, GuestFileReadArgs, GuestFileWriteArgs, GuestPong, KeysSent,
     ScreenshotInfo, SendKeysArgs, TypeTextArgs, VmStatsArgs, VncPortList, WaitConsoleArgs,
 };
-use super::notify::{Level, Reporter, drive};
-use super::reply::{Reply, fail, out};
+use super::notify::{Forward, Level, LongCall};
+use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
 use crate::agent::exec::ExecResult;
 use crate::agent::files::{FileData, GuestInfo};
 use crate::console::log::{ConsoleLog, ConsoleMatch};
-use crate::ops::{ConsoleQuery, GuestExecRequest, Progress, VmStats, VncInfo};
+use crate::ops::{ConsoleQuery, GuestExecRequest, VmStats, VncInfo};
 use crate::stats::host::HostStats;
-
-type ToolResult<T> = Result<Reply<T>, String>;
 
 /// `wait_for_console`'s timeout when none is given.
 const DEFAULT_WAIT: Duration = Duration::from_secs(60);
@@ -96,20 +92,23 @@ impl KvmMcp {
         Parameters(a): Parameters<WaitConsoleArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<ConsoleMatch> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
         let timeout = a.timeout_s.map_or(DEFAULT_WAIT, Duration::from_secs);
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
-        };
-        // The operation watches the caller's cancellation itself; `drive` only reports.
-        let op = self.ops().wait_for_console(&a.name, &a.pattern, timeout, a.since_offset, &forward, &ctx.ct);
         let waiting_for = format!("/{}/ on the console", a.pattern);
-        let Some(done) = drive(&mut reporter, &CancellationToken::new(), &waiting_for, rx, op).await else {
-            return Err("wait_for_console cancelled".into());
+        // The operation watches the caller's cancellation itself.
+        let call = LongCall {
+            tool: "wait_for_console",
+            vm: &a.name,
+            start: None,
+            waiting_for: &waiting_for,
+            if_cancelled: None,
+            log: false,
         };
-        let m = done.map_err(fail)?;
-        let summary = format!("matched after {} ms: {}", m.waited_ms, m.line.trim_end());
+        let (name, pattern, ct) = (&a.name, &a.pattern, &ctx.ct);
+        let op = |p: Forward| async move {
+            self.ops().wait_for_console(name, pattern, timeout, a.since_offset, &*p, ct).await
+        };
+        let summarise = |m: &ConsoleMatch| format!("matched after {} ms: {}", m.waited_ms, m.line.trim_end());
+        let (m, summary) = self.run_long(&ctx, call, op, summarise).await?;
         Ok(Reply::new(m, summary))
     }
 
@@ -210,7 +209,6 @@ impl KvmMcp {
         Parameters(a): Parameters<GuestExecArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<ExecResult> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
         let waiting_for = format!("{:?} in the guest", a.command);
         let req = GuestExecRequest {
             command: a.command,
@@ -219,18 +217,18 @@ impl KvmMcp {
             timeout: a.timeout_s.map(Duration::from_secs),
             output_max_bytes: a.output_max_bytes,
         };
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
-        };
         // The operation kills the guest process itself when the caller cancels.
-        let op = self.ops().guest_exec(&a.name, req, &forward, &ctx.ct);
-        let Some(done) = drive(&mut reporter, &CancellationToken::new(), &waiting_for, rx, op).await else {
-            return Err("guest_exec cancelled".into());
+        let call = LongCall {
+            tool: "guest_exec",
+            vm: &a.name,
+            start: None,
+            waiting_for: &waiting_for,
+            if_cancelled: None,
+            log: true,
         };
-        let r = done.map_err(fail)?;
-        let summary = exec_summary(&r);
-        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        let (name, ct) = (&a.name, &ctx.ct);
+        let op = |p: Forward| async move { self.ops().guest_exec(name, req, &*p, ct).await };
+        let (r, summary) = self.run_long(&ctx, call, op, exec_summary).await?;
         Ok(Reply::new(r, summary))
     }
 

@@ -5,16 +5,13 @@
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
-use tokio::sync::mpsc;
 
 use super::args::VmNameArgs;
 use super::args_net::{AddPortForwardArgs, ForwardList, GetVmIpArgs, NicStatsList, RemovePortForwardArgs};
-use super::notify::{Level, Reporter, drive};
-use super::reply::{Reply, fail, out};
+use super::notify::{Forward, Level, LongCall};
+use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
-use crate::ops::{IpQuery, PortForwardInfo, Progress, VmIps};
-
-type ToolResult<T> = Result<Reply<T>, String>;
+use crate::ops::{IpQuery, PortForwardInfo, VmIps};
 
 fn forwards_summary(name: &str, forwards: &[PortForwardInfo]) -> String {
     if forwards.is_empty() {
@@ -58,18 +55,17 @@ impl KvmMcp {
         Parameters(a): Parameters<GetVmIpArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<VmIps> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
+        let call = LongCall {
+            tool: "get_vm_ip",
+            vm: &a.name,
+            start: None,
+            waiting_for: "an address of the guest",
+            if_cancelled: Some("nothing changed"),
+            log: false,
         };
-        let query = IpQuery { wait_s: a.wait_s, all_sources: a.all_sources };
-        let op = self.ops().get_vm_ip(&a.name, query, &forward);
-        let Some(done) = drive(&mut reporter, &ctx.ct, "an address of the guest", rx, op).await else {
-            return Err(format!("get_vm_ip cancelled before VM {:?} reported an address; nothing changed", a.name));
-        };
-        let ips = done.map_err(fail)?;
-        let summary = ips_summary(&ips);
+        let (name, query) = (&a.name, IpQuery { wait_s: a.wait_s, all_sources: a.all_sources });
+        let op = |p: Forward| async move { self.ops().get_vm_ip(name, query, &*p).await };
+        let (ips, summary) = self.run_long(&ctx, call, op, ips_summary).await?;
         Ok(Reply::new(ips, summary))
     }
 

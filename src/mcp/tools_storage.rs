@@ -6,19 +6,16 @@
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
-use tokio::sync::mpsc;
 
 use super::args::{VmNameArgs, VmResult};
 use super::args_storage::{
     AttachIsoArgs, CloneVmArgs, ImageList, IsoList, ResizeDiskArgs, SnapshotArgs, SnapshotDeleted, SnapshotList,
     SnapshotResult,
 };
-use super::notify::{Level, Reporter, drive};
-use super::reply::{Reply, fail, out};
+use super::notify::{Forward, LongCall};
+use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
-use crate::ops::{CloneRequest, Progress, VmInfo};
-
-type ToolResult<T> = Result<Reply<T>, String>;
+use crate::ops::{SnapshotEntry, VmInfo};
 
 fn gib(bytes: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
@@ -32,14 +29,6 @@ fn users(used_by: &[String]) -> String {
 
 fn state(vm: &VmInfo) -> String {
     format!("VM {:?} is {}", vm.name, vm.state)
-}
-
-impl KvmMcp {
-    /// Logs `summary` for `vm` and wraps the VM as the reply.
-    async fn vm_reply(&self, ctx: &RequestContext<RoleServer>, vm: VmInfo, summary: String) -> ToolResult<VmResult> {
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
-        Ok(Reply::new(VmResult { vm }, summary))
-    }
 }
 
 #[tool_router(router = storage_tools, vis = "pub(super)")]
@@ -92,7 +81,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().attach_iso(&a.name, a.iso.as_deref()).await.map_err(fail)?;
         let summary = format!("ISO attached; {}", state(&vm));
-        self.vm_reply(&ctx, vm, summary).await
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Empty a VM's CD-ROM drive (running or stopped). The drive stays, so an ISO can
@@ -108,7 +97,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().eject_iso(&a.name).await.map_err(fail)?;
         let summary = format!("CD-ROM ejected; {}", state(&vm));
-        self.vm_reply(&ctx, vm, summary).await
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Define a new VM with the disks of a stopped one. By default a linked clone:
@@ -126,10 +115,11 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let kind = if a.full { "full" } else { "linked" };
         let source = a.source.clone();
-        let vm = self.ops().clone_vm(CloneRequest::from(a)).await.map_err(fail)?;
+        let vm = self.ops().clone_vm(a).await.map_err(fail)?;
         self.vm_set_changed();
         let summary = format!("{kind} clone of {source:?}; {}", state(&vm));
-        self.vm_reply(&ctx, vm, summary).await
+        let name = vm.name.clone();
+        self.logged(&ctx, &name, VmResult { vm }, summary).await
     }
 
     /// Grow one of a VM's disks to `size_gib`: live while it runs (the guest sees the
@@ -146,7 +136,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().resize_disk(&a.name, a.size_gib, a.disk).await.map_err(fail)?;
         let summary = format!("disk {} grown to {} GiB; {}", a.disk.unwrap_or(0), a.size_gib, state(&vm));
-        self.vm_reply(&ctx, vm, summary).await
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Throw away everything a stopped VM wrote to its disks: each overlay is
@@ -164,7 +154,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().reset_vm_disk(&a.name).await.map_err(fail)?;
         let summary = format!("disks reset to their base; {}", state(&vm));
-        self.vm_reply(&ctx, vm, summary).await
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Take a named internal snapshot of all of a VM's writable qcow2 disks. Of a
@@ -179,27 +169,21 @@ impl KvmMcp {
         Parameters(a): Parameters<SnapshotArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<SnapshotResult> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
-        reporter.send(format!("saving snapshot {:?} of VM {:?}", a.snapshot, a.name)).await;
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
+        let call = LongCall {
+            tool: "create_snapshot",
+            vm: &a.name,
+            start: Some(format!("saving snapshot {:?} of VM {:?}", a.snapshot, a.name)),
+            waiting_for: "the snapshot to be saved",
+            if_cancelled: Some("QEMU may still finish the snapshot; check list_snapshots"),
+            log: true,
         };
-        let op = self.ops().create_snapshot(&a.name, &a.snapshot, &forward);
-        let Some(done) = drive(&mut reporter, &ctx.ct, "the snapshot to be saved", rx, op).await else {
-            return Err(self
-                .cancelled(&ctx, "create_snapshot", &a.name, "QEMU may still finish the snapshot; check list_snapshots")
-                .await);
+        let (name, tag) = (&a.name, &a.snapshot);
+        let op = |p: Forward| async move { self.ops().create_snapshot(name, tag, &*p).await };
+        let summarise = |s: &SnapshotEntry| {
+            let what = if s.live { "with RAM state" } else { "power-on state" };
+            format!("snapshot {:?} of VM {name:?} saved ({what})", s.name)
         };
-        let snapshot = done.map_err(fail)?;
-        let summary = format!(
-            "snapshot {:?} of VM {:?} saved ({})",
-            snapshot.name,
-            a.name,
-            if snapshot.live { "with RAM state" } else { "power-on state" }
-        );
-        reporter.send(summary.clone()).await;
-        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        let (snapshot, summary) = self.run_long(&ctx, call, op, summarise).await?;
         Ok(Reply::new(SnapshotResult { name: a.name, snapshot }, summary))
     }
 
@@ -228,22 +212,19 @@ impl KvmMcp {
         Parameters(a): Parameters<SnapshotArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<VmResult> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
-        reporter.send(format!("reverting VM {:?} to snapshot {:?}", a.name, a.snapshot)).await;
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
+        let call = LongCall {
+            tool: "revert_snapshot",
+            vm: &a.name,
+            start: Some(format!("reverting VM {:?} to snapshot {:?}", a.name, a.snapshot)),
+            waiting_for: "the snapshot to be loaded",
+            if_cancelled: Some("QEMU may still finish loading the snapshot"),
+            log: true,
         };
-        let op = self.ops().revert_snapshot(&a.name, &a.snapshot, &forward);
-        let Some(done) = drive(&mut reporter, &ctx.ct, "the snapshot to be loaded", rx, op).await else {
-            return Err(self
-                .cancelled(&ctx, "revert_snapshot", &a.name, "QEMU may still finish loading the snapshot")
-                .await);
-        };
-        let vm = done.map_err(fail)?;
-        let summary = format!("reverted to snapshot {:?}; {}", a.snapshot, state(&vm));
-        reporter.send(summary.clone()).await;
-        self.vm_reply(&ctx, vm, summary).await
+        let (name, tag) = (&a.name, &a.snapshot);
+        let op = |p: Forward| async move { self.ops().revert_snapshot(name, tag, &*p).await };
+        let summarise = |vm: &VmInfo| format!("reverted to snapshot {tag:?}; {}", state(vm));
+        let (vm, summary) = self.run_long(&ctx, call, op, summarise).await?;
+        Ok(Reply::new(VmResult { vm }, summary))
     }
 
     /// Delete a VM's snapshot from all its disks. The VM's current state is not
@@ -257,22 +238,18 @@ impl KvmMcp {
         Parameters(a): Parameters<SnapshotArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<SnapshotDeleted> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
-        reporter.send(format!("deleting snapshot {:?} of VM {:?}", a.snapshot, a.name)).await;
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
+        let call = LongCall {
+            tool: "delete_snapshot",
+            vm: &a.name,
+            start: Some(format!("deleting snapshot {:?} of VM {:?}", a.snapshot, a.name)),
+            waiting_for: "the snapshot to be deleted",
+            if_cancelled: Some("QEMU may still delete it; check list_snapshots"),
+            log: true,
         };
-        let op = self.ops().delete_snapshot(&a.name, &a.snapshot, &forward);
-        let Some(done) = drive(&mut reporter, &ctx.ct, "the snapshot to be deleted", rx, op).await else {
-            return Err(self
-                .cancelled(&ctx, "delete_snapshot", &a.name, "QEMU may still delete it; check list_snapshots")
-                .await);
-        };
-        done.map_err(fail)?;
-        let summary = format!("deleted snapshot {:?} of VM {:?}", a.snapshot, a.name);
-        reporter.send(summary.clone()).await;
-        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        let (name, tag) = (&a.name, &a.snapshot);
+        let op = |p: Forward| async move { self.ops().delete_snapshot(name, tag, &*p).await };
+        let summarise = |(): &()| format!("deleted snapshot {tag:?} of VM {name:?}");
+        let ((), summary) = self.run_long(&ctx, call, op, summarise).await?;
         Ok(Reply::new(SnapshotDeleted { name: a.name, deleted: a.snapshot }, summary))
     }
 }

@@ -7,15 +7,12 @@ use std::time::Duration;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
-use tokio::sync::mpsc;
 
 use super::args::{CreateVmArgs, DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, VmList, VmNameArgs, VmResult};
-use super::notify::{Level, Reporter, drive};
-use super::reply::{Reply, fail, out};
+use super::notify::{Forward, LongCall};
+use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
-use crate::ops::{CreateRequest, DeleteOptions, Progress, StopOptions, VmInfo, VmSummary};
-
-type ToolResult<T> = Result<Reply<T>, String>;
+use crate::ops::{CreateRequest, DeleteOptions, StopOptions, VmInfo, VmSummary};
 
 fn describe(i: &VmInfo) -> String {
     let mut s = format!("VM {:?} is {}", i.name, i.state);
@@ -37,17 +34,6 @@ fn list_summary(vms: &[VmSummary]) -> String {
     let items: Vec<String> =
         vms.iter().map(|v| format!("{} ({})", v.name, v.state.map_or("incomplete", |s| s.as_str()))).collect();
     format!("{} VM{}: {}", vms.len(), if vms.len() == 1 { "" } else { "s" }, items.join(", "))
-}
-
-impl KvmMcp {
-    /// What a cancelled wait left behind, logged to the session and returned as text.
-    pub(super) async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
-        let state = self.ops().info(vm).map_or_else(fail, |i| format!("VM {vm:?} is {}", i.state));
-        let msg = format!("{tool} cancelled: {state}; {note}");
-        tracing::warn!(vm, "{msg}");
-        self.log(&ctx.peer, Level::Warning, vm, msg.clone()).await;
-        msg
-    }
 }
 
 #[tool_router(router = vm_tools, vis = "pub(super)")]
@@ -88,25 +74,24 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let name = a.name.clone().unwrap_or_else(|| self.ops().config().vm.default_name.clone());
         let start = a.start;
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
-        reporter.send(format!("defining VM {name:?}")).await;
-        let (_tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let waiting_for = if start { "the VM to be defined and started" } else { "the VM to be defined" };
         let req = CreateRequest::try_from(a).map_err(fail)?;
-        let Some(done) = drive(&mut reporter, &ctx.ct, waiting_for, rx, self.ops().create(req)).await else {
-            return Err(self
-                .cancelled(&ctx, "create_vm", &name, "its supervisor may still be starting it; check with get_vm")
-                .await);
+        let call = LongCall {
+            tool: "create_vm",
+            vm: &name,
+            start: Some(format!("defining VM {name:?}")),
+            waiting_for: if start { "the VM to be defined and started" } else { "the VM to be defined" },
+            if_cancelled: Some("its supervisor may still be starting it; check with get_vm"),
+            log: true,
         };
-        let vm = done.map_err(fail)?;
+        let summarise = |vm: &VmInfo| {
+            if start {
+                format!("created; {}", describe(vm))
+            } else {
+                format!("defined; {}; start it with start_vm", describe(vm))
+            }
+        };
+        let (vm, summary) = self.run_long(&ctx, call, |_| self.ops().create(req), summarise).await?;
         self.vm_set_changed();
-        let summary = if start {
-            format!("created; {}", describe(&vm))
-        } else {
-            format!("defined; {}; start it with start_vm", describe(&vm))
-        };
-        reporter.send(summary.clone()).await;
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
@@ -122,18 +107,15 @@ impl KvmMcp {
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<VmResult> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
-        reporter.send(format!("starting VM {:?}", a.name)).await;
-        let (_tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let Some(done) = drive(&mut reporter, &ctx.ct, "QEMU to run", rx, self.ops().start(&a.name)).await else {
-            return Err(self
-                .cancelled(&ctx, "start_vm", &a.name, "its supervisor goes on starting it; stop_vm undoes that")
-                .await);
+        let call = LongCall {
+            tool: "start_vm",
+            vm: &a.name,
+            start: Some(format!("starting VM {:?}", a.name)),
+            waiting_for: "QEMU to run",
+            if_cancelled: Some("its supervisor goes on starting it; stop_vm undoes that"),
+            log: true,
         };
-        let vm = done.map_err(fail)?;
-        let summary = describe(&vm);
-        reporter.send(summary.clone()).await;
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        let (vm, summary) = self.run_long(&ctx, call, |_| self.ops().start(&a.name), describe).await?;
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
@@ -149,22 +131,18 @@ impl KvmMcp {
         Parameters(a): Parameters<StopVmArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<VmResult> {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
         let opts = StopOptions { force: a.force, timeout: a.timeout_s.map(Duration::from_secs) };
-        let (tx, rx) = mpsc::unbounded_channel::<Progress>();
-        let forward = move |p: Progress| {
-            let _ = tx.send(p);
+        let call = LongCall {
+            tool: "stop_vm",
+            vm: &a.name,
+            start: None,
+            waiting_for: "the VM to power off",
+            if_cancelled: Some("power button presses already sent may still shut the guest down"),
+            log: true,
         };
-        let op = self.ops().stop(&a.name, opts, &forward);
-        let Some(done) = drive(&mut reporter, &ctx.ct, "the VM to power off", rx, op).await else {
-            return Err(self
-                .cancelled(&ctx, "stop_vm", &a.name, "power button presses already sent may still shut the guest down")
-                .await);
-        };
-        let vm = done.map_err(fail)?;
-        let summary = describe(&vm);
-        reporter.send(summary.clone()).await;
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
+        let name = &a.name;
+        let op = |p: Forward| async move { self.ops().stop(name, opts, &*p).await };
+        let (vm, summary) = self.run_long(&ctx, call, op, describe).await?;
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
@@ -181,8 +159,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().reboot(&a.name).await.map_err(fail)?;
         let summary = format!("reset; {}", describe(&vm));
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
-        Ok(Reply::new(VmResult { vm }, summary))
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Pause a running VM's virtual CPUs; memory and devices stay as they are.
@@ -198,8 +175,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().pause(&a.name).await.map_err(fail)?;
         let summary = describe(&vm);
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
-        Ok(Reply::new(VmResult { vm }, summary))
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Continue a VM paused by `pause_vm`.
@@ -214,8 +190,7 @@ impl KvmMcp {
     ) -> ToolResult<VmResult> {
         let vm = self.ops().resume(&a.name).await.map_err(fail)?;
         let summary = describe(&vm);
-        self.log(&ctx.peer, Level::Info, &vm.name, summary.clone()).await;
-        Ok(Reply::new(VmResult { vm }, summary))
+        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
     }
 
     /// Delete a VM's definition and state, and the disk images kvm-mcp created for it
@@ -239,7 +214,7 @@ impl KvmMcp {
             report.removed.len(),
             report.kept.len()
         );
-        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
-        Ok(Reply::new(Deleted { deleted: a.name, removed: report.removed, kept: report.kept }, summary))
+        let deleted = Deleted { deleted: a.name.clone(), removed: report.removed, kept: report.kept };
+        self.logged(&ctx, &a.name, deleted, summary).await
     }
 }
