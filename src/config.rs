@@ -200,16 +200,9 @@ pub struct VmDefaults {
     pub ignition: IgnitionDefaults,
 }
 
-/// `vm.ignition.*`.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct IgnitionDefaults {
-    pub hostname: Option<String>,
-    pub user: Option<String>,
-    pub ssh_key: Option<String>,
-    pub timezone: Option<String>,
-    pub locale: Option<String>,
-    pub password_hash: Option<String>,
-}
+/// `vm.ignition.*`: the fields of a per-call Ignition request, used where the call
+/// leaves one unset.
+pub type IgnitionDefaults = crate::provision::ignition::IgnitionRequest;
 
 /// `qemu.*`.
 #[derive(Debug, Clone, Serialize)]

@@ -20,29 +20,7 @@ pub struct AttachIsoArgs {
 }
 
 /// Arguments of `clone_vm`.
-#[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CloneVmArgs {
-    /// Name of the stopped VM to clone.
-    pub source: String,
-    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
-    /// not starting with '.'.
-    pub name: String,
-    /// Copy the disks (slower, uses the full space; the source stays usable). Default
-    /// false: a linked clone, whose disks are overlays on the source's, which then
-    /// refuses to start while the clone exists.
-    #[serde(default)]
-    pub full: bool,
-    /// Start the clone right after defining it. Default false.
-    #[serde(default)]
-    pub start: bool,
-}
-
-impl From<CloneVmArgs> for CloneRequest {
-    fn from(a: CloneVmArgs) -> Self {
-        CloneRequest { source: a.source, name: a.name, full: a.full, start: a.start }
-    }
-}
+pub type CloneVmArgs = CloneRequest;
 
 /// Arguments of `resize_disk`.
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -17,17 +17,21 @@ use crate::spec::{DiskFormat, DiskSpec, Media, VmSpec};
 use crate::state::{Status, now_ms};
 use crate::storage::{self, CreateOptions};
 
-/// What `clone_vm` accepts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// What `clone_vm` accepts (the MCP tool's arguments too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CloneRequest {
-    /// The stopped VM to clone.
+    /// Name of the stopped VM to clone.
     pub source: String,
-    /// Name of the new VM.
+    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
+    /// not starting with '.'.
     pub name: String,
-    /// Copy the disks instead of making overlays on them (the source stays usable).
+    /// Copy the disks (slower, uses the full space; the source stays usable). Default
+    /// false: a linked clone, whose disks are overlays on the source's, which then
+    /// refuses to start while the clone exists.
     #[serde(default)]
     pub full: bool,
-    /// Start the clone once defined.
+    /// Start the clone right after defining it. Default false.
     #[serde(default)]
     pub start: bool,
 }
