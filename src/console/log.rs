@@ -4,10 +4,16 @@
 //! valid across rotations: a reader resumes where it stopped even if the log was
 //! rotated in between (as long as the bytes are still in `serial.log.1`).
 //!
-//! Rotation is copy-then-truncate, because QEMU keeps the log open for its whole run
-//! and cannot be told to reopen it; it opened the file with `O_APPEND`, so after the
-//! truncation it goes on writing at the new end. Bytes QEMU writes between the copy
-//! and the truncation are lost (the same trade-off as logrotate's `copytruncate`).
+//! QEMU keeps the log open for its whole run (with `O_APPEND`) and cannot be told to
+//! reopen it, so rotation moves bytes out of the open file. The block-aligned part
+//! of the log is copied to `serial.log.1` and then cut out of `serial.log` with
+//! `fallocate(FALLOC_FL_COLLAPSE_RANGE)`: the kernel shifts the rest down under the
+//! inode lock, so whatever QEMU appends meanwhile lands after it and nothing is
+//! lost. The last partial block stays in `serial.log`. Where the file system cannot
+//! collapse ranges (tmpfs, or a log smaller than a block) the rest is copied too and
+//! the file truncated; only bytes QEMU writes between that last copy and the
+//! truncation are lost (logrotate's `copytruncate` trade-off, with a window of
+//! microseconds).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -88,7 +94,13 @@ pub fn rotate_if_needed(paths: &VmPaths, settings: &ConsoleSettings) -> std::io:
     if size <= settings.log_max_bytes {
         return Ok(false);
     }
-    if settings.log_keep > 0 {
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(&log)?;
+    let block = nix::sys::statvfs::fstatvfs(&file).map_or(0, |s| s.block_size());
+    // The collapsed range may not reach the end of the file.
+    let cut = (size - 1).checked_div(block).map_or(0, |n| n * block);
+    let keep = settings.log_keep > 0;
+    let mut copy = None;
+    if keep {
         let _ = std::fs::remove_file(rotated(paths, settings.log_keep));
         for n in (1..settings.log_keep).rev() {
             let from = rotated(paths, n);
@@ -96,15 +108,40 @@ pub fn rotate_if_needed(paths: &VmPaths, settings: &ConsoleSettings) -> std::io:
                 std::fs::rename(&from, rotated(paths, n + 1))?;
             }
         }
+        // The copy is in place before anything leaves the log.
         let tmp = sibling(&log, ".rotating");
-        std::fs::copy(&log, &tmp)?;
+        let mut out = std::fs::File::create(&tmp)?;
+        std::io::copy(&mut (&file).take(cut), &mut out)?;
         std::fs::rename(&tmp, rotated(paths, 1))?;
+        copy = Some(out);
     }
-    let copied = if settings.log_keep > 0 { len(&rotated(paths, 1)) } else { size };
-    std::fs::OpenOptions::new().write(true).open(&log)?.set_len(0)?;
-    crate::fsutil::write_atomic(&base_file(paths), (base(paths) + copied).to_string().as_bytes())?;
-    tracing::debug!(log = %log.display(), bytes = copied, "rotated the serial log");
+    let moved = if cut > 0 && collapse(&file, cut)? {
+        cut
+    } else {
+        // No collapsing here: move everything and truncate.
+        file.seek(SeekFrom::Start(cut))?;
+        let rest = match copy.as_mut() {
+            Some(out) => std::io::copy(&mut file, out)?,
+            None => len(&log) - cut,
+        };
+        file.set_len(0)?;
+        cut + rest
+    };
+    crate::fsutil::write_atomic(&base_file(paths), (base(paths) + moved).to_string().as_bytes())?;
+    tracing::debug!(log = %log.display(), bytes = moved, "rotated the serial log");
     Ok(true)
+}
+
+/// Cuts the first `len` bytes (a multiple of the block size) out of `file`. `false`
+/// when the file system cannot.
+fn collapse(file: &std::fs::File, len: u64) -> std::io::Result<bool> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let len = i64::try_from(len).map_err(std::io::Error::other)?;
+    match fallocate(file, FallocateFlags::FALLOC_FL_COLLAPSE_RANGE, 0, len) {
+        Ok(()) => Ok(true),
+        Err(nix::errno::Errno::EOPNOTSUPP | nix::errno::Errno::EINVAL) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A stretch of raw console bytes at an absolute offset.
@@ -309,6 +346,58 @@ mod tests {
         let old = read_from(&p, 4, 100).unwrap();
         let new = read_from(&p, 8, 100).unwrap();
         assert_eq!((old.bytes, new.bytes, end(&p)), (b"two\n".to_vec(), b"three\n".to_vec(), 14));
+    }
+
+    /// Every rotated byte, oldest first, then the live log.
+    fn everything(p: &VmPaths, keep: u32) -> Vec<u8> {
+        let mut all = Vec::new();
+        for n in (1..=keep).rev() {
+            all.extend(std::fs::read(rotated(p, n)).unwrap_or_default());
+        }
+        all.extend(std::fs::read(p.serial_log()).unwrap());
+        all
+    }
+
+    #[test]
+    fn rotation_while_qemu_appends_loses_nothing() {
+        use std::io::Write;
+        // On the project's own file system (tmpfs cannot collapse ranges).
+        let d = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let p = VmPaths::new(d.path(), &d.path().join("run"), &VmName::new("c").unwrap());
+        std::fs::create_dir_all(&p.state).unwrap();
+        let mut log = std::fs::OpenOptions::new().create(true).append(true).open(p.serial_log()).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let keep = 200;
+        let (lines, rotations) = std::thread::scope(|s| {
+            let writer = s.spawn(|| {
+                let mut n = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    log.write_all(format!("line {n:08}\n").as_bytes()).unwrap();
+                }
+                n
+            });
+            let mut rotations = 0;
+            while rotations < 100 {
+                if rotate_if_needed(&p, &settings(8192, keep)).unwrap() {
+                    rotations += 1;
+                }
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            (writer.join().unwrap(), rotations)
+        });
+        let all = everything(&p, keep);
+        let want: Vec<u8> = (1..=lines).flat_map(|n| format!("line {n:08}\n").into_bytes()).collect();
+        assert_eq!((rotations, all.len(), base(&p) + len(&p.serial_log())), (100, want.len(), want.len() as u64));
+        assert!(all == want, "a rotation lost or repeated console bytes");
+    }
+
+    #[test]
+    fn small_log_is_moved_whole() {
+        let (_d, p) = setup();
+        std::fs::write(p.serial_log(), "0123456789\n").unwrap();
+        assert!(rotate_if_needed(&p, &settings(4, 1)).unwrap());
+        assert_eq!((everything(&p, 1), len(&p.serial_log()), base(&p)), (b"0123456789\n".to_vec(), 0, 11));
     }
 
     #[test]
