@@ -6,6 +6,7 @@ mod bridged;
 mod console;
 mod display;
 mod lifecycle;
+mod mcp_storage;
 mod recovery;
 mod stats;
 mod storage;
