@@ -80,7 +80,8 @@ pub fn run_start(paths: &VmPaths) -> Option<u64> {
 /// The log or the marker cannot be written.
 pub fn begin_run(paths: &VmPaths, settings: &ConsoleSettings) -> std::io::Result<()> {
     rotate_if_needed(paths, settings)?;
-    crate::fsutil::write_atomic(&run_start_file(paths), end(paths).to_string().as_bytes())
+    // A run-directory record of this run only: no flush needed.
+    crate::fsutil::write_volatile(&run_start_file(paths), end(paths).to_string().as_bytes())
 }
 
 /// Rotates `serial.log` when it is larger than the configured maximum. Returns whether

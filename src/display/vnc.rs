@@ -183,12 +183,12 @@ impl VncPlan {
     }
 }
 
-/// Writes JSON readable by the owner only, atomically.
+/// Writes JSON readable by the owner only, atomically for readers. Not flushed: the
+/// record lives in the run directory and describes this run only.
 fn write_private<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
     f.write_all(&serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
 
