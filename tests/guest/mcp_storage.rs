@@ -6,17 +6,17 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kvm_mcp::mcp::KvmMcp;
 use kvm_mcp::ops::Ops;
 use rmcp::model::{
-    CallToolRequest, CallToolRequestParams, CallToolResult, ClientConfig, ClientRequest, ProgressNotificationParam,
-    ProgressToken, ProtocolVersion, ServerResult,
+    CallToolRequest, CallToolResult, ClientConfig, ClientRequest, ProgressNotificationParam, ProgressToken,
+    ProtocolVersion, ServerResult,
 };
 use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
-use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use rmcp::{ClientHandler, RoleClient};
 use serde_json::{Value, json};
 
 use crate::common::images::{storage_env, type_until};
+use crate::common::mcp::{failed, params, serve_in_process, succeeded, text};
 use crate::common::vm::{GUEST_DEADLINE, TestEnv};
 
 /// A client that keeps every `notifications/progress` it receives.
@@ -80,23 +80,15 @@ struct Mcp {
 
 impl Mcp {
     async fn connect(ops: Ops) -> Self {
-        let (client_io, server_io) = tokio::io::duplex(1 << 16);
-        let shared = KvmMcp::shared(ops);
-        tokio::spawn(async move {
-            let server = KvmMcp::new(shared).serve(server_io).await.expect("server handshake");
-            let _ = server.waiting().await;
-        });
         let seen = Recorder::default();
-        let client = seen.clone().serve(client_io).await.expect("client handshake");
+        let client = serve_in_process(ops, seen.clone()).await;
         Self { client, seen }
     }
 
     /// `tools/call`, with the progress token rmcp put on the request; a call that takes
     /// longer than the guest deadline fails the test.
     async fn call(&self, name: &'static str, args: Value) -> (CallToolResult, ProgressToken) {
-        let mut p = CallToolRequestParams::new(name);
-        p.arguments = args.as_object().cloned();
-        let req = ClientRequest::CallToolRequest(CallToolRequest::new(p));
+        let req = ClientRequest::CallToolRequest(CallToolRequest::new(params(name, args)));
         let handle = self
             .client
             .peer()
@@ -113,16 +105,13 @@ impl Mcp {
     /// Calls a tool that must succeed; returns its structured content and summary.
     async fn ok(&self, name: &'static str, args: Value) -> (Value, String) {
         let (r, _) = self.call(name, args).await;
-        assert_ne!(r.is_error, Some(true), "{name} failed: {}", text(&r));
         let summary = text(&r);
-        (r.structured_content.expect("structured content"), summary)
+        (succeeded(name, r), summary)
     }
 
     /// Calls a tool that must fail; returns its error text.
     async fn err(&self, name: &'static str, args: Value) -> String {
-        let (r, _) = self.call(name, args).await;
-        assert_eq!(r.is_error, Some(true), "{name} should fail: {:?}", r.structured_content);
-        text(&r)
+        failed(name, &self.call(name, args).await.0)
     }
 
     /// Forces the VM off through `stop_vm` and checks it is off.
@@ -130,11 +119,6 @@ impl Mcp {
         let (stopped, _) = self.ok("stop_vm", json!({ "name": name, "force": true })).await;
         assert_eq!(stopped["vm"]["state"], "shutoff", "{stopped:#}");
     }
-}
-
-/// The text of a result's content blocks, joined.
-fn text(r: &CallToolResult) -> String {
-    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
 }
 
 /// `create_vm` with `start: true` of a 1 GiB overlay on the environment's master image;

@@ -4,39 +4,10 @@
 
 use std::path::Path;
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ProtocolVersion, ReadResourceRequestParams};
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, model::ClientConfig};
-use serde_json::{Value, json};
+use rmcp::model::ReadResourceRequestParams;
+use serde_json::json;
 
-type Client = RunningService<RoleClient, ClientConfig>;
-
-fn call(name: &'static str, args: Value) -> CallToolRequestParams {
-    let mut p = CallToolRequestParams::new(name);
-    p.arguments = args.as_object().cloned();
-    p
-}
-
-async fn client(dir: &Path) -> Client {
-    super::connect(super::ops(dir), ProtocolVersion::V_2025_11_25).await
-}
-
-/// The text of a result's content blocks, joined.
-fn text(r: &CallToolResult) -> String {
-    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
-}
-
-async fn error_of(c: &Client, name: &'static str, args: Value) -> String {
-    let r = c.call_tool(call(name, args)).await.expect("tools/call");
-    assert_eq!(r.is_error, Some(true), "{name} should fail: {r:?}");
-    text(&r)
-}
-
-async fn ok(c: &Client, name: &'static str, args: Value) -> Value {
-    let r = c.call_tool(call(name, args)).await.expect("tools/call");
-    assert_ne!(r.is_error, Some(true), "{name} failed: {}", text(&r));
-    r.structured_content.expect("structured content")
-}
+use crate::common::mcp::{Client, client, err as error_of, ok};
 
 /// A client with a stopped VM "box" defined on an empty raw disk.
 async fn with_stopped_vm(dir: &Path) -> Client {

@@ -2,14 +2,12 @@
 //! that every schema, description or annotation change is deliberate. Refresh with
 //! `UPDATE_GOLDEN=1 cargo nextest run mcp::golden`.
 
-use rmcp::model::ProtocolVersion;
-
 const GOLDEN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/tools_list.json");
 
 #[tokio::test]
 async fn tools_list_matches_golden_file() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = super::connect(super::ops(dir.path()), ProtocolVersion::V_2025_11_25).await;
+    let client = crate::common::mcp::client(dir.path()).await;
     let tools = client.list_all_tools().await.expect("tools/list");
     let actual = serde_json::to_string_pretty(&serde_json::json!({ "tools": tools })).expect("json") + "\n";
     if std::env::var_os("UPDATE_GOLDEN").is_some() {

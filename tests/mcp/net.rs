@@ -1,39 +1,15 @@
 //! The network tools over rmcp's client: annotations, tool errors for bad input, and
 //! port forwards, NIC counters and NICs of a created (never started) VM.
 
-use rmcp::model::{CallToolRequestParams, CallToolResult, ProtocolVersion};
-use rmcp::service::RunningService;
-use rmcp::{RoleClient, model::ClientConfig};
 use serde_json::{Value, json};
 
-type Client = RunningService<RoleClient, ClientConfig>;
+use crate::common::mcp::{Client, client, err, ok as expect_ok};
 
 const READ_ONLY: [&str; 3] = ["get_vm_ip", "list_port_forwards", "nic_stats"];
 
-async fn client(dir: &std::path::Path) -> Client {
-    super::connect(super::ops(dir), ProtocolVersion::V_2025_11_25).await
-}
-
-async fn call(c: &Client, name: &'static str, args: Value) -> CallToolResult {
-    let mut p = CallToolRequestParams::new(name);
-    p.arguments = args.as_object().cloned();
-    c.call_tool(p).await.expect("tools/call")
-}
-
-fn text(r: &CallToolResult) -> String {
-    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
-}
-
 async fn expect_error(c: &Client, name: &'static str, args: Value, needle: &str) {
-    let r = call(c, name, args).await;
-    assert_eq!(r.is_error, Some(true), "{name} should fail: {r:?}");
-    assert!(text(&r).contains(needle), "{name}: {:?} lacks {needle:?}", text(&r));
-}
-
-async fn expect_ok(c: &Client, name: &'static str, args: Value) -> Value {
-    let r = call(c, name, args).await;
-    assert_ne!(r.is_error, Some(true), "{name} failed: {}", text(&r));
-    r.structured_content.expect("structured content")
+    let msg = err(c, name, args).await;
+    assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}");
 }
 
 /// Defines VM "web" (direct kernel boot from an empty file, one user-mode NIC

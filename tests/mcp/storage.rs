@@ -2,39 +2,14 @@
 //! annotations, bad input as isError results that say what was wrong, and a real call
 //! of each on stopped VMs with blank disks (QEMU runs only paused, for snapshots).
 
-use rmcp::RoleClient;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
-use rmcp::service::RunningService;
-use serde_json::{Value, json};
+use serde_json::json;
 
-type Client = RunningService<RoleClient, ClientConfig>;
-
-async fn call(client: &Client, name: &'static str, args: Value) -> CallToolResult {
-    let mut p = CallToolRequestParams::new(name);
-    p.arguments = args.as_object().cloned();
-    client.call_tool(p).await.expect("tools/call")
-}
-
-fn text(r: &CallToolResult) -> String {
-    r.content.iter().filter_map(|c| c.as_text().map(|t| t.text.clone())).collect::<Vec<_>>().join("\n")
-}
-
-async fn ok(client: &Client, name: &'static str, args: Value) -> Value {
-    let r = call(client, name, args).await;
-    assert_ne!(r.is_error, Some(true), "{name} failed: {}", text(&r));
-    r.structured_content.expect("structured content")
-}
-
-async fn err(client: &Client, name: &'static str, args: Value) -> String {
-    let r = call(client, name, args).await;
-    assert_eq!(r.is_error, Some(true), "{name} should fail: {:?}", r.structured_content);
-    text(&r)
-}
+use crate::common::mcp::{err, ok};
 
 #[tokio::test]
 async fn storage_tools_are_listed_with_annotations() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = super::connect(super::ops(dir.path()), ProtocolVersion::V_2025_11_25).await;
+    let client = crate::common::mcp::client(dir.path()).await;
     let tools = client.list_all_tools().await.expect("tools/list");
     let expect: [(&str, bool, bool); 11] = [
         ("list_images", true, false),
@@ -64,7 +39,7 @@ async fn storage_tools_are_listed_with_annotations() {
 #[tokio::test]
 async fn bad_input_gives_useful_tool_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = super::connect(super::ops(dir.path()), ProtocolVersion::V_2025_11_25).await;
+    let client = crate::common::mcp::client(dir.path()).await;
     let ghost = json!({ "name": "ghost" });
     let snap = json!({ "name": "ghost", "snapshot": "s1" });
     for (tool, args) in [
@@ -96,7 +71,7 @@ async fn bad_input_gives_useful_tool_errors() {
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_tools_work_on_stopped_vms() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let client = super::connect(super::ops(dir.path()), ProtocolVersion::V_2025_11_25).await;
+    let client = crate::common::mcp::client(dir.path()).await;
     assert_eq!(ok(&client, "list_images", json!({})).await, json!({ "images": [] }));
     assert_eq!(ok(&client, "list_isos", json!({})).await, json!({ "isos": [] }));
 
