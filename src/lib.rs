@@ -27,6 +27,7 @@ pub mod provision;
 pub mod qemu;
 pub mod qmp;
 pub mod qmp_extra;
+pub mod ready;
 pub mod serve;
 pub mod spec;
 pub mod state;
