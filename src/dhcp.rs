@@ -11,9 +11,7 @@
 //! into the bridge; `supervisor.lock` makes it a singleton, and dnsmasq gets SIGTERM
 //! from the kernel (`PR_SET_PDEATHSIG`) if the DHCP supervisor itself is killed.
 
-use std::io::{Read as _, Write as _};
 use std::net::IpAddr;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -28,6 +26,7 @@ use crate::lock::{self, FileLock};
 use crate::network::{IfName, Netlink, NetworkError};
 use crate::procid::{Liveness, PidFd};
 use crate::qemu::launcher;
+use crate::ready::{self, Reporter};
 use crate::spec::{NetworkMode, VmSpec};
 use crate::state::{Status, now_ms};
 use crate::supervisor::qemu_liveness;
@@ -162,48 +161,25 @@ pub async fn ensure_running(cfg: &Config, d: &DhcpSettings, exe: &Path) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| DhcpError::Prepare { path: paths.dir.clone(), source: e.into() })?;
-    let mut args = vec!["dhcp-supervise".to_owned(), d.bridge.to_string(), "--ready-fd".into(), "3".into()];
+    let mut args = vec!["dhcp-supervise".to_owned(), d.bridge.to_string()];
     if let Some(p) = cfg.file() {
         args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
     }
-    let child = launcher::spawn_supervisor(exe, &args, &paths.log(), &tx)
-        .map_err(|source| DhcpError::Spawn { exe: exe.to_owned(), source })?;
-    drop((tx, child));
-    let read = tokio::task::spawn_blocking(move || {
-        let mut s = String::new();
-        let _ = std::fs::File::from(rx).read_to_string(&mut s);
-        s
-    });
-    let text = tokio::time::timeout(READY_TIMEOUT, read)
+    let report = ready::spawn_and_wait(exe, &args, &paths.log(), READY_TIMEOUT)
         .await
-        .map_err(|_| DhcpError::Timeout {
+        .map_err(|source| DhcpError::Spawn { exe: exe.to_owned(), source })?
+        .ok_or_else(|| DhcpError::Timeout {
             bridge: d.bridge.to_string(),
             secs: READY_TIMEOUT.as_secs(),
             log: paths.log(),
-        })?
-        .unwrap_or_default();
-    let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
-    if report["ok"].as_bool() == Some(true) {
+        })?;
+    if report.ok {
         return Ok(());
     }
-    let message = report["message"].as_str().map_or_else(
-        || format!("the DHCP supervisor exited before reporting: {}", fsutil::tail_lines(&paths.log(), 3).join(" | ")),
-        String::from,
-    );
+    let message = report.message.unwrap_or_else(|| {
+        format!("the DHCP supervisor exited before reporting: {}", fsutil::tail_lines(&paths.log(), 3).join(" | "))
+    });
     Err(DhcpError::Dnsmasq { bridge: d.bridge.to_string(), message })
-}
-
-/// Reports the first start's result on the ready pipe, once.
-struct Ready(Option<std::fs::File>);
-
-impl Ready {
-    fn send(&mut self, ok: bool, message: &str) {
-        if let Some(mut f) = self.0.take() {
-            let _ = writeln!(f, "{}", serde_json::json!({ "ok": ok, "message": message }));
-        }
-    }
 }
 
 /// Whether an active VM has a NIC on `bridge`: its status says so and its supervisor
@@ -322,10 +298,10 @@ impl Supervisor<'_> {
 pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result<(), DhcpError> {
     // SAFETY: the starter passes the write end of a pipe at this number and nothing
     // else in this process owns it.
-    let mut ready = Ready(ready_fd.map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })));
+    let mut ready = unsafe { Reporter::from_raw_fd(ready_fd) };
     let Some(d) = managed(cfg, bridge.as_str()) else {
         let e = DhcpError::NotManaged { bridge: bridge.to_string() };
-        ready.send(false, &e.to_string());
+        ready.send(false, &e.to_string(), &[]);
         return Err(e);
     };
     let paths = BridgePaths::new(&cfg.run_dir, bridge);
@@ -335,7 +311,7 @@ pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result
     };
     std::fs::create_dir_all(&paths.dir).map_err(prep(&paths.dir))?;
     let Some(_lock) = FileLock::try_acquire(&paths.supervisor_lock()).map_err(prep(&paths.supervisor_lock()))? else {
-        ready.send(true, "already running");
+        ready.send(true, "already running", &[]);
         return Ok(());
     };
     kill_stale(&paths);
@@ -358,8 +334,8 @@ pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result
             Ok(c) => c,
             Err(message) => {
                 tracing::error!(%message, "dnsmasq did not start");
-                if ready.0.is_some() {
-                    ready.send(false, &message);
+                if ready.pending() {
+                    ready.send(false, &message, &[]);
                     let _ = std::fs::remove_file(paths.status());
                     return Err(DhcpError::Dnsmasq { bridge: bridge.to_string(), message });
                 }
@@ -371,7 +347,7 @@ pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result
                 continue;
             }
         };
-        ready.send(true, "running");
+        ready.send(true, "running", &[]);
         let started = Instant::now();
         let mut tick = tokio::time::interval(IDLE_CHECK);
         let exit = loop {

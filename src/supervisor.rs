@@ -4,8 +4,7 @@
 //! ended. It holds `supervisor.lock` for its whole life. In adopt mode it re-attaches to
 //! a QEMU whose supervisor died: identity checked, exit watched through a pidfd.
 
-use std::io::Write as _;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use crate::procid::{Liveness, PidFd, ProcIdentity};
 use crate::profile::Profiles;
 use crate::qemu::{accel, cmdline, launcher};
 use crate::qmp::{Qmp, qmp};
+use crate::ready::Reporter;
 use crate::spec::{RestartPolicy, VmSpec};
 use crate::state::{EventRecord, ExitInfo, Reason, Status, VmState, now_ms};
 
@@ -99,18 +99,6 @@ impl Recorder {
     }
 }
 
-/// Reports the first start's result to the front end that spawned us (fd 3), once.
-struct Ready(Option<std::fs::File>);
-
-impl Ready {
-    fn send(&mut self, ok: bool, message: &str, log_tail: &[String]) {
-        if let Some(mut f) = self.0.take() {
-            let line = serde_json::json!({ "ok": ok, "message": message, "log_tail": log_tail });
-            let _ = writeln!(f, "{line}");
-        }
-    }
-}
-
 /// Entry point of `kvm-mcp supervise`.
 ///
 /// # Errors
@@ -118,7 +106,7 @@ impl Ready {
 pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>) -> Result<(), SupervisorError> {
     // SAFETY: the front end passes the write end of a pipe at this number and nothing
     // else in this process owns it.
-    let mut ready = Ready(ready_fd.map(|fd| std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })));
+    let mut ready = unsafe { Reporter::from_raw_fd(ready_fd) };
     let paths = VmPaths::new(&cfg.state_dir, &cfg.run_dir, name);
     let prep = |p: &Path| SupervisorError::Prepare { path: p.into(), source: std::io::Error::last_os_error() };
     std::fs::create_dir_all(&paths.run).map_err(|_| prep(&paths.run))?;
@@ -234,12 +222,12 @@ fn crashed(reason: Reason, detail: String) -> Outcome {
 }
 
 /// Spawns QEMU once and follows it until it exits.
-async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut Ready, why: Reason) -> Outcome {
+async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut Reporter, why: Reason) -> Outcome {
     rec.status.exit = None;
     rec.status.log_tail.clear();
     rec.set(VmState::Starting, why, None);
     let paths = rec.paths.clone();
-    let fail = |ready: &mut Ready, detail: String, paths: &VmPaths| {
+    let fail = |ready: &mut Reporter, detail: String, paths: &VmPaths| {
         let tail = fsutil::tail_lines(&paths.qemu_log(), LOG_TAIL_LINES);
         ready.send(false, &detail, &tail);
         crashed(Reason::StartFailed, detail)
@@ -350,7 +338,7 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
     classify(&paths, &seen, status)
 }
 
-fn exited_early(ready: &mut Ready, paths: &VmPaths, st: Option<std::process::ExitStatus>) -> Outcome {
+fn exited_early(ready: &mut Reporter, paths: &VmPaths, st: Option<std::process::ExitStatus>) -> Outcome {
     let tail = fsutil::tail_lines(&paths.qemu_log(), LOG_TAIL_LINES);
     let how = st.map_or_else(
         || "QEMU did not answer on its monitor".to_owned(),

@@ -1,117 +1,174 @@
-//! A qemu-ga client on the VM's virtio-serial socket. Every connection starts with
-//! `guest-sync-delimited` (re-sent each second until answered): the agent answers with
-//! a 0xFF byte and the id, and everything before that — replies meant for an earlier
-//! client, half-read lines — is skipped. Every read is under a timeout, so a guest
-//! without an agent gives [`AgentError::NoAgent`], never a hang. After a timeout the
-//! connection is dropped, since its reply stream can no longer be trusted.
+//! A qemu-ga client on the VM's virtio-serial socket, and the one place that puts
+//! deadlines on talking to the agent: with no agent in the guest nothing ever answers,
+//! and the channel may still hold replies meant for an earlier client. So every
+//! connection is synchronised first and every call runs under a deadline.
+//!
+//! Synchronisation uses `guest-sync-delimited`: the client sends 0xFF (which resets
+//! the agent's JSON parser), then the request; the agent answers with 0xFF and the
+//! reply, so everything before that byte (stale replies, half lines) is skipped. The
+//! request is repeated with a new id every second until the newest id is echoed.
+//! qapi's own `guest_sync` cannot do this: a stale reply completes the wrong request
+//! and ends its stream. A call that timed out, or whose reply made no sense, may still
+//! have a reply on its way, so the next call on that connection synchronises again.
 //!
 //! QEMU's socket chardev serves one client at a time, so connections are meant to be
 //! short: connect, sync, a command or two, drop.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
 
 use super::AgentError;
 
-/// Interval between guest-sync attempts while the agent is silent.
+/// Interval between sync requests while the agent stays silent.
 const SYNC_RETRY: Duration = Duration::from_secs(1);
-/// Longest reply line accepted (file reads return up to 48 KiB base64 per call).
-const MAX_LINE: usize = 8 * 1024 * 1024;
+/// Longest reply line accepted (file reads return up to 64 KiB of base64 per call).
+const MAX_LINE: u64 = 8 * 1024 * 1024;
+/// Resets the agent's parser and marks the start of a `guest-sync-delimited` reply.
+const SENTINEL: u8 = 0xFF;
 
-/// A synced connection to the guest agent.
+/// A synchronised connection to one guest agent.
 #[derive(Debug)]
 pub struct AgentClient {
     rd: BufReader<OwnedReadHalf>,
     wr: OwnedWriteHalf,
-    timeout: Duration,
     sock: PathBuf,
+    /// Deadline of a sync and of each call.
+    timeout: Duration,
+    /// A reply may be on its way that no request waits for: sync before the next one.
+    unsynced: bool,
 }
 
 impl AgentClient {
-    /// Connects and syncs, giving the agent `timeout` to answer.
+    /// Connects to the agent socket `sock` and synchronises, giving the agent `timeout`
+    /// for both; each call then gets `timeout` as well (see [`AgentClient::set_timeout`]).
     ///
     /// # Errors
-    /// [`AgentError::Connect`] when the socket is missing, [`AgentError::NoAgent`] when
-    /// nothing answered in time.
+    /// [`AgentError::Connect`] when the socket is missing (VM not running),
+    /// [`AgentError::NoAgent`] when nothing answered in time (no agent in the guest, or
+    /// not started yet).
     pub async fn connect(sock: &Path, timeout: Duration) -> Result<Self, AgentError> {
-        let stream = tokio::time::timeout(timeout, UnixStream::connect(sock))
+        let deadline = Instant::now() + timeout;
+        let stream = tokio::time::timeout_at(deadline, UnixStream::connect(sock))
             .await
-            .map_err(|_| AgentError::NoAgent { secs: timeout.as_secs() })?
+            .map_err(|_| AgentError::NoAgent { path: sock.into(), secs: timeout.as_secs() })?
             .map_err(|source| AgentError::Connect { path: sock.into(), source })?;
-        let (rd, wr) = stream.into_split();
-        let mut c = Self { rd: BufReader::new(rd), wr, timeout, sock: sock.into() };
-        c.sync().await?;
+        let mut c = Self::new(stream, sock, timeout);
+        c.sync(deadline).await?;
         Ok(c)
     }
 
-    /// The socket this client talks to.
-    #[must_use]
-    pub fn socket(&self) -> &Path {
-        &self.sock
+    fn new(stream: UnixStream, sock: &Path, timeout: Duration) -> Self {
+        let (rd, wr) = stream.into_split();
+        Self { rd: BufReader::new(rd), wr, sock: sock.into(), timeout, unsynced: true }
     }
 
-    async fn sync(&mut self) -> Result<(), AgentError> {
-        let deadline = Instant::now() + self.timeout;
-        let no_agent = AgentError::NoAgent { secs: self.timeout.as_secs() };
+    /// Gives later calls `timeout` instead of the one given to [`AgentClient::connect`].
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Synchronises by `deadline`.
+    async fn sync(&mut self, deadline: Instant) -> Result<(), AgentError> {
+        let secs = self.timeout.as_secs();
+        match tokio::time::timeout_at(deadline, self.sync_loop()).await {
+            Err(_) => Err(AgentError::NoAgent { path: self.sock.clone(), secs }),
+            Ok(r) => {
+                self.unsynced = r.is_err();
+                r
+            }
+        }
+    }
+
+    /// Sends sync requests, each [`SYNC_RETRY`] with a new id, until the newest id is
+    /// echoed.
+    async fn sync_loop(&mut self) -> Result<(), AgentError> {
         loop {
-            let id = u64::from(uuid::Uuid::new_v4().as_u128() as u32);
-            let mut req = vec![0xffu8];
+            let id = sync_id();
+            let mut req = vec![SENTINEL];
             req.extend_from_slice(
                 json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string().as_bytes(),
             );
             req.push(b'\n');
-            self.wr.write_all(&req).await.map_err(AgentError::Io)?;
-            let until = deadline.min(Instant::now() + SYNC_RETRY);
-            loop {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match tokio::time::timeout(left, self.read_line()).await {
-                    Err(_) => break,
-                    Ok(Err(e)) => return Err(e),
-                    Ok(Ok(line)) => {
-                        if let Ok(v) = serde_json::from_slice::<Value>(after_delimiter(&line))
-                            && v.get("return").and_then(Value::as_u64) == Some(id)
-                        {
-                            return Ok(());
-                        }
-                    }
+            self.write(&req).await?;
+            let retry = Instant::now() + SYNC_RETRY;
+            while let Ok(line) = tokio::time::timeout_at(retry, self.read_delimited()).await {
+                let reply: Value = serde_json::from_slice(&line?).unwrap_or_default();
+                if reply["return"].as_u64() == Some(u64::from(id)) {
+                    return Ok(());
                 }
             }
-            if Instant::now() >= deadline {
-                return Err(no_agent);
+        }
+    }
+
+    /// The next reply that follows a 0xFF, without anything before that byte.
+    async fn read_delimited(&mut self) -> Result<Vec<u8>, AgentError> {
+        loop {
+            let mut line = self.read_line().await?;
+            if let Some(i) = line.iter().rposition(|b| *b == SENTINEL) {
+                line.drain(..=i);
+                return Ok(line);
             }
         }
     }
 
     async fn read_line(&mut self) -> Result<Vec<u8>, AgentError> {
         let mut line = Vec::new();
-        let n = (&mut self.rd).take(MAX_LINE as u64).read_until(b'\n', &mut line).await.map_err(AgentError::Io)?;
-        if n == 0 {
-            return Err(AgentError::Closed);
+        let read = (&mut self.rd).take(MAX_LINE).read_until(b'\n', &mut line).await;
+        match read {
+            Ok(0) => Err(AgentError::Closed { path: self.sock.clone() }),
+            Ok(_) => Ok(line),
+            Err(source) => Err(AgentError::Io { path: self.sock.clone(), source }),
         }
-        Ok(line)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), AgentError> {
+        let written = self.wr.write_all(bytes).await;
+        written.map_err(|source| AgentError::Io { path: self.sock.clone(), source })
+    }
+
+    /// Sends `command` by `deadline`, synchronising first when an earlier call left the
+    /// stream out of step.
+    async fn request(&mut self, command: &'static str, args: Value, deadline: Instant) -> Result<(), AgentError> {
+        if self.unsynced {
+            self.sync(deadline).await?;
+        }
+        let mut req = if args.is_null() {
+            json!({ "execute": command }).to_string()
+        } else {
+            json!({ "execute": command, "arguments": args }).to_string()
+        };
+        req.push('\n');
+        // Out of step until the reply is read (a command without a reply on success
+        // may still answer with an error).
+        self.unsynced = true;
+        let secs = self.timeout.as_secs();
+        tokio::time::timeout_at(deadline, self.write(req.as_bytes()))
+            .await
+            .map_err(|_| AgentError::Timeout { command, secs })?
     }
 
     /// Sends a command and returns its `return` value.
     ///
     /// # Errors
     /// [`AgentError::Command`] when the agent refused, [`AgentError::Timeout`] when it
-    /// did not answer in time.
+    /// did not answer in time, [`AgentError::BadReply`], connection failures.
     pub async fn call(&mut self, command: &'static str, args: Value) -> Result<Value, AgentError> {
-        self.send(command, args).await?;
-        let line = tokio::time::timeout(self.timeout, self.read_line())
+        let deadline = Instant::now() + self.timeout;
+        self.request(command, args, deadline).await?;
+        let secs = self.timeout.as_secs();
+        let line = tokio::time::timeout_at(deadline, self.read_line())
             .await
-            .map_err(|_| AgentError::Timeout { command, secs: self.timeout.as_secs() })??;
-        let v: Value = serde_json::from_slice(after_delimiter(&line))
-            .map_err(|e| AgentError::BadReply { command, reason: e.to_string() })?;
+            .map_err(|_| AgentError::Timeout { command, secs })??;
+        let v: Value =
+            serde_json::from_slice(&line).map_err(|e| AgentError::BadReply { command, reason: e.to_string() })?;
+        self.unsynced = false;
         if let Some(err) = v.get("error") {
             let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
             return Err(AgentError::Command { command, message: desc.to_owned() });
@@ -119,7 +176,7 @@ impl AgentClient {
         v.get("return").cloned().ok_or_else(|| AgentError::BadReply { command, reason: format!("no return in {v}") })
     }
 
-    /// Like [`AgentClient::call`], decoding the reply.
+    /// Like [`AgentClient::call`], decoding the reply (qapi's `qga` types fit many).
     ///
     /// # Errors
     /// See [`AgentClient::call`]; [`AgentError::BadReply`] when the reply has another shape.
@@ -131,70 +188,116 @@ impl AgentClient {
     /// Sends a command that has no reply on success (`guest-shutdown`).
     ///
     /// # Errors
-    /// The socket could not be written.
+    /// The socket could not be written in time.
     pub async fn send(&mut self, command: &'static str, args: Value) -> Result<(), AgentError> {
-        let mut req = if args.is_null() {
-            json!({ "execute": command }).to_string()
-        } else {
-            json!({ "execute": command, "arguments": args }).to_string()
-        };
-        req.push('\n');
-        tokio::time::timeout(self.timeout, self.wr.write_all(req.as_bytes()))
-            .await
-            .map_err(|_| AgentError::Timeout { command, secs: self.timeout.as_secs() })?
-            .map_err(AgentError::Io)
+        let deadline = Instant::now() + self.timeout;
+        self.request(command, args, deadline).await
     }
 }
 
-/// The part of a line after the last 0xFF delimiter (the whole line when there is none).
-fn after_delimiter(line: &[u8]) -> &[u8] {
-    line.iter().rposition(|b| *b == 0xff).map_or(line, |i| &line[i + 1..])
+/// A fresh sync id (the agent echoes it; a non-negative int).
+fn sync_id() -> u32 {
+    (uuid::Uuid::new_v4().as_u128() as u32) >> 1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::UnixListener;
 
-    #[test]
-    fn delimiter_drops_stale_bytes() {
-        assert_eq!(after_delimiter(b"{\"retu\xff{\"return\": 7}\n"), b"{\"return\": 7}\n");
+    /// A socket path in a fresh directory, with a listener on it.
+    fn listen() -> (tempfile::TempDir, PathBuf, UnixListener) {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("qga.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        (d, sock, listener)
+    }
+
+    /// Reads one request of a fake agent; returns its JSON (null once the client left).
+    async fn request(rd: &mut BufReader<OwnedReadHalf>) -> Value {
+        let mut line = Vec::new();
+        rd.read_until(b'\n', &mut line).await.unwrap();
+        let start = line.iter().rposition(|b| *b == SENTINEL).map_or(0, |i| i + 1);
+        serde_json::from_slice(&line[start..]).unwrap_or_default()
+    }
+
+    /// The agent's answer to the sync request `req`.
+    fn sync_reply(req: &Value) -> Vec<u8> {
+        let mut reply = vec![SENTINEL];
+        reply.extend_from_slice(format!("{{\"return\": {}}}\n", req["arguments"]["id"]).as_bytes());
+        reply
+    }
+
+    #[tokio::test]
+    async fn stale_replies_before_the_sentinel_are_skipped() {
+        let (client, mut agent) = UnixStream::pair().unwrap();
+        agent.write_all(b"{\"return\": 7}\n{\"ret\xff{\"return\": 42}\n").await.unwrap();
+        let mut c = AgentClient::new(client, Path::new("qga.sock"), Duration::from_secs(1));
+        assert_eq!(c.read_delimited().await.unwrap(), b"{\"return\": 42}\n");
     }
 
     #[tokio::test]
     async fn silent_socket_gives_no_agent_error_in_time() {
-        let d = tempfile::tempdir().unwrap();
-        let sock = d.path().join("qga.sock");
-        let _listener = tokio::net::UnixListener::bind(&sock).unwrap();
-        let started = Instant::now();
+        let (_d, sock, _listener) = listen();
+        let started = std::time::Instant::now();
         let e = AgentClient::connect(&sock, Duration::from_secs(1)).await.unwrap_err();
-        assert_eq!(
-            (e.to_string(), started.elapsed() < Duration::from_secs(3)),
-            ("no guest agent answered in 1 s; is qemu-ga installed and running in the guest?".into(), true)
+        let want = format!(
+            "no guest agent answered in 1 s on {}; is qemu-ga installed and running in the guest?",
+            sock.display()
         );
+        assert_eq!((e.to_string(), started.elapsed() < Duration::from_secs(3)), (want, true));
     }
 
     #[tokio::test]
     async fn reply_to_an_old_sync_is_skipped() {
-        let d = tempfile::tempdir().unwrap();
-        let sock = d.path().join("qga.sock");
-        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        let (_d, sock, listener) = listen();
         let agent = tokio::spawn(async move {
-            let (s, _) = listener.accept().await.unwrap();
-            let (rd, mut wr) = s.into_split();
+            let (rd, mut wr) = listener.accept().await.unwrap().0.into_split();
             let mut rd = BufReader::new(rd);
-            let mut line = Vec::new();
-            rd.read_until(b'\n', &mut line).await.unwrap();
-            let v: Value = serde_json::from_slice(after_delimiter(&line)).unwrap();
-            let id = v["arguments"]["id"].as_u64().unwrap();
-            wr.write_all(b"{\"return\": 1}\n\xff").await.unwrap();
-            wr.write_all(format!("{{\"return\": {id}}}\n").as_bytes()).await.unwrap();
-            line.clear();
-            rd.read_until(b'\n', &mut line).await.unwrap();
+            let sync = request(&mut rd).await;
+            wr.write_all(b"\xff{\"return\": 1}\n{\"return\": 2}\n").await.unwrap();
+            wr.write_all(&sync_reply(&sync)).await.unwrap();
+            let ping = request(&mut rd).await;
             wr.write_all(b"{\"return\": {}}\n").await.unwrap();
+            ping
         });
         let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).await.unwrap();
         let v = c.call("guest-ping", Value::Null).await.unwrap();
-        agent.await.unwrap();
-        assert_eq!(v, json!({}));
+        assert_eq!((v, agent.await.unwrap()), (json!({}), json!({ "execute": "guest-ping" })));
+    }
+
+    #[tokio::test]
+    async fn a_late_reply_does_not_answer_the_next_call() {
+        let (_d, sock, listener) = listen();
+        tokio::spawn(async move {
+            let (rd, mut wr) = listener.accept().await.unwrap().0.into_split();
+            let mut rd = BufReader::new(rd);
+            // Syncs are echoed; the first command is answered only once the next
+            // request arrives (before it), later ones at once.
+            let (mut first, mut late) = (true, None);
+            loop {
+                let req = request(&mut rd).await;
+                if req.is_null() {
+                    return;
+                }
+                if let Some(reply) = late.take() {
+                    wr.write_all(reply).await.unwrap();
+                }
+                if req["execute"] == "guest-sync-delimited" {
+                    wr.write_all(&sync_reply(&req)).await.unwrap();
+                } else if std::mem::take(&mut first) {
+                    late = Some(b"{\"return\": \"late\"}\n".as_slice());
+                } else {
+                    wr.write_all(b"{\"return\": \"fresh\"}\n").await.unwrap();
+                }
+            }
+        });
+        let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).await.unwrap();
+        c.set_timeout(Duration::from_millis(300));
+        let first = c.call("guest-info", Value::Null).await.unwrap_err();
+        c.set_timeout(Duration::from_secs(5));
+        let second = c.call("guest-info", Value::Null).await.unwrap();
+        assert!(matches!(first, AgentError::Timeout { .. }), "{first}");
+        assert_eq!(second, json!("fresh"));
     }
 }

@@ -1,22 +1,25 @@
-//! The guest agent (qemu-ga on the virtio-serial port `org.qemu.guest_agent.0`): a
-//! client that syncs on every connection (`client`) and the operations built on it —
-//! running commands with a timeout and a kill (`exec`), size-capped file transfer and
-//! guest facts (`files`).
+//! The guest agent (qemu-ga on the virtio-serial port `org.qemu.guest_agent.0`, the
+//! VM's `qga.sock`): one client that syncs on every connection and puts a deadline on
+//! every read (`client`), and the operations built on it — running commands with a
+//! timeout and a kill (`exec`), size-capped file transfer and guest facts (`files`).
+//! Guest IP discovery (`ops::ip`) uses the client directly.
 
 pub mod client;
 pub mod exec;
 pub mod files;
+
+use std::path::PathBuf;
 
 pub use client::AgentClient;
 
 /// Guest agent failures.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("no guest agent answered in {secs} s; is qemu-ga installed and running in the guest?")]
-    NoAgent { secs: u64 },
+    #[error("no guest agent answered in {secs} s on {path}; is qemu-ga installed and running in the guest?")]
+    NoAgent { path: PathBuf, secs: u64 },
     #[error("cannot connect to the guest agent socket {path}")]
     Connect {
-        path: std::path::PathBuf,
+        path: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -26,10 +29,14 @@ pub enum AgentError {
     Command { command: &'static str, message: String },
     #[error("the guest agent's reply to {command} makes no sense: {reason}")]
     BadReply { command: &'static str, reason: String },
-    #[error("the guest agent closed the connection")]
-    Closed,
-    #[error("guest agent I/O failed")]
-    Io(#[source] std::io::Error),
+    #[error("the guest agent on {path} closed the connection")]
+    Closed { path: PathBuf },
+    #[error("guest agent I/O on {path} failed")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what} is {size} bytes, over the limit of {max} bytes (agent.file_max_bytes)")]
     TooLarge { what: String, size: u64, max: u64 },
     #[error("the guest command (pid {pid}) was cancelled and killed")]
@@ -45,10 +52,10 @@ impl AgentError {
             AgentError::NoAgent { .. }
             | AgentError::Connect { .. }
             | AgentError::Timeout { .. }
-            | AgentError::Closed
+            | AgentError::Closed { .. }
             | AgentError::Cancelled { .. } => ErrorKind::Unavailable,
             AgentError::Command { .. } | AgentError::TooLarge { .. } => ErrorKind::InvalidInput,
-            AgentError::BadReply { .. } | AgentError::Io(_) => ErrorKind::Internal,
+            AgentError::BadReply { .. } | AgentError::Io { .. } => ErrorKind::Internal,
         }
     }
 }

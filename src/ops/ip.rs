@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::vm::Vm;
 use super::{Ops, OpsError, Progress, ProgressFn};
-use crate::guest_agent::GuestAgent;
+use crate::agent::AgentClient;
 use crate::layout::BridgePaths;
 use crate::network::{IfName, MacAddr, Netlink, leases_for};
 use crate::spec::NetworkMode;
@@ -109,11 +109,13 @@ fn usable(ip: IpAddr) -> bool {
 
 /// The agent's view: MAC → (address, prefix).
 async fn agent_addresses(vm: &Vm, sync: Duration) -> Result<HashMap<MacAddr, Vec<(IpAddr, u8)>>, String> {
-    let ga = GuestAgent::connect(&vm.paths.qga_sock(), sync).await.map_err(|e| crate::error::chain(&e))?;
-    let ifaces = ga
-        .execute(crate::guest_agent::qga::guest_network_get_interfaces {}, AGENT_COMMAND_TIMEOUT)
-        .await
-        .map_err(|e| crate::error::chain(&e))?;
+    let ifaces: Vec<qapi::qga::GuestNetworkInterface> = async {
+        let mut agent = AgentClient::connect(&vm.paths.qga_sock(), sync).await?;
+        agent.set_timeout(AGENT_COMMAND_TIMEOUT);
+        agent.call_as("guest-network-get-interfaces", serde_json::Value::Null).await
+    }
+    .await
+    .map_err(|e| crate::error::chain(&e))?;
     let mut out: HashMap<MacAddr, Vec<(IpAddr, u8)>> = HashMap::new();
     for i in ifaces {
         let Some(mac) = i.hardware_address.as_deref().and_then(|m| m.parse::<MacAddr>().ok()) else { continue };

@@ -1,7 +1,6 @@
 //! VM lifecycle operations: create, start, stop, reboot, pause, resume, delete, list,
 //! info and adopt.
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -18,8 +17,8 @@ use crate::layout::{VMS_DIR, VmPaths};
 use crate::lock::{self, FileLock};
 use crate::network::PortForward;
 use crate::procid::Liveness;
-use crate::qemu::launcher;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, qmp};
+use crate::ready;
 use crate::spec::{Boot, DiskSpec, NicSpec, RestartPolicy, SPEC_VERSION, VmSpec};
 use crate::state::{ExitInfo, Reason, Status, VmState, now_ms};
 use crate::supervisor::qemu_liveness;
@@ -426,48 +425,29 @@ impl Ops {
     async fn spawn_supervisor(&self, vm: &Vm, adopt: bool) -> Result<(), OpsError> {
         let name = vm.spec.name.to_string();
         std::fs::create_dir_all(&vm.paths.run).map_err(OpsError::io("cannot create run directory", &vm.paths.run))?;
-        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| OpsError::io("cannot create a pipe for", &vm.paths.run)(e.into()))?;
-        let mut args = vec!["supervise".to_owned(), name.clone(), "--ready-fd".into(), "3".into()];
+        let mut args = vec!["supervise".to_owned(), name.clone()];
         if adopt {
             args.push("--adopt".into());
         }
         if let Some(p) = self.cfg.file() {
             args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
         }
-        let child = launcher::spawn_supervisor(&self.exe, &args, &vm.paths.supervisor_log(), &tx)
-            .map_err(OpsError::io("cannot start supervisor", &self.exe))?;
-        drop(tx);
-        drop(child); // tokio reaps it if it exits while we still run
-        let read = tokio::task::spawn_blocking(move || {
-            let mut s = String::new();
-            let _ = std::fs::File::from(rx).read_to_string(&mut s);
-            s
-        });
-        let text = tokio::time::timeout(START_TIMEOUT, read)
+        let report = ready::spawn_and_wait(&self.exe, &args, &vm.paths.supervisor_log(), START_TIMEOUT)
             .await
-            .map_err(|_| OpsError::Timeout {
+            .map_err(OpsError::io("cannot start supervisor", &self.exe))?
+            .ok_or_else(|| OpsError::Timeout {
                 name: name.clone(),
                 what: "the supervisor's start report",
                 secs: START_TIMEOUT.as_secs(),
-            })?
-            .unwrap_or_default();
-        let report: serde_json::Value = serde_json::from_str(text.trim()).unwrap_or_default();
-        if report["ok"].as_bool() == Some(true) {
+            })?;
+        if report.ok {
             return Ok(());
         }
-        let log_tail: Vec<String> = report["log_tail"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        let message = report["message"].as_str().map_or_else(
-            || {
-                let tail = fsutil::tail_lines(&vm.paths.supervisor_log(), 3).join(" | ");
-                format!("the supervisor exited before reporting (see {}): {tail}", vm.paths.supervisor_log().display())
-            },
-            String::from,
-        );
-        Err(OpsError::StartFailed { name, message, log_tail })
+        let message = report.message.unwrap_or_else(|| {
+            let tail = fsutil::tail_lines(&vm.paths.supervisor_log(), 3).join(" | ");
+            format!("the supervisor exited before reporting (see {}): {tail}", vm.paths.supervisor_log().display())
+        });
+        Err(OpsError::StartFailed { name, message, log_tail: report.log_tail })
     }
 
     /// Starts a new supervisor for a QEMU that runs without one.

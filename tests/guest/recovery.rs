@@ -86,6 +86,9 @@ async fn adopted_vm_records_its_stop() {
     let env = TestEnv::new();
     let info = env.start_disk_vm("adopt2").await;
     kill9(info.supervisor_pid.unwrap());
+    // The killed supervisor holds its lock until it is gone; until then `vm adopt`
+    // rightly finds nothing to adopt.
+    env.wait_info("adopt2", "unsupervised", |i| i.unsupervised).await;
     let out = env.cli(&["vm", "adopt", "adopt2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stopped = env.ops.stop("adopt2", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
