@@ -28,8 +28,10 @@ use super::AgentError;
 
 /// Interval between sync requests while the agent stays silent.
 const SYNC_RETRY: Duration = Duration::from_secs(1);
-/// Longest reply line accepted (file reads return up to 64 KiB of base64 per call).
-const MAX_LINE: u64 = 8 * 1024 * 1024;
+/// Longest reply line accepted. The longest real one is `guest-exec-status` of a
+/// chatty command: qemu-ga keeps up to 16 MiB of each of stdout and stderr, which is
+/// about 43 MiB once both are base64-encoded (our own cap applies after decoding).
+const MAX_LINE: u64 = 48 * 1024 * 1024;
 /// Resets the agent's parser and marks the start of a `guest-sync-delimited` reply.
 const SENTINEL: u8 = 0xFF;
 
@@ -123,6 +125,10 @@ impl AgentClient {
         let read = (&mut self.rd).take(MAX_LINE).read_until(b'\n', &mut line).await;
         match read {
             Ok(0) => Err(AgentError::Closed { path: self.sock.clone() }),
+            Ok(n) if n as u64 == MAX_LINE && line.last() != Some(&b'\n') => Err(AgentError::Io {
+                path: self.sock.clone(),
+                source: std::io::Error::other(format!("a reply is longer than {} MiB", MAX_LINE >> 20)),
+            }),
             Ok(_) => Ok(line),
             Err(source) => Err(AgentError::Io { path: self.sock.clone(), source }),
         }
@@ -264,6 +270,35 @@ mod tests {
         let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).await.unwrap();
         let v = c.call("guest-ping", Value::Null).await.unwrap();
         assert_eq!((v, agent.await.unwrap()), (json!({}), json!({ "execute": "guest-ping" })));
+    }
+
+    /// What qemu-ga answers for a command that printed its whole output cap (16 MiB) on
+    /// both stdout and stderr.
+    #[tokio::test]
+    async fn the_largest_exec_status_reply_is_read() {
+        use base64::Engine as _;
+        let out = base64::engine::general_purpose::STANDARD.encode(vec![b'x'; 16 << 20]);
+        let reply = json!({ "return": { "exited": true, "exitcode": 0, "out-data": out, "err-data": out } });
+        let (_d, sock, listener) = listen();
+        tokio::spawn(async move {
+            let (rd, mut wr) = listener.accept().await.unwrap().0.into_split();
+            let mut rd = BufReader::new(rd);
+            loop {
+                let req = request(&mut rd).await;
+                if req.is_null() {
+                    return;
+                }
+                if req["execute"] == "guest-sync-delimited" {
+                    wr.write_all(&sync_reply(&req)).await.unwrap();
+                } else {
+                    wr.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+                }
+            }
+        });
+        let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).await.unwrap();
+        let v = c.call("guest-exec-status", json!({ "pid": 1 })).await.unwrap();
+        let lens = (v["out-data"].as_str().map(str::len), v["err-data"].as_str().map(str::len));
+        assert_eq!(lens, (Some(out.len()), Some(out.len())));
     }
 
     #[tokio::test]
