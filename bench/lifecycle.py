@@ -70,7 +70,8 @@ def main():
     cfg = os.path.join(tmp, "config.json")
     with open(cfg, "w") as fh:
         json.dump({"paths": {"state_dir": f"{tmp}/state", "run_dir": f"{tmp}/run"},
-                   "vm": {"default_network": "user", "default_memory": 256, "default_vcpus": 1},
+                   "vm": {"default_network": "user", "default_memory": 256, "default_vcpus": 1,
+                          "disk_path": tmp},
                    "qemu": {"accel": "tcg"}}, fh)
     kvm = lambda *a: subprocess.run([args.binary, "--config", cfg, *a], check=True, stdout=subprocess.DEVNULL)
     disk = os.path.join(tmp, "b.qcow2")
