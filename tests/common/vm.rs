@@ -96,6 +96,21 @@ impl TestEnv {
         }
     }
 
+    /// A create-and-start request for a microvm booting the fixture kernel directly,
+    /// without a network.
+    pub fn microvm(name: &str) -> CreateRequest {
+        CreateRequest {
+            name: Some(name.into()),
+            os_variant: Some("microvm".into()),
+            kernel: Some(fixtures().join("vmlinuz")),
+            initrd: Some(fixtures().join("initrd.gz")),
+            cmdline: Some("console=ttyS0 panic=-1".into()),
+            network: Some("none".into()),
+            start: true,
+            ..CreateRequest::default()
+        }
+    }
+
     /// Creates and starts a disk-booted fixture VM.
     pub async fn start_disk_vm(&self, name: &str) -> VmInfo {
         let req = CreateRequest { start: true, ..self.disk_vm(name) };

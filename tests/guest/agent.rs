@@ -9,7 +9,7 @@ use kvm_mcp::state::{Reason, VmState};
 use tokio_util::sync::CancellationToken;
 
 use super::console::wait_for;
-use crate::common::vm::{TestEnv, fixtures};
+use crate::common::vm::TestEnv;
 
 /// Starts a fixture VM and waits until its agent runs.
 async fn agent_vm(env: &TestEnv, name: &str) {
@@ -129,16 +129,7 @@ async fn stop_falls_back_to_the_agent_when_acpi_is_ignored() {
 async fn vm_without_an_answering_agent_fails_fast_and_clearly() {
     let env = TestEnv::with_config(serde_json::json!({ "agent": { "timeout_s": 2 } }));
     // microvm has the channel but the fixture kernel has no virtio-mmio: nobody answers.
-    let req = CreateRequest {
-        name: Some("mute".into()),
-        os_variant: Some("microvm".into()),
-        kernel: Some(fixtures().join("vmlinuz")),
-        initrd: Some(fixtures().join("initrd.gz")),
-        cmdline: Some("console=ttyS0 panic=-1 quiet".into()),
-        network: Some("none".into()),
-        start: true,
-        ..CreateRequest::default()
-    };
+    let req = CreateRequest { cmdline: Some("console=ttyS0 panic=-1 quiet".into()), ..TestEnv::microvm("mute") };
     env.ops.create(req).await.unwrap();
     let started = Instant::now();
     let err = chain(&env.ops.guest_ping("mute").await.unwrap_err());

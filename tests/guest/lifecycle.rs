@@ -84,16 +84,7 @@ async fn direct_kernel_boot_reaches_ready() {
 #[tokio::test(flavor = "multi_thread")]
 async fn microvm_profile_runs_under_qemu() {
     let env = TestEnv::new();
-    let req = CreateRequest {
-        name: Some("micro".into()),
-        os_variant: Some("microvm".into()),
-        kernel: Some(fixtures().join("vmlinuz")),
-        initrd: Some(fixtures().join("initrd.gz")),
-        cmdline: Some("console=ttyS0 panic=-1".into()),
-        network: Some("none".into()),
-        start: true,
-        ..CreateRequest::default()
-    };
+    let req = TestEnv::microvm("micro");
     let started = env.ops.create(req).await.unwrap();
     let live = env.ops.list_live().await.unwrap()[0].state;
     let stopped = env.ops.stop("micro", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
