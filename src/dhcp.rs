@@ -20,10 +20,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DhcpSettings};
 use crate::fsutil;
+use crate::ids::IfName;
 use crate::ids::VmName;
 use crate::layout::{BridgePaths, VMS_DIR, VmPaths};
 use crate::lock::{self, FileLock};
-use crate::network::{IfName, Netlink, NetworkError};
+use crate::network::{Netlink, NetworkError};
 use crate::procid::{Liveness, PidFd};
 use crate::qemu::launcher;
 use crate::ready::{self, Reporter};

@@ -60,3 +60,36 @@ pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
     }
     out
 }
+
+/// At most this many characters of a caller's bad value are quoted back in an error.
+pub const QUOTE_MAX_CHARS: usize = 200;
+
+/// `value` quoted for an error message (`"abc"`), cut to [`QUOTE_MAX_CHARS`] characters
+/// with its full length noted, so a 10 MB bad argument never comes back whole.
+#[must_use]
+pub fn quote(value: &str) -> String {
+    match value.char_indices().nth(QUOTE_MAX_CHARS) {
+        None => format!("{value:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes in all)", &value[..cut], value.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_value_is_quoted_whole() {
+        assert_eq!(quote("a\"b"), r#""a\"b""#);
+    }
+
+    #[test]
+    fn long_value_is_cut_and_measured() {
+        let q = quote(&"é".repeat(5000));
+
+        assert_eq!(
+            (q.chars().filter(|c| *c == 'é').count(), q.ends_with("… (10000 bytes in all)")),
+            (QUOTE_MAX_CHARS, true)
+        );
+    }
+}

@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::ids::IfName;
 use crate::ids::VmName;
-use crate::network::IfName;
 
 /// The state directory's VM folder name.
 pub const VMS_DIR: &str = "vms";

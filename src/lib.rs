@@ -9,7 +9,6 @@ pub mod dhcp;
 pub mod display;
 pub mod error;
 pub mod fsutil;
-pub mod guest_config;
 pub mod http;
 pub mod ids;
 pub mod layout;

@@ -55,7 +55,7 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::DhcpSupervise { bridge, ready_fd } => {
-                let bridge = match kvm_mcp::network::IfName::new(&bridge) {
+                let bridge = match kvm_mcp::ids::IfName::new(&bridge) {
                     Ok(b) => b,
                     Err(e) => return fail(ErrorKind::InvalidInput, &e),
                 };

@@ -11,7 +11,8 @@ use std::path::Path;
 
 use crate::config::Config;
 use crate::error::chain;
-use crate::network::{IfName, Netlink, Tap};
+use crate::ids::IfName;
+use crate::network::{Netlink, Tap};
 use crate::spec::{NetworkMode, VmSpec};
 
 /// Taps are opened with a vnet header, so QEMU can offload checksums and GSO.
@@ -71,7 +72,7 @@ pub fn check_port_forwards(spec: &VmSpec) -> Result<(), String> {
     for (i, nic) in spec.nics.iter().enumerate() {
         if let NetworkMode::User { port_forwards } = &nic.mode {
             for f in port_forwards {
-                f.probe_host_port().map_err(|e| format!("NIC {i}: port forward {f}: {}", chain(&e)))?;
+                crate::network::probe_host_port(f).map_err(|e| format!("NIC {i}: port forward {f}: {}", chain(&e)))?;
             }
         }
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::VmName;
-use crate::network::{MacAddr, PortForward};
+use crate::ids::{MacAddr, PortForward};
 
 /// Current `spec.json` format version.
 pub const SPEC_VERSION: u32 = 1;

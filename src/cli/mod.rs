@@ -14,8 +14,8 @@ use serde::Serialize;
 
 pub use net::{ForwardCommand, NetCommand, parse_nic};
 
+use crate::ids::PortForward;
 use crate::ids::VmName;
-use crate::network::PortForward;
 use crate::ops::{CreateRequest, NicRequest, Ops, OpsError, StopOptions, VmInfo, VmSummary, no_progress};
 use crate::spec::RestartPolicy;
 

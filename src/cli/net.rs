@@ -4,7 +4,7 @@
 use clap::Subcommand;
 
 use super::{print, table};
-use crate::network::{ForwardSelector, PortForward};
+use crate::ids::{ForwardSelector, PortForward};
 use crate::ops::{IpQuery, NicRequest, NicStats, Ops, OpsError, PortForwardInfo, Progress, VmIps};
 
 /// `kvm-mcp net …`.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigError, in_range, invalid};
+use super::{ConfigError, absolute, in_range, invalid};
 
 /// Default `server.listen`: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8745";
@@ -24,9 +24,9 @@ pub const GENERATED_TOKEN_FILE: &str = "http-token";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawServer {
-    listen: Option<String>,
-    token: Option<String>,
-    token_file: Option<PathBuf>,
+    pub(super) listen: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
     tls: RawTls,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
@@ -97,24 +97,6 @@ pub struct ServerSettings {
     pub rate_limit: RateLimit,
     /// How long a SIGTERM/SIGINT waits for in-flight tool calls before exiting.
     pub drain_timeout_s: u64,
-}
-
-pub(super) fn apply_env(raw: &mut RawServer, get: &dyn Fn(&str) -> Option<String>) {
-    if let Some(v) = get("KVM_MCP_LISTEN") {
-        raw.listen = Some(v);
-    }
-    if let Some(v) = get("KVM_MCP_TOKEN") {
-        raw.token = Some(v);
-        raw.token_file = None;
-    }
-}
-
-fn absolute(key: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
-    if p.is_absolute() {
-        Ok(p)
-    } else {
-        Err(invalid(key, format!("{} is not an absolute path; give the full path starting with /", p.display())))
-    }
 }
 
 pub(super) fn resolve(raw: RawServer) -> Result<ServerSettings, ConfigError> {

@@ -15,9 +15,9 @@ pub const DEFAULT_OVMF_DIR: &str = "/usr/share/OVMF";
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawStorage {
-    image_dirs: Option<Vec<PathBuf>>,
-    iso_dirs: Option<Vec<PathBuf>>,
-    ovmf_dir: Option<PathBuf>,
+    pub(super) image_dirs: Option<Vec<PathBuf>>,
+    pub(super) iso_dirs: Option<Vec<PathBuf>>,
+    pub(super) ovmf_dir: Option<PathBuf>,
 }
 
 /// `storage.*`, resolved.
@@ -49,20 +49,6 @@ impl StorageSettings {
             v.push(disk_path.to_path_buf());
         }
         v
-    }
-}
-
-/// Splits a `:`-separated list from an environment variable.
-pub(super) fn apply_env(raw: &mut RawStorage, get: &dyn Fn(&str) -> Option<String>) {
-    let split = |v: String| v.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect::<Vec<_>>();
-    if let Some(v) = get("KVM_MCP_IMAGE_DIRS") {
-        raw.image_dirs = Some(split(v));
-    }
-    if let Some(v) = get("KVM_MCP_ISO_DIRS") {
-        raw.iso_dirs = Some(split(v));
-    }
-    if let Some(v) = get("KVM_MCP_OVMF_DIR") {
-        raw.ovmf_dir = Some(v.into());
     }
 }
 

@@ -21,7 +21,7 @@ use std::sync::LazyLock;
 
 use serde::Serialize;
 
-use crate::guest_config::ConsoleSettings;
+use crate::config::ConsoleSettings;
 use crate::layout::VmPaths;
 
 /// How often the supervisor checks whether the running VM's log needs rotating.

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::guest_config::DisplaySettings;
+use crate::config::DisplaySettings;
 use crate::layout::VmPaths;
 use crate::lock::FileLock;
 use crate::profile::{Display, Profile};

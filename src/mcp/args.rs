@@ -83,7 +83,7 @@ pub struct CreateVmArgs {
     /// (for example `[{"host_port": 2222, "guest_port": 22}]` to reach SSH at
     /// 127.0.0.1:2222). With `nics`, give each NIC its own `port_forwards` instead.
     #[serde(default)]
-    pub port_forwards: Vec<crate::network::PortForward>,
+    pub port_forwards: Vec<crate::ids::PortForward>,
     /// Several NICs, in order (at most 8), instead of the one NIC `network` gives:
     /// each has a `network` ("user" or a host bridge name) and optional `mac`,
     /// `model` and `port_forwards`. Do not combine with `network` or `port_forwards`.

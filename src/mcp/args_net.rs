@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::network::{ForwardSelector, PortForward, Protocol};
+use crate::ids::{ForwardSelector, PortForward, Protocol};
 use crate::ops::{NicStats, PortForwardInfo};
 
 /// Arguments of `get_vm_ip`.

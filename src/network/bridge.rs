@@ -9,7 +9,7 @@ use rtnetlink::{LinkBridge, LinkUnspec};
 use serde::Serialize;
 
 use super::error::{NetworkError, Result, netlink_errno, netlink_io};
-use super::ifname::IfName;
+use crate::ids::IfName;
 
 /// Counters of one link, from the kernel's 64-bit statistics.
 ///

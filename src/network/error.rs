@@ -12,41 +12,9 @@ pub use crate::error::ErrorKind;
 /// Messages never repeat the `#[source]`; print the chain joined with ": ".
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    /// An interface name failed validation.
-    #[error("invalid interface name {name:?}: {reason}")]
-    InvalidName {
-        /// The rejected name.
-        name: String,
-        /// Why it was rejected.
-        reason: &'static str,
-    },
-
-    /// A MAC address failed to parse or validate.
-    #[error("invalid MAC address {input:?}: {reason}")]
-    InvalidMac {
-        /// The rejected input, as given.
-        input: String,
-        /// Why it was rejected.
-        reason: &'static str,
-    },
-
-    /// Every candidate MAC for a NIC was already in use.
-    #[error("no free MAC address found for NIC {nic_index} after {attempts} candidates")]
-    MacExhausted {
-        /// Index of the NIC the MAC was for.
-        nic_index: u8,
-        /// How many candidates were tried.
-        attempts: u32,
-    },
-
-    /// A port forward failed to parse or validate.
-    #[error("invalid port forward {input:?}: {reason}")]
-    InvalidPortForward {
-        /// The rejected input, as given.
-        input: String,
-        /// Why it was rejected.
-        reason: &'static str,
-    },
+    /// A name, MAC or forward failed validation.
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
 
     /// The host socket of a port forward cannot be bound.
     #[error("host port {forward} cannot be used; pick another host port")]
@@ -216,11 +184,9 @@ impl NetworkError {
     #[must_use]
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidName { .. }
-            | Self::InvalidMac { .. }
-            | Self::InvalidPrefix { .. }
-            | Self::InvalidPortForward { .. } => ErrorKind::InvalidInput,
-            Self::MacExhausted { .. } | Self::NotABridge { .. } => ErrorKind::Conflict,
+            Self::Id(e) => e.kind(),
+            Self::InvalidPrefix { .. } => ErrorKind::InvalidInput,
+            Self::NotABridge { .. } => ErrorKind::Conflict,
             Self::LinkMissing { .. } | Self::BridgeMissing { .. } => ErrorKind::NotFound,
             Self::StatsMissing { .. } => ErrorKind::Internal,
             Self::OpenTunDevice { source } | Self::Connect { source } => {

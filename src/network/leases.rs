@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::mac::MacAddr;
+use crate::ids::MacAddr;
 
 /// One DHCP lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::bridge::Netlink;
 use super::error::{NetworkError, Result, netlink_errno, netlink_io};
-use super::ifname::IfName;
-use super::mac::MacAddr;
+use crate::ids::IfName;
+use crate::ids::MacAddr;
 
 /// One neighbour-table entry for a MAC.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

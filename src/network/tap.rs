@@ -14,7 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use libc::c_char;
 
 use super::error::NetworkError;
-use super::ifname::IfName;
+use crate::ids::IfName;
 
 const TUN_DEVICE: &str = "/dev/net/tun";
 

@@ -167,10 +167,10 @@ impl Ops {
         };
         let uuid = uuid::Uuid::new_v4();
         let mut nics = src.spec.nics.clone();
-        let mut taken: std::collections::HashSet<crate::network::MacAddr> =
+        let mut taken: std::collections::HashSet<crate::ids::MacAddr> =
             self.defined_specs().iter().flat_map(|s| s.nics.iter().map(|n| n.mac)).collect();
         for (i, nic) in nics.iter_mut().enumerate() {
-            nic.mac = crate::network::MacAddr::pick_unique(&uuid, u8::try_from(i).unwrap_or(u8::MAX), &taken)
+            nic.mac = crate::ids::MacAddr::pick_unique(&uuid, u8::try_from(i).unwrap_or(u8::MAX), &taken)
                 .map_err(|e| OpsError::Taken { what: "every candidate MAC".into(), by: e.to_string() })?;
             taken.insert(nic.mac);
         }

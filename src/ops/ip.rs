@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 use super::vm::Vm;
 use super::{Ops, OpsError, Progress, ProgressFn};
 use crate::agent::AgentClient;
+use crate::ids::{IfName, MacAddr};
 use crate::layout::BridgePaths;
-use crate::network::{IfName, MacAddr, Netlink, leases_for};
+use crate::network::{Netlink, leases_for};
 use crate::spec::NetworkMode;
 use crate::state::now_ms;
 

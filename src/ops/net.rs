@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::vm::Vm;
 use super::{Ops, OpsError};
+use crate::ids::{ForwardSelector, IfName, MacAddr, PortForward};
 use crate::layout::VMS_DIR;
-use crate::network::{ForwardSelector, IfName, LinkStats, MacAddr, Netlink, PortForward};
+use crate::network::{LinkStats, Netlink};
 use crate::qmp::{DEFAULT_TIMEOUT, qmp};
 use crate::spec::{NetworkMode, NicSpec, VmSpec};
 
@@ -202,9 +203,8 @@ impl Ops {
             };
             let mac = match &r.mac {
                 Some(m) => {
-                    let mac: MacAddr = m
-                        .parse()
-                        .map_err(|e: crate::network::NetworkError| OpsError::invalid(&field("mac"), e.to_string()))?;
+                    let mac: MacAddr =
+                        m.parse().map_err(|e: crate::ids::IdError| OpsError::invalid(&field("mac"), e.to_string()))?;
                     if let Some(owner) = owners.get(&mac) {
                         return Err(OpsError::Taken { what: format!("MAC {mac}"), by: format!("VM {owner:?}") });
                     }
@@ -288,7 +288,7 @@ impl Ops {
         let active = obs.status.state.is_active();
         if active {
             self.ensure_supervised(&vm, &obs).await?;
-            fwd.probe_host_port().map_err(|source| OpsError::Network { name: name.into(), source })?;
+            crate::network::probe_host_port(&fwd).map_err(|source| OpsError::Network { name: name.into(), source })?;
             let out = self.hmp(&vm, format!("hostfwd_add net{i} {}", fwd.rule())).await?;
             if !out.trim().is_empty() {
                 return Err(OpsError::Taken {

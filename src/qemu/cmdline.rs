@@ -375,7 +375,7 @@ mod tests {
     fn user_port_forwards_become_hostfwd_rules() {
         let mut spec = spec(Boot::Disk);
         spec.nics[0].mode = NetworkMode::User {
-            port_forwards: vec![crate::network::PortForward::tcp(2222, 22), "0.0.0.0:5353:53/udp".parse().unwrap()],
+            port_forwards: vec![crate::ids::PortForward::tcp(2222, 22), "0.0.0.0:5353:53/udp".parse().unwrap()],
         };
         let profiles = Profiles::load(None).unwrap();
         let argv = build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1)).unwrap();

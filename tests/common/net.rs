@@ -5,7 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use kvm_mcp::network::{IfName, Netlink};
+use kvm_mcp::ids::IfName;
+use kvm_mcp::network::Netlink;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::vm::GUEST_DEADLINE;

@@ -4,7 +4,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
 use kvm_mcp::error::ErrorKind;
-use kvm_mcp::network::{ForwardSelector, PortForward};
+use kvm_mcp::ids::{ForwardSelector, PortForward};
 use kvm_mcp::ops::{CreateRequest, IpQuery, IpSource, StopOptions, no_progress};
 
 use crate::common::net::{HTTP_MARKER, http_get, http_get_once, lo_up};

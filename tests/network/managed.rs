@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kvm_mcp::dhcp::{self, DhcpState, DhcpStatus};
+use kvm_mcp::ids::PortForward;
 use kvm_mcp::layout::BridgePaths;
-use kvm_mcp::network::PortForward;
 use kvm_mcp::ops::{CreateRequest, OpsError};
 
 use crate::common::net::{link_index, lo_up};

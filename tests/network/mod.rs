@@ -8,7 +8,7 @@ mod nics;
 mod qemu;
 mod tap;
 
-use kvm_mcp::network::IfName;
+use kvm_mcp::ids::IfName;
 
 /// Shorthand for a known-good interface name.
 fn ifname(name: &str) -> IfName {

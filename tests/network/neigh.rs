@@ -2,7 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use kvm_mcp::network::{ErrorKind, MacAddr, Netlink};
+use kvm_mcp::ids::MacAddr;
+use kvm_mcp::network::{ErrorKind, Netlink};
 
 use super::ifname;
 use crate::common::netns::{in_netns, rtnl};

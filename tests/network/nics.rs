@@ -2,7 +2,7 @@
 //! VMs: definitions only, nothing runs.
 
 use kvm_mcp::error::ErrorKind;
-use kvm_mcp::network::{ForwardSelector, MacAddr, PortForward, Protocol};
+use kvm_mcp::ids::{ForwardSelector, MacAddr, PortForward, Protocol};
 use kvm_mcp::ops::{CreateRequest, NicRequest, VmInfo};
 use kvm_mcp::spec::NetworkMode;
 

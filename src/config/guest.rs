@@ -1,12 +1,12 @@
 //! The `console`, `display` and `agent` sections of `config.json`: serial log rotation,
 //! VNC defaults and guest agent limits. Raw serde structs (unknown keys rejected) and
-//! their resolved, checked forms; `config` embeds both.
+//! their resolved, checked forms.
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// Default size at which the serial log is rotated.
 pub const DEFAULT_CONSOLE_LOG_MAX_BYTES: u64 = 4 * 1024 * 1024;
@@ -24,7 +24,7 @@ pub const MAX_TRANSFER_BYTES: u64 = 64 * 1024 * 1024;
 /// `console.*` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct RawConsole {
+pub(super) struct RawConsole {
     log_max_bytes: Option<u64>,
     log_keep: Option<u32>,
 }
@@ -32,7 +32,7 @@ pub(crate) struct RawConsole {
 /// `display.*` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct RawDisplay {
+pub(super) struct RawDisplay {
     vnc: Option<bool>,
     vnc_listen: Option<IpAddr>,
     websocket: Option<bool>,
@@ -41,7 +41,7 @@ pub(crate) struct RawDisplay {
 /// `agent.*` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct RawAgent {
+pub(super) struct RawAgent {
     timeout_s: Option<u64>,
     exec_output_max_bytes: Option<u64>,
     file_max_bytes: Option<u64>,
@@ -87,7 +87,7 @@ fn bounded(key: &str, v: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
 }
 
 impl RawConsole {
-    pub(crate) fn resolve(self) -> Result<ConsoleSettings, ConfigError> {
+    pub(super) fn resolve(self) -> Result<ConsoleSettings, ConfigError> {
         Ok(ConsoleSettings {
             log_max_bytes: bounded(
                 "console.log_max_bytes",
@@ -107,7 +107,7 @@ impl RawConsole {
 }
 
 impl RawDisplay {
-    pub(crate) fn resolve(self) -> DisplaySettings {
+    pub(super) fn resolve(self) -> DisplaySettings {
         DisplaySettings {
             vnc: self.vnc.unwrap_or(true),
             vnc_listen: self.vnc_listen.unwrap_or(IpAddr::from([127, 0, 0, 1])),
@@ -117,7 +117,7 @@ impl RawDisplay {
 }
 
 impl RawAgent {
-    pub(crate) fn resolve(self) -> Result<AgentSettings, ConfigError> {
+    pub(super) fn resolve(self) -> Result<AgentSettings, ConfigError> {
         Ok(AgentSettings {
             timeout_s: bounded("agent.timeout_s", self.timeout_s.unwrap_or(DEFAULT_AGENT_TIMEOUT_S), 1, 600)?,
             exec_output_max_bytes: bounded(

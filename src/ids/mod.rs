@@ -1,8 +1,20 @@
-//! Validated names. A VM name becomes a directory name, part of socket paths and the
-//! stem of ≤15-byte tap interface names (`<name>-<nic>`), so it is checked once, here.
+//! Validated names and values, checked once at construction so nothing malformed
+//! reaches a path, an ioctl, a netlink request or a QEMU option: VM names (a directory
+//! name, part of socket paths and the stem of ≤15-byte tap names `<name>-<nic>`),
+//! interface names, MAC addresses and port-forward rules.
+
+mod error;
+mod forward;
+mod ifname;
+mod mac;
 
 use std::fmt;
 use std::str::FromStr;
+
+pub use error::IdError;
+pub use forward::{ForwardSelector, PortForward, Protocol};
+pub use ifname::{IFNAME_MAX_BYTES, IfName};
+pub use mac::{MAC_CANDIDATES_MAX, MacAddr, QEMU_OUI};
 
 /// Longest VM name: `<name>-<digit>` must fit Linux's 15-byte interface names.
 pub const VM_NAME_MAX_LEN: usize = 13;

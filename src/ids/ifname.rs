@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::NetworkError;
+use super::IdError;
+use crate::error::quote;
 
 /// Longest interface name the kernel accepts (`IFNAMSIZ` minus the NUL).
 pub const IFNAME_MAX_BYTES: usize = 15;
@@ -27,9 +28,9 @@ impl IfName {
     ///
     /// # Errors
     ///
-    /// [`NetworkError::InvalidName`] when the name breaks the rules above.
-    pub fn new(name: &str) -> Result<Self, NetworkError> {
-        let invalid = |reason| NetworkError::InvalidName { name: name.to_owned(), reason };
+    /// [`IdError::InvalidName`] when the name breaks the rules above.
+    pub fn new(name: &str) -> Result<Self, IdError> {
+        let invalid = |reason| IdError::InvalidIfName { name: quote(name), reason };
         if name.is_empty() {
             return Err(invalid("empty"));
         }
@@ -65,7 +66,7 @@ impl AsRef<str> for IfName {
 }
 
 impl FromStr for IfName {
-    type Err = NetworkError;
+    type Err = IdError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::new(s)
@@ -73,7 +74,7 @@ impl FromStr for IfName {
 }
 
 impl TryFrom<String> for IfName {
-    type Error = NetworkError;
+    type Error = IdError;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::new(&s)
@@ -101,7 +102,7 @@ mod tests {
     fn sixteen_byte_name_is_invalid_input() {
         let err = IfName::new("vmtap-abcdefghij").unwrap_err();
 
-        assert_eq!(err.kind(), super::super::ErrorKind::InvalidInput);
+        assert_eq!(err.kind(), crate::error::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -8,7 +8,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::error::NetworkError;
+use super::IdError;
+use crate::error::quote;
 
 /// The OUI QEMU uses for its own MACs; derived addresses start with it.
 pub const QEMU_OUI: [u8; 3] = [0x52, 0x54, 0x00];
@@ -35,10 +36,10 @@ impl MacAddr {
     ///
     /// # Errors
     ///
-    /// [`NetworkError::InvalidMac`] for multicast or all-zero addresses.
-    pub fn new(octets: [u8; 6]) -> Result<Self, NetworkError> {
+    /// [`IdError::InvalidMac`] for multicast or all-zero addresses.
+    pub fn new(octets: [u8; 6]) -> Result<Self, IdError> {
         let candidate = Self(octets);
-        candidate.check().map_err(|reason| NetworkError::InvalidMac { input: candidate.to_string(), reason })?;
+        candidate.check().map_err(|reason| IdError::InvalidMac { input: quote(&candidate.to_string()), reason })?;
         Ok(candidate)
     }
 
@@ -74,13 +75,13 @@ impl MacAddr {
     ///
     /// # Errors
     ///
-    /// [`NetworkError::MacExhausted`] if [`MAC_CANDIDATES_MAX`] candidates are
+    /// [`IdError::MacExhausted`] if [`MAC_CANDIDATES_MAX`] candidates are
     /// all taken, which only happens when `in_use` is absurdly large.
-    pub fn pick_unique(vm_uuid: &Uuid, nic_index: u8, in_use: &HashSet<MacAddr>) -> Result<Self, NetworkError> {
+    pub fn pick_unique(vm_uuid: &Uuid, nic_index: u8, in_use: &HashSet<MacAddr>) -> Result<Self, IdError> {
         (0..MAC_CANDIDATES_MAX)
             .map(|attempt| Self::candidate(vm_uuid, nic_index, attempt))
             .find(|mac| !in_use.contains(mac))
-            .ok_or(NetworkError::MacExhausted { nic_index, attempts: MAC_CANDIDATES_MAX })
+            .ok_or(IdError::MacExhausted { nic_index, attempts: MAC_CANDIDATES_MAX })
     }
 
     fn candidate(vm_uuid: &Uuid, nic_index: u8, attempt: u32) -> Self {
@@ -114,11 +115,11 @@ impl fmt::Display for MacAddr {
 }
 
 impl FromStr for MacAddr {
-    type Err = NetworkError;
+    type Err = IdError;
 
     /// Parses six colon-separated pairs of hex digits, in either case.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |reason| NetworkError::InvalidMac { input: s.to_owned(), reason };
+        let invalid = |reason| IdError::InvalidMac { input: quote(s), reason };
         let mut octets = [0u8; 6];
         let mut parts = s.split(':');
         for octet in &mut octets {
@@ -138,7 +139,7 @@ impl FromStr for MacAddr {
 }
 
 impl TryFrom<String> for MacAddr {
-    type Error = NetworkError;
+    type Error = IdError;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
