@@ -15,7 +15,7 @@ use crate::ids::VmName;
 use crate::layout::VmPaths;
 use crate::lock::FileLock;
 use crate::procid::{Liveness, PidFd, ProcIdentity};
-use crate::profile::Profiles;
+use crate::qemu::profile::Profiles;
 use crate::qemu::{accel, cmdline, launcher};
 use crate::qmp::{Qmp, qmp};
 use crate::ready::Reporter;

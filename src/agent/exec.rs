@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{AgentClient, AgentError};
-use crate::ops::{Progress, ProgressFn};
+use crate::progress::{Progress, ProgressFn};
 
 /// Longest pause between two status polls.
 const MAX_POLL: Duration = Duration::from_millis(500);

@@ -2,7 +2,7 @@
 //! `-` or `+` (`ctrl-alt-delete`, `shift+a`); names are QEMU's QKeyCode names plus a few
 //! common aliases. Text is typed on a US layout, with shift for capitals and symbols.
 
-use crate::qmp_extra::KeyValue;
+use crate::qmp::extra::KeyValue;
 
 /// QEMU's QKeyCode names.
 const QCODES: &str = "unmapped shift shift_r alt alt_r ctrl ctrl_r menu esc 1 2 3 4 5 6 7 8 9 0 minus equal \

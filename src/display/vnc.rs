@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::DisplaySettings;
 use crate::layout::VmPaths;
 use crate::lock::FileLock;
-use crate::profile::{Display, Profile};
+use crate::qemu::profile::{Display, Profile};
+use crate::qmp::extra::ChangeVncPassword;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, QmpError};
-use crate::qmp_extra::ChangeVncPassword;
 
 /// VNC displays tried (port = 5900 + display).
 pub const DISPLAYS: std::ops::Range<u16> = 0..100;

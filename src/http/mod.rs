@@ -145,7 +145,7 @@ async fn metrics(State(g): State<Arc<Gate>>) -> Response {
     let vms = g.shared.ops().list().unwrap_or_default();
     let running = vms.iter().filter(|v| v.state.is_some_and(crate::state::VmState::is_active)).count();
     let mut body = crate::metrics::render_all(vms.len(), running);
-    body.push_str(&crate::stats::prom::render_vms(g.shared.ops()).await);
+    body.push_str(&g.shared.ops().prometheus_vms().await);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -14,7 +14,7 @@ use super::{Ops, OpsError};
 use crate::config::MAX_DISK_SIZE_GIB;
 use crate::ids::VmName;
 use crate::layout::{VMS_DIR, VmPaths};
-use crate::profile::{CdromBus, Profile};
+use crate::qemu::profile::{CdromBus, Profile};
 use crate::spec::{DiskFormat, DiskSpec, Media};
 use crate::storage::{self, CreateOptions, ImageFormat};
 

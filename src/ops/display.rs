@@ -9,9 +9,9 @@ use serde::Serialize;
 use super::vm::Vm;
 use super::{Ops, OpsError};
 use crate::display::{DisplayError, keys, png_size, vnc};
-use crate::profile::Display;
+use crate::qemu::profile::Display;
 use crate::qmp::DEFAULT_TIMEOUT;
-use crate::qmp_extra::{QueryVnc, Screendump, SendKey};
+use crate::qmp::extra::{QueryVnc, Screendump, SendKey};
 use crate::state::VmState;
 
 /// How long each key is held by default, in ms (QEMU's own default is 100).
@@ -179,7 +179,7 @@ impl Ops {
     async fn press(
         &self,
         name: &str,
-        presses: Vec<Vec<crate::qmp_extra::KeyValue>>,
+        presses: Vec<Vec<crate::qmp::extra::KeyValue>>,
         hold_ms: Option<u32>,
     ) -> Result<usize, OpsError> {
         let vm = self.active(name)?;

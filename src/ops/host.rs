@@ -43,9 +43,9 @@ pub struct ProfileInfo {
     pub name: String,
     pub description: String,
     pub machine: String,
-    pub disk_bus: crate::profile::DiskBus,
+    pub disk_bus: crate::qemu::profile::DiskBus,
     pub nic_model: String,
-    pub display: crate::profile::Display,
+    pub display: crate::qemu::profile::Display,
     pub is_default: bool,
 }
 

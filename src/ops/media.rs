@@ -7,7 +7,7 @@ use std::path::Path;
 use super::vm::{Vm, VmInfo};
 use super::{Ops, OpsError};
 use crate::fsutil;
-use crate::profile::CdromBus;
+use crate::qemu::profile::CdromBus;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp};
 use crate::spec::{DiskFormat, DiskSpec, Media};
 

@@ -23,8 +23,7 @@ mod watch;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
-
+pub use crate::progress::{Progress, ProgressFn, no_progress};
 pub use agent::GuestExecRequest;
 pub use clone::CloneRequest;
 pub use console::ConsoleQuery;
@@ -43,7 +42,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::ErrorKind;
 use crate::ids::NameError;
 use crate::network::NetworkError;
-use crate::profile::{ProfileError, Profiles};
+use crate::qemu::profile::{ProfileError, Profiles};
 use crate::qmp::QmpError;
 
 /// How long a mutation waits for another front end to release a VM's lock.
@@ -170,23 +169,6 @@ impl OpsError {
         move |source| OpsError::Storage { field, source }
     }
 }
-
-/// One step of a long operation, for progress notifications.
-#[derive(Debug, Clone, Serialize)]
-pub struct Progress {
-    /// Steps done so far.
-    pub step: u32,
-    /// Total steps when known.
-    pub total: Option<u32>,
-    /// What is happening now.
-    pub message: String,
-}
-
-/// Receives progress; front ends forward it (MCP `notifications/progress`) or ignore it.
-pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Send + Sync);
-
-/// A progress sink that drops everything.
-pub fn no_progress(_: Progress) {}
 
 /// The operations, bound to one configuration.
 #[derive(Debug, Clone)]

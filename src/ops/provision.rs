@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use super::vm::CreateRequest;
 use super::{Ops, OpsError};
 use crate::layout::VmPaths;
-use crate::profile::{Firmware, Profile};
 use crate::provision::{ProvisionError, cloudinit, ignition};
+use crate::qemu::profile::{Firmware, Profile};
 use crate::spec::{DiskFormat, DiskSpec, Media, NicSpec, UefiSpec, VmSpec};
 use crate::storage;
 

@@ -10,8 +10,10 @@ use super::vm::Vm;
 use super::{Ops, OpsError};
 use crate::procid::Liveness;
 use crate::qmp::DEFAULT_TIMEOUT;
-use crate::qmp_extra::{BlockStatsEntry, QueryBalloon, QueryBlockstats};
+use crate::qmp::extra::{BlockStatsEntry, QueryBalloon, QueryBlockstats};
 use crate::spec::NetworkMode;
+use crate::state::VmState;
+use crate::stats::prom::{Family, esc};
 use crate::stats::{self, LinkCounters, host::HostStats};
 use crate::supervisor::qemu_liveness;
 
@@ -251,5 +253,57 @@ impl Ops {
         stats::host::sample(&self.cfg.vm.disk_path)
             .await
             .map_err(|e| OpsError::io("cannot read host figures for", &self.cfg.vm.disk_path)(std::io::Error::other(e)))
+    }
+}
+
+impl Ops {
+    /// Prometheus lines for every running VM (VMs that cannot be queried are skipped):
+    /// counters need no sampling interval, so a scrape costs one QMP round trip per VM.
+    pub async fn prometheus_vms(&self) -> String {
+        let mut f = [
+            Family::new("kvm_mcp_vm_cpu_seconds_total", "counter", "CPU time used by the VM's QEMU process."),
+            Family::new("kvm_mcp_vm_memory_configured_bytes", "gauge", "Memory given to the VM."),
+            Family::new("kvm_mcp_vm_memory_rss_bytes", "gauge", "Resident memory of the VM's QEMU process."),
+            Family::new("kvm_mcp_vm_balloon_actual_bytes", "gauge", "Memory the balloon leaves the guest."),
+            Family::new("kvm_mcp_vm_disk_read_bytes_total", "counter", "Bytes read by the guest per disk."),
+            Family::new("kvm_mcp_vm_disk_written_bytes_total", "counter", "Bytes written by the guest per disk."),
+            Family::new("kvm_mcp_vm_disk_reads_total", "counter", "Read operations per disk."),
+            Family::new("kvm_mcp_vm_disk_writes_total", "counter", "Write operations per disk."),
+            Family::new("kvm_mcp_vm_nic_receive_bytes_total", "counter", "Bytes the guest received per NIC."),
+            Family::new("kvm_mcp_vm_nic_transmit_bytes_total", "counter", "Bytes the guest sent per NIC."),
+        ];
+        let vms = self.list().unwrap_or_default();
+        for v in vms.iter().filter(|v| v.state.is_some_and(VmState::is_active)) {
+            let Ok(c) = self.counters(&v.name).await else { continue };
+            let vm = format!("vm=\"{}\"", esc(&v.name));
+            f[0].add(vm.clone(), c.cpu_seconds);
+            f[1].add(vm.clone(), c.memory.configured_bytes as f64);
+            if let Some(rss) = c.memory.qemu_rss_bytes {
+                f[2].add(vm.clone(), rss as f64);
+            }
+            if let Some(b) = c.memory.balloon_actual_bytes {
+                f[3].add(vm.clone(), b as f64);
+            }
+            for d in &c.disks {
+                let l = format!("{vm},disk=\"{}\"", esc(&d.node));
+                f[4].add(l.clone(), d.read_bytes as f64);
+                f[5].add(l.clone(), d.write_bytes as f64);
+                f[6].add(l.clone(), d.read_ops as f64);
+                f[7].add(l, d.write_ops as f64);
+            }
+            for n in &c.nics {
+                if let (Some(tap), Some(k)) = (&n.tap, n.counters) {
+                    let l = format!("{vm},nic=\"{}\",tap=\"{}\"", n.index, esc(tap));
+                    // Seen from the host: what the tap receives, the guest sent.
+                    f[8].add(l.clone(), k.tx_bytes as f64);
+                    f[9].add(l, k.rx_bytes as f64);
+                }
+            }
+        }
+        let mut out = String::new();
+        for fam in &f {
+            fam.render(&mut out);
+        }
+        out
     }
 }

@@ -1,7 +1,7 @@
 //! The parts of the argv that storage and provisioning decide: which device boots
 //! first (the CD-ROM during an ISO install, else the first disk), UEFI flash, the
 //! Ignition config in fw_cfg, and ending the run on a guest reboot while installing.
-//! Pure, like the rest of [`super::cmdline`].
+//! Pure, like the rest of the argv builder.
 
 use crate::spec::{Media, VmSpec};
 

@@ -6,8 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::layout::VmPaths;
-use crate::profile::{CdromBus, DiskBus, Display, Machine, Profile};
 use crate::qemu::accel::Accel;
+use crate::qemu::profile::{CdromBus, DiskBus, Display, Machine, Profile};
 use crate::spec::{Boot, Media, NetworkMode, VmSpec};
 
 /// Pre-opened descriptors handed to QEMU at these numbers.
@@ -263,7 +263,7 @@ fn nics(a: &mut Args, spec: &VmSpec, profile: &Profile, fds: &FdPlan) -> Result<
 mod tests {
     use super::*;
     use crate::ids::VmName;
-    use crate::profile::Profiles;
+    use crate::qemu::profile::Profiles;
     use crate::spec::{DiskFormat, DiskSpec, NicSpec, RestartPolicy, SPEC_VERSION};
 
     fn spec(boot: Boot) -> VmSpec {

@@ -58,7 +58,7 @@ async fn memory_figures_include_rss_and_balloon() {
 async fn metrics_name_each_running_vm_and_its_disk() {
     let env = TestEnv::new();
     env.start_disk_vm("prom").await;
-    let text = kvm_mcp::stats::prom::render_vms(&env.ops).await;
+    let text = env.ops.prometheus_vms().await;
     assert!(text.contains("kvm_mcp_vm_cpu_seconds_total{vm=\"prom\"} "), "{text}");
     assert!(text.contains("kvm_mcp_vm_disk_written_bytes_total{vm=\"prom\",disk=\"disk0\"} "), "{text}");
 }

@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 
 /// Profiles shipped in `qemu-profiles/`.
 const BUILT_IN: &[(&str, &str)] = &[
-    ("generic", include_str!("../qemu-profiles/generic.json")),
-    ("linux", include_str!("../qemu-profiles/linux.json")),
-    ("fedora-coreos", include_str!("../qemu-profiles/fedora-coreos.json")),
-    ("legacy", include_str!("../qemu-profiles/legacy.json")),
-    ("microvm", include_str!("../qemu-profiles/microvm.json")),
-    ("linux-uefi", include_str!("../qemu-profiles/linux-uefi.json")),
-    ("linux-secureboot", include_str!("../qemu-profiles/linux-secureboot.json")),
+    ("generic", include_str!("../../qemu-profiles/generic.json")),
+    ("linux", include_str!("../../qemu-profiles/linux.json")),
+    ("fedora-coreos", include_str!("../../qemu-profiles/fedora-coreos.json")),
+    ("legacy", include_str!("../../qemu-profiles/legacy.json")),
+    ("microvm", include_str!("../../qemu-profiles/microvm.json")),
+    ("linux-uefi", include_str!("../../qemu-profiles/linux-uefi.json")),
+    ("linux-secureboot", include_str!("../../qemu-profiles/linux-secureboot.json")),
 ];
 
 /// Machine types profiles may use.
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn extra_dir_overrides_and_adds() {
         let dir = tempfile::tempdir().unwrap();
-        let text = include_str!("../qemu-profiles/legacy.json").replace("e1000", "rtl8139");
+        let text = include_str!("../../qemu-profiles/legacy.json").replace("e1000", "rtl8139");
         std::fs::write(dir.path().join("dos.json"), text).unwrap();
         let p = Profiles::load(Some(dir.path())).unwrap();
         assert_eq!(p.get("dos").unwrap().nic_model, "rtl8139");

@@ -3,6 +3,8 @@
 //! is always polled by a task (qapi completes command futures only while it is), and it
 //! ends when QEMU closes the socket, which doubles as the "QEMU went away" signal.
 
+pub mod extra;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

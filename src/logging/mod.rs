@@ -1,5 +1,9 @@
 //! `tracing` set-up: human-readable logs on stderr (stdout may be a protocol), plus an
-//! optional log file, text or JSON lines, rotated by size (see [`crate::logfile`]).
+//! optional log file, text or JSON lines, rotated by size (see [`file`]).
+
+mod file;
+
+pub use file::RotatingFile;
 
 use crate::config::LogSettings;
 
@@ -26,7 +30,7 @@ pub fn init(settings: &LogSettings, quiet_stderr: bool) -> std::io::Result<()> {
         tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_filter(stderr_filter);
     let file = match &settings.file {
         Some(path) => {
-            let f = crate::logfile::RotatingFile::open(path, settings.max_file_bytes, settings.keep_files)?;
+            let f = file::RotatingFile::open(path, settings.max_file_bytes, settings.keep_files)?;
             let layer = tracing_subscriber::fmt::layer().with_ansi(false).with_writer(std::sync::Mutex::new(f));
             Some(if settings.json {
                 layer.json().with_filter(filter()).boxed()
