@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// What sort of failure an error is, independent of where it happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// The named thing does not exist.

@@ -11,6 +11,13 @@ use crate::ids::VmName;
 /// The state directory's VM folder name.
 pub const VMS_DIR: &str = "vms";
 
+/// The state directory's folder of per-name mutation locks (outside the VMs' own
+/// directories, so a lock outlives the directory a delete removes).
+pub const LOCKS_DIR: &str = "locks";
+
+/// The run directory's folder of VNC display claims (one file per display).
+pub const VNC_CLAIMS_DIR: &str = ".vnc";
+
 /// The run directory's folder of managed bridges.
 pub const BRIDGES_DIR: &str = ".bridges";
 
@@ -75,10 +82,24 @@ impl VmPaths {
     pub fn spec(&self) -> PathBuf {
         self.state.join("spec.json")
     }
-    /// flock target that serialises mutations.
+    /// flock target that serialises mutations: `<state_dir>/locks/<name>`.
     #[must_use]
     pub fn lock(&self) -> PathBuf {
-        self.state.join("lock")
+        let name = self.state.file_name().unwrap_or_default();
+        let state_dir = self.state.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
+        state_dir.join(LOCKS_DIR).join(name)
+    }
+    /// The files outside the state directory kvm-mcp wrote for this VM (JSON list),
+    /// kept beside the definition so a delete finds them even if the definition is
+    /// damaged.
+    #[must_use]
+    pub fn owned(&self) -> PathBuf {
+        self.state.join("owned.json")
+    }
+    /// `vnc.json`: the running VM's VNC display and password (mode 0600).
+    #[must_use]
+    pub fn vnc(&self) -> PathBuf {
+        self.run.join("vnc.json")
     }
     /// Present while a create is under way; a VM with it is incomplete.
     #[must_use]

@@ -49,7 +49,7 @@ fn main() -> std::process::ExitCode {
                     Ok(n) => n,
                     Err(e) => return fail(ErrorKind::InvalidInput, &e),
                 };
-                match kvm_mcp::supervisor::run(&cfg, &name, adopt, ready_fd).await {
+                match kvm_mcp::supervise::vm::run(&cfg, &name, adopt, ready_fd).await {
                     Ok(()) => std::process::ExitCode::SUCCESS,
                     Err(e) => fail(ErrorKind::Internal, &e),
                 }
@@ -59,7 +59,7 @@ fn main() -> std::process::ExitCode {
                     Ok(b) => b,
                     Err(e) => return fail(ErrorKind::InvalidInput, &e),
                 };
-                match kvm_mcp::dhcp::run(&cfg, &bridge, ready_fd).await {
+                match kvm_mcp::supervise::dhcp::run(&cfg, &bridge, ready_fd).await {
                     Ok(()) => std::process::ExitCode::SUCCESS,
                     Err(e) => fail(ErrorKind::Internal, &e),
                 }

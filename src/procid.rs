@@ -76,6 +76,14 @@ impl ProcIdentity {
         }
     }
 
+    /// Whether this very process (same boot, same start time) is alive, whatever its
+    /// command line.
+    #[must_use]
+    pub fn is_alive(&self) -> bool {
+        self.boot_id == boot_id()
+            && matches!(stat(self.pid), Some((s, st)) if st == self.starttime && !matches!(s, 'Z' | 'X'))
+    }
+
     /// Opens a pidfd and then verifies the identity, so the fd is known to refer to
     /// this very process. `None` when it is dead or the pid was reused.
     #[must_use]

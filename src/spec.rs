@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::VmName;
-use crate::ids::{MacAddr, PortForward};
+use crate::ids::{IdError, IfName, MacAddr, PortForward, VmName};
 
 /// Current `spec.json` format version.
 pub const SPEC_VERSION: u32 = 1;
@@ -193,6 +192,18 @@ pub struct VmSpec {
     /// boots first and a guest reboot ends the run (the next run boots the disk).
     #[serde(skip)]
     pub install_boot: bool,
+}
+
+impl VmSpec {
+    /// The tap interface of NIC `index` (`<name>-<index>`, at most 15 bytes).
+    ///
+    /// # Errors
+    /// The index does not fit (more than 255 NICs), which validated specs never have.
+    pub fn tap_name(&self, index: usize) -> Result<IfName, IdError> {
+        let i = u8::try_from(index)
+            .map_err(|_| IdError::InvalidIfName { name: format!("NIC {index}"), reason: "too many NICs" })?;
+        IfName::new(&self.name.tap_name(i))
+    }
 }
 
 #[cfg(test)]

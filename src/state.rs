@@ -102,6 +102,9 @@ pub enum Reason {
     StartFailed,
     /// QEMU went away while no supervisor was watching.
     Unsupervised,
+    /// QEMU paused the guest because a disk write failed (ENOSPC on the host, most
+    /// often); free space and resume it.
+    IoError,
 }
 
 /// How QEMU ended.

@@ -49,6 +49,14 @@ pub struct NetworkSettings {
     pub dhcp: Option<DhcpSettings>,
 }
 
+impl NetworkSettings {
+    /// The DHCP settings when `bridge` is the managed bridge.
+    #[must_use]
+    pub fn managed(&self, bridge: &str) -> Option<&DhcpSettings> {
+        self.dhcp.as_ref().filter(|d| d.bridge.as_str() == bridge)
+    }
+}
+
 /// `network.dhcp`: a bridge kvm-mcp manages for isolated labs. It is created when
 /// missing, given `host_address`, and served by a dnsmasq bound to it alone.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

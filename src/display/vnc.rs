@@ -3,23 +3,25 @@
 //! over QMP (`change-vnc-password`). QEMU starts with `password=on` and no password,
 //! which refuses every client, so the display is never open without one.
 //!
-//! The choice is made under a host-wide lock (`$TMPDIR/kvm-mcp-vnc.lock`, shared by every
-//! kvm-mcp installation on the host, whatever its run directory) that is held until
-//! QEMU answers on its monitor (by then it has bound its VNC port), so two supervisors
-//! never pick the same display. A foreign program grabbing the port in that window
-//! makes QEMU fail to start, with the reason in its log.
+//! A display is claimed by creating `<run_dir>/.vnc/<display>` exclusively, naming the
+//! VM and the supervisor that claimed it; the claim lasts for the VM's run and is
+//! released when it stops. A claim whose supervisor is dead is stale and taken over.
+//! No lock is held while QEMU starts, so one QEMU that hangs at start-up delays no
+//! other VM. Ports another program holds are skipped (probed by binding); a program
+//! grabbing the port between the probe and QEMU's bind makes QEMU fail to start, with
+//! the reason in its log.
 
 use std::io::Write as _;
 use std::net::{IpAddr, TcpListener};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::DisplaySettings;
-use crate::layout::VmPaths;
-use crate::lock::FileLock;
+use crate::ids::VmName;
+use crate::layout::{VNC_CLAIMS_DIR, VmPaths};
+use crate::procid::ProcIdentity;
 use crate::qemu::profile::{Display, Profile};
 use crate::qmp::extra::ChangeVncPassword;
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, QmpError};
@@ -32,8 +34,6 @@ pub const VNC_BASE_PORT: u16 = 5900;
 pub const WEBSOCKET_BASE_PORT: u16 = 5700;
 /// VNC passwords are at most 8 characters (the protocol's DES key).
 const PASSWORD_LEN: usize = 8;
-/// How long to wait for another supervisor choosing a display.
-const ALLOC_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a running VM's VNC looks like; kept in `<run_dir>/<vm>/vnc.json` (mode 0600).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,23 +50,61 @@ pub struct VncRecord {
     pub password: String,
 }
 
-/// The VNC chosen for a run, holding the allocation lock until [`VncPlan::activate`].
-#[derive(Debug)]
-pub struct VncPlan {
-    pub record: VncRecord,
-    lock: Option<FileLock>,
+impl VncRecord {
+    /// Where QEMU listens, for its argv.
+    #[must_use]
+    pub fn listen(&self) -> crate::qemu::cmdline::VncListen {
+        crate::qemu::cmdline::VncListen { host: self.host, display: self.display, websocket_port: self.websocket_port }
+    }
 }
 
-/// `<run_dir>/<vm>/vnc.json`.
-#[must_use]
-pub fn record_path(paths: &VmPaths) -> PathBuf {
-    paths.run.join("vnc.json")
+/// Why no VNC could be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum VncError {
+    #[error(
+        "no free VNC display on {host} (ports {first}-{last} are all taken); stop a VM or set display.vnc to false"
+    )]
+    NoFreeDisplay { host: IpAddr, first: u16, last: u16 },
+    #[error("cannot claim a VNC display in {dir}")]
+    Claim {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set the VNC password")]
+    Password(#[source] QmpError),
+    #[error("cannot write {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VncError {
+    /// The kind front ends present.
+    #[must_use]
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        use crate::error::ErrorKind;
+        match self {
+            VncError::NoFreeDisplay { .. } => ErrorKind::Conflict,
+            VncError::Claim { .. } | VncError::Record { .. } => ErrorKind::Internal,
+            VncError::Password(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// Who holds a display: `<run_dir>/.vnc/<display>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claim {
+    vm: String,
+    supervisor: Option<ProcIdentity>,
 }
 
 /// The recorded VNC of a running VM.
 #[must_use]
 pub fn read_record(paths: &VmPaths) -> Option<VncRecord> {
-    std::fs::read(record_path(paths)).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    crate::store::read_record(&paths.vnc()).present()
 }
 
 fn password() -> String {
@@ -81,106 +119,95 @@ fn port_free(host: IpAddr, port: u16) -> bool {
     TcpListener::bind((host, port)).is_ok()
 }
 
-/// Ports recorded by other running VMs under `run_dir`.
-fn taken_ports(run_dir: &Path) -> Vec<u16> {
-    let Ok(rd) = std::fs::read_dir(run_dir) else { return Vec::new() };
-    rd.flatten()
-        .filter_map(|e| std::fs::read(e.path().join("vnc.json")).ok())
-        .filter_map(|b| serde_json::from_slice::<VncRecord>(&b).ok())
-        .flat_map(|r| [Some(r.port), r.websocket_port])
-        .flatten()
-        .collect()
+fn claims_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join(VNC_CLAIMS_DIR)
 }
 
-/// Chooses VNC for the next run, or `None` when VNC is off or the profile has no
-/// graphics device.
+/// Claims `display` for `vm` by creating its claim file exclusively; a claim whose
+/// supervisor is dead (or that names this very VM, left by its earlier run) is
+/// replaced once.
+fn try_claim(dir: &Path, display: u16, vm: &VmName) -> std::io::Result<bool> {
+    let path = dir.join(display.to_string());
+    let claim = Claim { vm: vm.to_string(), supervisor: ProcIdentity::capture(std::process::id().cast_signed()) };
+    let body = serde_json::to_vec(&claim).map_err(std::io::Error::other)?;
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+            Ok(mut f) => {
+                f.write_all(&body)?;
+                return Ok(true);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let old: Option<Claim> = crate::store::read_record(&path).present();
+                let stale = old.is_none_or(|c| c.vm == vm.as_str() || !c.supervisor.is_some_and(|p| p.is_alive()));
+                if !stale {
+                    return Ok(false);
+                }
+                std::fs::remove_file(&path)
+                    .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// Chooses and claims VNC for `vm`'s next run, or `None` when VNC is off or the
+/// profile has no graphics device. The claim lasts until [`release`].
 ///
 /// # Errors
-/// A message when no display is free or the allocation lock cannot be taken.
-pub async fn plan(
+/// [`VncError::NoFreeDisplay`] when every display is taken, or the claim directory
+/// cannot be used.
+pub fn claim(
     settings: &DisplaySettings,
     profile: &Profile,
     run_dir: &Path,
+    vm: &VmName,
     paths: &VmPaths,
-) -> Result<Option<VncPlan>, String> {
+) -> Result<Option<VncRecord>, VncError> {
     if !settings.vnc || profile.display == Display::None {
         return Ok(None);
     }
-    let _ = std::fs::remove_file(record_path(paths));
-    let lock = alloc_lock(run_dir).await?;
-    let taken = taken_ports(run_dir);
+    let _ = std::fs::remove_file(paths.vnc());
+    let dir = claims_dir(run_dir);
+    let claim_err = |source| VncError::Claim { dir: dir.clone(), source };
+    std::fs::create_dir_all(&dir).map_err(claim_err)?;
     let host = settings.vnc_listen;
-    let free = |p: u16| !taken.contains(&p) && port_free(host, p);
-    let display = DISPLAYS
-        .clone()
-        .find(|d| free(VNC_BASE_PORT + d) && (!settings.websocket || free(WEBSOCKET_BASE_PORT + d)))
-        .ok_or_else(|| {
-            format!(
-                "no free VNC display on {host} (ports {}-{} are all taken); stop a VM or set display.vnc to false",
-                VNC_BASE_PORT + DISPLAYS.start,
-                VNC_BASE_PORT + DISPLAYS.end - 1
-            )
-        })?;
-    let record = VncRecord {
-        host,
-        display,
-        port: VNC_BASE_PORT + display,
-        websocket_port: settings.websocket.then_some(WEBSOCKET_BASE_PORT + display),
-        password: password(),
-    };
-    Ok(Some(VncPlan { record, lock: Some(lock) }))
-}
-
-/// Takes the host-wide allocation lock (the run directory's when the shared file cannot
-/// be opened, e.g. it belongs to another user).
-async fn alloc_lock(run_dir: &Path) -> Result<FileLock, String> {
-    let shared = std::env::temp_dir().join("kvm-mcp-vnc.lock");
-    let (path, got) = match FileLock::acquire(&shared, ALLOC_LOCK_TIMEOUT).await {
-        Ok(l) => (shared, l),
-        Err(_) => {
-            let own = run_dir.join(".vnc-alloc.lock");
-            let l = FileLock::acquire(&own, ALLOC_LOCK_TIMEOUT)
-                .await
-                .map_err(|e| format!("cannot open {}: {e}", own.display()))?;
-            (own, l)
+    for display in DISPLAYS {
+        let ws = WEBSOCKET_BASE_PORT + display;
+        if !port_free(host, VNC_BASE_PORT + display) || (settings.websocket && !port_free(host, ws)) {
+            continue;
         }
-    };
-    got.ok_or_else(|| format!("another VM held the VNC allocation lock {} too long", path.display()))
-}
-
-fn host_arg(host: IpAddr) -> String {
-    match host {
-        IpAddr::V4(a) => a.to_string(),
-        IpAddr::V6(a) => format!("[{a}]"),
-    }
-}
-
-impl VncPlan {
-    /// QEMU arguments for this plan.
-    #[must_use]
-    pub fn args(&self) -> Vec<String> {
-        let r = &self.record;
-        let mut v = format!("{}:{},password=on", host_arg(r.host), r.display);
-        if let Some(ws) = r.websocket_port {
-            v.push_str(&format!(",websocket={}:{ws}", host_arg(r.host)));
+        if try_claim(&dir, display, vm).map_err(claim_err)? {
+            return Ok(Some(VncRecord {
+                host,
+                display,
+                port: VNC_BASE_PORT + display,
+                websocket_port: settings.websocket.then_some(ws),
+                password: password(),
+            }));
         }
-        vec!["-vnc".into(), v]
     }
+    Err(VncError::NoFreeDisplay { host, first: VNC_BASE_PORT + DISPLAYS.start, last: VNC_BASE_PORT + DISPLAYS.end - 1 })
+}
 
-    /// Sets the password over QMP, records the plan for front ends and releases the
-    /// allocation lock.
-    ///
-    /// # Errors
-    /// The password could not be set (VNC then stays closed) or the record not written.
-    pub async fn activate(mut self, qmp: &Qmp, paths: &VmPaths) -> Result<VncRecord, String> {
-        self.lock.take();
-        qmp.execute(ChangeVncPassword { password: self.record.password.clone() }, DEFAULT_TIMEOUT)
-            .await
-            .map_err(|e: QmpError| format!("cannot set the VNC password: {e}"))?;
-        write_private(&record_path(paths), &self.record)
-            .map_err(|e| format!("cannot write {}: {e}", record_path(paths).display()))?;
-        Ok(self.record)
+/// Releases `vm`'s display claim (when its run ends).
+pub fn release(run_dir: &Path, vm: &VmName, paths: &VmPaths) {
+    let Some(r) = read_record(paths) else { return };
+    let path = claims_dir(run_dir).join(r.display.to_string());
+    if crate::store::read_record::<Claim>(&path).present().is_some_and(|c| c.vm == vm.as_str()) {
+        let _ = std::fs::remove_file(path);
     }
+}
+
+/// Sets the run's password over QMP and records the VNC for front ends.
+///
+/// # Errors
+/// The password could not be set (VNC then stays closed) or the record not written.
+pub async fn activate(record: &VncRecord, qmp: &Qmp, paths: &VmPaths) -> Result<(), VncError> {
+    qmp.execute(ChangeVncPassword { password: record.password.clone() }, DEFAULT_TIMEOUT)
+        .await
+        .map_err(VncError::Password)?;
+    write_private(&paths.vnc(), record).map_err(|source| VncError::Record { path: paths.vnc(), source })
 }
 
 /// Writes JSON readable by the owner only, atomically for readers. Not flushed: the
@@ -192,42 +219,79 @@ fn write_private<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Removes the record when the VM stops.
-pub fn cleanup(paths: &VmPaths) {
-    let _ = std::fs::remove_file(record_path(paths));
+/// Releases the display and removes the record when the VM stops.
+pub fn cleanup(run_dir: &Path, vm: &VmName, paths: &VmPaths) {
+    release(run_dir, vm, paths);
+    let _ = std::fs::remove_file(paths.vnc());
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn plan_for(ws: bool, host: IpAddr) -> VncPlan {
-        VncPlan {
-            record: VncRecord {
-                host,
-                display: 3,
-                port: 5903,
-                websocket_port: ws.then_some(5703),
-                password: "x".into(),
-            },
-            lock: None,
-        }
+    fn settings() -> DisplaySettings {
+        DisplaySettings { vnc: true, vnc_listen: IpAddr::from([127, 0, 0, 1]), websocket: false }
     }
 
-    #[test]
-    fn args_ask_for_a_password_and_loopback() {
-        assert_eq!(plan_for(false, IpAddr::from([127, 0, 0, 1])).args(), ["-vnc", "127.0.0.1:3,password=on"]);
+    fn profile() -> Profile {
+        crate::qemu::profile::Profiles::load(None).unwrap().get("generic").unwrap().clone()
     }
 
-    #[test]
-    fn websocket_listens_on_the_same_host() {
-        let a = plan_for(true, "::1".parse().unwrap()).args();
-        assert_eq!(a[1], "[::1]:3,password=on,websocket=[::1]:5703");
+    fn vm(run: &Path, name: &str) -> (VmName, VmPaths) {
+        let n = VmName::new(name).unwrap();
+        let p = VmPaths::new(&run.join("state"), run, &n);
+        std::fs::create_dir_all(&p.run).unwrap();
+        (n, p)
     }
 
     #[test]
     fn passwords_are_eight_characters_and_differ() {
         let (a, b) = (password(), password());
         assert_eq!((a.len(), b.len(), a == b), (8, 8, false));
+    }
+
+    #[test]
+    fn two_vms_get_two_displays() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, pa) = vm(d.path(), "a");
+        let (b, pb) = vm(d.path(), "b");
+
+        let ra = claim(&settings(), &profile(), d.path(), &a, &pa).unwrap().unwrap();
+        let rb = claim(&settings(), &profile(), d.path(), &b, &pb).unwrap().unwrap();
+
+        assert_ne!(ra.display, rb.display);
+    }
+
+    #[test]
+    fn a_claim_of_a_dead_supervisor_is_taken_over() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, pa) = vm(d.path(), "a");
+        let dir = claims_dir(d.path());
+        std::fs::create_dir_all(&dir).unwrap();
+        let first = claim(&settings(), &profile(), d.path(), &a, &pa).unwrap().unwrap();
+        let dead = Claim {
+            vm: "gone".into(),
+            supervisor: Some(ProcIdentity { pid: i32::MAX, starttime: 1, boot_id: crate::procid::boot_id() }),
+        };
+        std::fs::write(dir.join(first.display.to_string()), serde_json::to_vec(&dead).unwrap()).unwrap();
+        let (b, pb) = vm(d.path(), "b");
+
+        let rb = claim(&settings(), &profile(), d.path(), &b, &pb).unwrap().unwrap();
+
+        assert_eq!(rb.display, first.display);
+    }
+
+    #[test]
+    fn release_frees_the_display_for_the_next_vm() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, pa) = vm(d.path(), "a");
+        let ra = claim(&settings(), &profile(), d.path(), &a, &pa).unwrap().unwrap();
+        write_private(&pa.vnc(), &ra).unwrap();
+        cleanup(d.path(), &a, &pa);
+        let (b, pb) = vm(d.path(), "b");
+
+        let rb = claim(&settings(), &profile(), d.path(), &b, &pb).unwrap().unwrap();
+
+        assert_eq!(rb.display, ra.display);
     }
 }

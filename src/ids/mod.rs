@@ -11,6 +11,8 @@ mod mac;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::error::quote;
+
 pub use error::IdError;
 pub use forward::{ForwardSelector, PortForward, Protocol};
 pub use ifname::{IFNAME_MAX_BYTES, IfName};
@@ -25,16 +27,20 @@ pub enum NameError {
     #[error("VM name is empty")]
     Empty,
     #[error(
-        "VM name {name:?} is {len} bytes long; the maximum is {VM_NAME_MAX_LEN} (tap interface names are limited to 15 bytes)"
+        "VM name {} is {len} bytes long; the maximum is {VM_NAME_MAX_LEN} (tap interface names are limited to 15 bytes)",
+        quote(.name)
     )]
     TooLong { name: String, len: usize },
-    #[error("VM name {name:?} starts with '.'; start it with a letter or digit")]
+    #[error("VM name {} starts with '.'; start it with a letter or digit", quote(.name))]
     LeadingDot { name: String },
-    #[error("VM name {name:?} contains {ch:?}; use letters, digits, '-', '_' and '.'")]
+    #[error("VM name {} starts with '-', which reads as an option; start it with a letter or digit", quote(.name))]
+    LeadingDash { name: String },
+    #[error("VM name {} contains {ch:?}; use letters, digits, '-', '_' and '.'", quote(.name))]
     BadChar { name: String, ch: char },
 }
 
-/// A VM name: 1..=13 bytes of ASCII letters, digits, `-`, `_`, `.`, not starting with `.`.
+/// A VM name: 1..=13 bytes of ASCII letters, digits, `-`, `_`, `.`, not starting with
+/// `.` or `-`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 #[serde(transparent)]
 pub struct VmName(String);
@@ -56,6 +62,9 @@ impl VmName {
         }
         if name.starts_with('.') {
             return Err(NameError::LeadingDot { name: name.into() });
+        }
+        if name.starts_with('-') {
+            return Err(NameError::LeadingDash { name: name.into() });
         }
         Ok(Self(name.to_owned()))
     }
@@ -113,6 +122,11 @@ mod tests {
     }
 
     #[test]
+    fn leading_dash_is_refused() {
+        assert_eq!(VmName::new("-rf"), Err(NameError::LeadingDash { name: "-rf".into() }));
+    }
+
+    #[test]
     fn slash_is_refused() {
         assert_eq!(VmName::new("a/b"), Err(NameError::BadChar { name: "a/b".into(), ch: '/' }));
     }
@@ -136,6 +150,12 @@ mod tests {
     #[test]
     fn non_ascii_is_refused() {
         assert!(matches!(VmName::new("vmé"), Err(NameError::BadChar { ch: 'é', .. })));
+    }
+
+    #[test]
+    fn a_huge_bad_name_is_not_echoed_whole() {
+        let e = VmName::new(&"/".repeat(10 << 20)).unwrap_err().to_string();
+        assert!(e.len() < 400, "{} bytes", e.len());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::vm::Vm;
+use super::context::Vm;
 use super::{Ops, OpsError, Progress, ProgressFn};
 use crate::agent::exec::{ExecRequest, ExecResult};
 use crate::agent::files::{FileData, GuestInfo};

@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::context::Vm;
 use super::disks::{check_size_gib, image_format};
-use super::vm::{Vm, VmInfo};
+use super::views::VmInfo;
 use super::{Ops, OpsError};
-use crate::fsutil;
 use crate::ids::VmName;
 use crate::layout::VmPaths;
 use crate::spec::{DiskFormat, DiskSpec, Media, VmSpec};
-use crate::state::{Status, now_ms};
+use crate::state::now_ms;
 use crate::storage::{self, CreateOptions};
 
 /// What `clone_vm` accepts (the MCP tool's arguments too).
@@ -37,14 +37,6 @@ pub struct CloneRequest {
 }
 
 impl Ops {
-    fn stopped(&self, vm: &Vm, what: &'static str) -> Result<(), OpsError> {
-        let state = Self::observe(vm).status.state;
-        if state.is_active() {
-            return Err(OpsError::MustBeStopped { name: vm.spec.name.to_string(), state: state.to_string(), what });
-        }
-        Ok(())
-    }
-
     /// Refuses to start a template whose linked clones still exist; a template
     /// without clones becomes an ordinary VM again.
     pub(crate) fn check_startable(&self, vm: &Vm) -> Result<(), OpsError> {
@@ -87,26 +79,13 @@ impl Ops {
         let name = VmName::new(&req.name)?;
         let _src_lock = self.lock(&req.source, &src.paths).await?;
         self.stopped(&src, "cloning")?;
-        let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, &name);
-        std::fs::create_dir_all(paths.state.parent().unwrap_or(Path::new("/")))
-            .map_err(OpsError::io("cannot create state directory", &self.cfg.state_dir))?;
-        match std::fs::create_dir(&paths.state) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(OpsError::Exists { name: name.to_string() });
-            }
-            Err(e) => return Err(OpsError::io("cannot create VM directory", &paths.state)(e)),
-        }
+        let paths = self.paths(&name);
+        let _lock = self.lock(name.as_str(), &paths).await?;
+        self.make_vm_dir(&name, &paths)?;
         let mut written: Vec<PathBuf> = Vec::new();
-        let res = self.clone_files(&src, &name, &paths, req.full, &mut written);
-        let res = res.and_then(|spec| {
-            (|| {
-                fsutil::write_json_atomic(&paths.spec(), &spec)?;
-                fsutil::write_json_volatile(&paths.status(), &Status::created(now_ms()))?;
-                std::fs::remove_file(paths.creating())
-            })()
-            .map_err(OpsError::io("cannot write VM definition in", &paths.state))
-        });
+        let res = self
+            .clone_files(&src, &name, &paths, req.full, &mut written)
+            .and_then(|spec| Self::commit_definition(&paths, &spec));
         if let Err(e) = res {
             super::disks::remove_files(written);
             let _ = std::fs::remove_dir_all(&paths.state);
@@ -133,7 +112,7 @@ impl Ops {
     ) -> Result<VmSpec, OpsError> {
         let mut disks = Vec::new();
         let mut n = 0;
-        let mut planned = String::new();
+        let mut planned = Vec::new();
         for d in &src.spec.disks {
             if d.media == Media::Cdrom {
                 disks.push(DiskSpec { owned: false, ..d.clone() });
@@ -144,8 +123,8 @@ impl Ops {
             }
             let path = self.new_disk_path(name, n)?;
             n += 1;
-            planned.push_str(&format!("{}\n", path.display()));
-            std::fs::write(paths.creating(), &planned).map_err(OpsError::io("cannot write", paths.creating()))?;
+            planned.push(path.clone());
+            crate::store::begin_create(paths, &planned).map_err(OpsError::io("cannot write", paths.creating()))?;
             let res = if full {
                 storage::copy_image(&d.path, &path)
             } else {
@@ -218,7 +197,7 @@ impl Ops {
             ));
         }
         if Self::observe(&vm).status.state.is_active() {
-            let q = self.live_qmp(&vm).await?;
+            let q = self.qmp(&vm).await?;
             super::block::resize(&q, &format!("disk{i}"), bytes).await.map_err(|source| OpsError::Qmp {
                 name: name.into(),
                 what: "growing the disk failed",

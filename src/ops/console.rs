@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::vm::Vm;
+use super::context::Vm;
 use super::{Ops, OpsError, Progress, ProgressFn};
 use crate::console::ConsoleError;
 use crate::console::log::{self, ConsoleLog, ConsoleMatch, Matcher};

@@ -4,22 +4,37 @@
 //! left behind on failure, and removing a VM's own disks on delete while never
 //! removing an image another VM is built on.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use super::vm::{CreateRequest, DiskSource, Vm};
 use super::{Ops, OpsError};
 use crate::config::MAX_DISK_SIZE_GIB;
 use crate::ids::VmName;
-use crate::layout::{VMS_DIR, VmPaths};
+use crate::layout::VmPaths;
 use crate::qemu::profile::{CdromBus, Profile};
 use crate::spec::{DiskFormat, DiskSpec, Media};
 use crate::storage::{self, CreateOptions, ImageFormat};
 
 /// Bytes in a GiB.
 pub(crate) const GIB: u64 = 1 << 30;
+
+/// Where a new VM's disk comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskSource {
+    /// Use this existing image as it is (qcow2 or raw); it must lie in an image directory.
+    Existing(PathBuf),
+    /// A new qcow2 overlay on this master image (name or path inside the image
+    /// directories; `null`: `vm.default_master_image`), grown to `disk_size_gib`.
+    Master(Option<PathBuf>),
+    /// A blank disk of `disk_size_gib` plus this ISO (inside the ISO directories; `null`:
+    /// `vm.default_iso`) on a CD-ROM that boots first until the installer reboots or
+    /// powers off.
+    Install(Option<PathBuf>),
+    /// A blank disk of `disk_size_gib`.
+    Blank,
+}
 
 /// Options of `delete_with`.
 #[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize)]
@@ -76,6 +91,11 @@ impl DiskPlan {
         }
     }
 
+    /// The files the plan writes.
+    pub(crate) fn file_paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|f| f.path().to_owned()).collect()
+    }
+
     /// Removes every file of the plan (after a later step failed).
     pub(crate) fn discard(&self) {
         self.discard_first(self.files.len());
@@ -110,29 +130,6 @@ pub(crate) fn check_size_gib(field: &str, size_gib: u64) -> Result<u64, OpsError
 }
 
 impl Ops {
-    /// Image directories that exist (`vm.disk_path` is created on demand).
-    pub(crate) fn image_dirs(&self) -> Vec<PathBuf> {
-        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
-        self.cfg.storage.image_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
-    }
-
-    /// ISO directories that exist.
-    pub(crate) fn iso_dirs(&self) -> Vec<PathBuf> {
-        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
-        self.cfg.storage.iso_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
-    }
-
-    /// Resolves a caller's path inside `dirs`; a bare name is searched in each.
-    pub(crate) fn confine(field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
-        let s = p.to_str().ok_or_else(|| OpsError::invalid(field, "the path is not valid UTF-8"))?;
-        // A bare name is looked up in each directory in turn.
-        let found = (!s.contains('/'))
-            .then(|| dirs.iter().map(|d| d.join(s)).find(|c| std::fs::symlink_metadata(c).is_ok()))
-            .flatten();
-        let input = found.as_deref().and_then(Path::to_str).unwrap_or(s);
-        storage::resolve_confined(input, dirs).map_err(OpsError::storage(field))
-    }
-
     /// `<disk_path>/<name>.qcow2` (`<name>-disk<i>.qcow2` for further disks); refused
     /// when the file exists, so nobody's image is ever replaced.
     pub(crate) fn new_disk_path(&self, name: &VmName, index: usize) -> Result<PathBuf, OpsError> {
@@ -152,15 +149,16 @@ impl Ops {
     /// Works out a new VM's disks from the request without writing anything.
     pub(crate) fn plan_disks(
         &self,
-        req: &CreateRequest,
+        disk: Option<&DiskSource>,
+        disk_size_gib: Option<u64>,
         name: &VmName,
         profile: &Profile,
         boots_from_disk: bool,
     ) -> Result<DiskPlan, OpsError> {
         let d = &self.cfg.vm;
-        let explicit = req.disk_size_gib.map(|g| check_size_gib("disk_size_gib", g)).transpose()?;
+        let explicit = disk_size_gib.map(|g| check_size_gib("disk_size_gib", g)).transpose()?;
         let want = explicit.unwrap_or(d.default_disk_size_gib * GIB);
-        let source = match (&req.disk, boots_from_disk, &d.default_master_image, &d.default_iso) {
+        let source = match (disk, boots_from_disk, &d.default_master_image, &d.default_iso) {
             (Some(s), ..) => s.clone(),
             (None, false, ..) => return Ok(DiskPlan::default()),
             (None, true, Some(_), _) => DiskSource::Master(None),
@@ -233,11 +231,10 @@ impl Ops {
         Ok(plan)
     }
 
-    /// Writes the planned disks (the `creating` marker lists them first, so `delete`
-    /// of an interrupted create finds them). On failure, removes what it wrote.
+    /// Writes the planned disks (the caller has recorded them with
+    /// [`crate::store::begin_create`] first, so `delete` of an interrupted create finds
+    /// them). On failure, removes what it wrote.
     pub(crate) fn write_disks(plan: &DiskPlan, paths: &VmPaths) -> Result<(), OpsError> {
-        let list: String = plan.files.iter().map(|f| format!("{}\n", f.path().display())).collect();
-        std::fs::write(paths.creating(), list).map_err(OpsError::io("cannot write", paths.creating()))?;
         for (i, f) in plan.files.iter().enumerate() {
             let res = match f {
                 NewFile::Overlay { path, base, base_format, size_bytes } => {
@@ -262,42 +259,6 @@ impl Ops {
         Ok(())
     }
 
-    /// Every defined VM but `except`, loaded.
-    pub(crate) fn other_vms(&self, except: &str) -> Vec<Vm> {
-        let dir = self.cfg.state_dir.join(VMS_DIR);
-        let Ok(rd) = std::fs::read_dir(&dir) else { return vec![] };
-        rd.flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n != except)
-            .filter_map(|n| self.load(&n).ok())
-            .collect()
-    }
-
-    /// Canonical paths of every image a VM reads: its disks, their backing chains
-    /// and its CD-ROM media.
-    pub(crate) fn images_of(vm: &Vm) -> BTreeSet<PathBuf> {
-        let mut out = BTreeSet::new();
-        for d in vm.spec.disks.iter().filter(|d| !d.ejected) {
-            match storage::backing_chain(&d.path) {
-                Ok(chain) if d.format == DiskFormat::Qcow2 => {
-                    out.extend(chain.iter().filter_map(|i| std::fs::canonicalize(&i.path).ok()));
-                }
-                _ => out.extend(std::fs::canonicalize(&d.path).ok()),
-            }
-        }
-        out
-    }
-
-    /// Names of the other VMs that read `image` (directly or as a backing file).
-    pub(crate) fn users_of(&self, image: &Path, except: &str) -> Vec<String> {
-        let Ok(image) = std::fs::canonicalize(image) else { return vec![] };
-        self.other_vms(except)
-            .into_iter()
-            .filter(|vm| Self::images_of(vm).contains(&image))
-            .map(|vm| vm.spec.name.to_string())
-            .collect()
-    }
-
     /// The VM's own disk files delete should remove (or keep), refusing when another
     /// VM is built on one of them. For an incomplete VM, the files its interrupted
     /// create listed.
@@ -315,12 +276,15 @@ impl Ops {
                 .filter(|d| d.owned && d.media == Media::Disk && !d.path.starts_with(&paths.state))
                 .map(|d| d.path.clone())
                 .collect(),
-            Err(_) => std::fs::read_to_string(paths.creating())
-                .unwrap_or_default()
-                .lines()
-                .map(PathBuf::from)
-                .filter(|p| p.starts_with(&self.cfg.vm.disk_path) && p.exists())
-                .collect(),
+            // Incomplete or damaged: the files recorded when they were planned or last
+            // owned (and an older kvm-mcp's list in the create marker).
+            Err(_) => {
+                let mut files = crate::store::recorded_owned(paths);
+                files.extend(std::fs::read_to_string(paths.creating()).unwrap_or_default().lines().map(PathBuf::from));
+                files.sort();
+                files.dedup();
+                files.into_iter().filter(|p| p.starts_with(&self.cfg.vm.disk_path) && p.exists()).collect()
+            }
         };
         for f in files.iter().filter(|_| !keep) {
             let users = self.users_of(f, name);
@@ -336,12 +300,17 @@ impl Ops {
     }
 }
 
-/// Removes `files`, returning those removed.
+/// Removes `files` and the temporary files an interrupted write of each left beside it
+/// (`.<name>.tmp-*`), returning the files removed.
 pub(crate) fn remove_files(files: Vec<PathBuf>) -> Vec<PathBuf> {
+    for f in &files {
+        storage::remove_temp_siblings(f);
+    }
     files
         .into_iter()
         .filter(|f| match std::fs::remove_file(f) {
             Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => {
                 tracing::warn!(error = %e, path = %f.display(), "cannot remove disk");
                 false

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::vm::Vm;
+use super::context::Vm;
 use super::{Ops, OpsError};
 use crate::display::{DisplayError, keys, png_size, vnc};
 use crate::qemu::profile::Display;
@@ -68,16 +68,6 @@ impl Ops {
             }));
         }
         Ok(())
-    }
-
-    /// A VM that has a QEMU process now (no lock taken: these operations change no state).
-    pub(crate) fn active(&self, name: &str) -> Result<Vm, OpsError> {
-        let vm = self.load(name)?;
-        let state = Self::observe(&vm).status.state;
-        if !state.is_active() {
-            return Err(OpsError::NotRunning { name: name.into(), state: state.to_string() });
-        }
-        Ok(vm)
     }
 
     /// Every running VM's VNC host and port (the original kvm-mcp's `get_vnc_ports`).

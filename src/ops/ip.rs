@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::vm::Vm;
+use super::context::Vm;
+use super::views::{IpAnswer, IpSource, NicIps, VmIps};
 use super::{Ops, OpsError, Progress, ProgressFn};
 use crate::agent::AgentClient;
 use crate::ids::{IfName, MacAddr};
@@ -30,66 +31,6 @@ const AGENT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 const WAIT_STEP: Duration = Duration::from_secs(1);
 /// The address QEMU's user-mode DHCP gives its first (and usually only) client.
 pub const SLIRP_GUEST_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
-
-/// Where an address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum IpSource {
-    /// The guest agent reported it (live).
-    Agent,
-    /// The managed bridge's dnsmasq leased it.
-    DhcpLease,
-    /// The host's neighbour table saw it behind the NIC's MAC.
-    Neighbour,
-    /// QEMU's user-mode DHCP hands it out; the guest was not asked.
-    Slirp,
-}
-
-/// One address of a NIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct IpAnswer {
-    /// The address (IPv4 or IPv6).
-    pub ip: IpAddr,
-    /// Network prefix length in bits, when the source knows it.
-    pub prefix_len: Option<u8>,
-    /// Where the address came from.
-    pub source: IpSource,
-    /// Seconds since the source learnt it (0 for a live answer); `None` when unknown.
-    pub age_s: Option<u64>,
-    /// Source-specific facts (lease expiry, neighbour state, hostname).
-    pub detail: Option<String>,
-}
-
-/// The addresses of one NIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct NicIps {
-    /// Position of the NIC in the VM's definition (0 = first).
-    pub index: usize,
-    /// The NIC's MAC address.
-    pub mac: MacAddr,
-    /// `"user"` or the bridge's name.
-    pub network: String,
-    /// Addresses found for this NIC; empty when no source knows one.
-    pub addresses: Vec<IpAnswer>,
-}
-
-/// The answer of `get_vm_ip`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct VmIps {
-    /// The VM's name.
-    pub name: String,
-    /// The best address: observed (agent, lease, neighbour) before the slirp guess,
-    /// IPv4 before IPv6, earlier NICs first.
-    pub ip: Option<IpAddr>,
-    /// Where `ip` came from.
-    pub source: Option<IpSource>,
-    /// Every NIC with the addresses found for it.
-    pub nics: Vec<NicIps>,
-    /// Sources that could not answer, and why.
-    pub notes: Vec<String>,
-    /// How long the call waited for an address.
-    pub waited_s: u64,
-}
 
 /// Options of `get_vm_ip`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
@@ -218,7 +159,7 @@ impl Ops {
         let mut netlink: Option<Netlink> = None;
         for i in 0..nics.len() {
             let NetworkMode::Bridge { bridge } = &vm.spec.nics[i].mode else { continue };
-            if let Some(d) = crate::dhcp::managed(&self.cfg, bridge)
+            if let Some(d) = self.cfg.network.managed(bridge)
                 && wanted(&nics, i)
             {
                 let path = BridgePaths::new(&self.cfg.run_dir, &d.bridge).leases();

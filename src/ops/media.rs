@@ -4,11 +4,9 @@
 
 use std::path::Path;
 
-use super::vm::{Vm, VmInfo};
+use super::views::VmInfo;
 use super::{Ops, OpsError};
-use crate::fsutil;
 use crate::qemu::profile::CdromBus;
-use crate::qmp::{DEFAULT_TIMEOUT, Qmp};
 use crate::spec::{DiskFormat, DiskSpec, Media};
 
 /// QEMU's id of the device of disk `i` (see `qemu::cmdline`).
@@ -17,18 +15,6 @@ pub(crate) fn qdev_id(i: usize) -> String {
 }
 
 impl Ops {
-    pub(crate) async fn live_qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
-        Qmp::connect(&vm.paths.qmp_sock(), DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
-            name: vm.spec.name.to_string(),
-            what: "cannot reach QEMU's monitor",
-            source,
-        })
-    }
-
-    pub(crate) fn save_spec(vm: &Vm) -> Result<(), OpsError> {
-        fsutil::write_json_atomic(&vm.paths.spec(), &vm.spec).map_err(OpsError::io("cannot write", vm.paths.spec()))
-    }
-
     /// Puts an ISO (inside the ISO directories; `vm.default_iso` when `None`) into the
     /// VM's CD-ROM drive. A stopped VM without a drive gets one; a running VM changes
     /// the medium at once.
@@ -74,7 +60,7 @@ impl Ops {
             }
         };
         if active {
-            let q = self.live_qmp(&vm).await?;
+            let q = self.qmp(&vm).await?;
             let node = format!("cd{i}-{}", crate::state::now_ms());
             let path = iso.to_string_lossy();
             super::block::change_medium(&q, &qdev_id(i), &node, &path).await.map_err(|source| OpsError::Qmp {
@@ -104,7 +90,7 @@ impl Ops {
             .position(|d| d.media == Media::Cdrom)
             .ok_or_else(|| OpsError::invalid("name", format!("VM {name:?} has no CD-ROM drive")))?;
         if Self::observe(&vm).status.state.is_active() {
-            let q = self.live_qmp(&vm).await?;
+            let q = self.qmp(&vm).await?;
             super::block::eject(&q, &qdev_id(i)).await.map_err(|source| OpsError::Qmp {
                 name: name.into(),
                 what: "ejecting the CD-ROM failed",

@@ -1,23 +1,38 @@
 //! The one command surface. The CLI, the MCP server and the HTTP server parse their
 //! input, call these operations and format the result; none of them holds logic or
 //! state of its own. Every operation works from the state directory, so front ends are
-//! peers; mutations of one VM are serialised by its file lock.
+//! peers; mutations of one VM are serialised by its lock.
+//!
+//! Layers, and the rule that keeps them apart:
+//! - [`context`]: the VM handle (load through the store, lock, observe, QMP, the
+//!   running-VM preamble, the supervisor start), with [`views`], what a VM looks like
+//!   to callers. Everything may use them; they use no other module here.
+//! - Areas, one concern each: `disks`, `images`, `media`, `block`, `net`, `ip`,
+//!   `provision`, `console`, `display`, `agent`, `stats`, `snapshot`, `host`, `watch`.
+//!   An area uses the context and never another area; a planner (`plan_disks`,
+//!   `plan_nics`, `plan_provisioning`) takes only its part of a request.
+//! - Composing modules, which alone call across areas: `create` (plans, then writes
+//!   under one rollback guard), `lifecycle` (start, stop, delete, live views) and
+//!   `clone` (clone, resize, reset).
 
 mod agent;
 mod block;
 mod clone;
 mod console;
+mod context;
+mod create;
 mod disks;
 mod display;
 mod host;
 mod images;
 mod ip;
+mod lifecycle;
 mod media;
 mod net;
 mod provision;
 mod snapshot;
 mod stats;
-mod vm;
+mod views;
 mod watch;
 
 use std::path::PathBuf;
@@ -27,15 +42,17 @@ pub use crate::progress::{Progress, ProgressFn, no_progress};
 pub use agent::GuestExecRequest;
 pub use clone::CloneRequest;
 pub use console::ConsoleQuery;
-pub use disks::{DeleteOptions, DeleteReport};
+pub use create::CreateRequest;
+pub use disks::{DeleteOptions, DeleteReport, DiskSource};
 pub use display::{Screenshot, VncInfo, VncPort};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
 pub use images::{ImageEntry, IsoEntry};
-pub use ip::{IpAnswer, IpQuery, IpSource, NicIps, VmIps};
+pub use ip::IpQuery;
+pub use lifecycle::StopOptions;
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
 pub use snapshot::SnapshotEntry;
 pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats as VmNicStats, VcpuStats, VmStats};
-pub use vm::{CreateRequest, DiskSource, StopOptions, VmInfo, VmSummary};
+pub use views::{IpAnswer, IpSource, NicIps, VmInfo, VmIps, VmSummary};
 pub use watch::VmSetWatcher;
 
 use crate::config::{Config, ConfigError};
@@ -71,8 +88,10 @@ pub enum OpsError {
     Profile(#[from] ProfileError),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("VM {name:?} is incomplete ({reason}); delete it and create it again")]
+    Incomplete { name: String, reason: String },
     #[error("VM {name:?} failed to start: {message}")]
-    StartFailed { name: String, message: String, log_tail: Vec<String> },
+    StartFailed { name: String, message: String, log_tail: Vec<String>, kind: ErrorKind },
     #[error("VM {name:?}: {what}")]
     Qmp {
         name: String,
@@ -140,13 +159,15 @@ impl OpsError {
             | OpsError::Active { .. }
             | OpsError::NotRunning { .. }
             | OpsError::Busy { .. }
-            | OpsError::Taken { .. } => ErrorKind::Conflict,
+            | OpsError::Taken { .. }
+            | OpsError::Incomplete { .. } => ErrorKind::Conflict,
             OpsError::NoSuchForward { .. } => ErrorKind::NotFound,
             OpsError::Network { source, .. } => source.kind(),
             OpsError::Invalid { .. } | OpsError::Name(_) | OpsError::Config(_) => ErrorKind::InvalidInput,
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
-            OpsError::StartFailed { .. } | OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+            OpsError::StartFailed { kind, .. } => *kind,
+            OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
             OpsError::Storage { source, .. } => source.kind(),
             OpsError::InUse { .. } | OpsError::MustBeStopped { .. } => ErrorKind::Conflict,
             OpsError::Console { source, .. } => source.kind(),

@@ -6,10 +6,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::vm::Vm;
+use super::context::Vm;
 use super::{Ops, OpsError};
 use crate::ids::{ForwardSelector, IfName, MacAddr, PortForward};
-use crate::layout::VMS_DIR;
 use crate::network::{LinkStats, Netlink};
 use crate::qmp::{DEFAULT_TIMEOUT, qmp};
 use crate::spec::{NetworkMode, NicSpec, VmSpec};
@@ -100,16 +99,6 @@ fn parse_usernet(text: &str) -> HashSet<ActiveForward> {
 }
 
 impl Ops {
-    /// The definitions of every complete VM.
-    pub(crate) fn defined_specs(&self) -> Vec<VmSpec> {
-        let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join(VMS_DIR)) else { return Vec::new() };
-        rd.flatten()
-            .filter(|e| !e.path().join("creating").exists())
-            .filter_map(|e| std::fs::read(e.path().join("spec.json")).ok())
-            .filter_map(|b| serde_json::from_slice(&b).ok())
-            .collect()
-    }
-
     /// Refuses `fwd` if any VM in `specs` already forwards the same host socket.
     fn check_forward_free(&self, fwd: &PortForward, specs: &[VmSpec]) -> Result<(), OpsError> {
         for s in specs {
@@ -436,7 +425,7 @@ impl Ops {
                 }
                 (NetworkMode::Bridge { .. }, None) => row.note = Some("VM is not running".into()),
                 (NetworkMode::Bridge { .. }, Some(nl)) => {
-                    let tap = crate::netplan::tap_name(&vm.spec, i).map_err(|e| OpsError::invalid("nic", e))?;
+                    let tap = vm.spec.tap_name(i).map_err(|e| OpsError::invalid("nic", e.to_string()))?;
                     match nl.link_stats(&tap).await {
                         Ok(s) => row.stats = Some(s),
                         Err(e) => row.note = Some(crate::error::chain(&e)),

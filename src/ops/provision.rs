@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use super::vm::CreateRequest;
 use super::{Ops, OpsError};
 use crate::layout::VmPaths;
 use crate::provision::{ProvisionError, cloudinit, ignition};
@@ -39,14 +38,15 @@ impl Ops {
     /// Builds the seed, the Ignition config and the firmware choice, writing nothing.
     pub(crate) fn plan_provisioning(
         &self,
-        req: &CreateRequest,
+        cloud_init: Option<&cloudinit::CloudInitRequest>,
+        ignition_req: Option<&ignition::IgnitionRequest>,
         profile: &Profile,
         name: &str,
         uuid: &uuid::Uuid,
         nics: &[NicSpec],
     ) -> Result<ProvisionPlan, OpsError> {
         let mut plan = ProvisionPlan::default();
-        if let Some(ci) = &req.cloud_init {
+        if let Some(ci) = cloud_init {
             let mac = nics.first().map(|n| n.mac.to_string());
             let seed = cloudinit::build(ci, &uuid.to_string(), name, mac.as_deref())?;
             let mut files: Vec<(&str, &[u8])> =
@@ -58,8 +58,8 @@ impl Ops {
                 .map_err(|e| OpsError::invalid("cloud_init", format!("cannot build the seed: {e}")))?;
             plan.seed = Some(image);
         }
-        if req.ignition.is_some() || profile.ignition {
-            let cfg = ignition::build(&self.cfg.vm.ignition, &req.ignition.clone().unwrap_or_default())?;
+        if ignition_req.is_some() || profile.ignition {
+            let cfg = ignition::build(&self.cfg.vm.ignition, &ignition_req.cloned().unwrap_or_default())?;
             let mut text = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
             text.push(b'\n');
             plan.ignition = Some(text);

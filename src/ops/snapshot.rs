@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::vm::{Vm, VmInfo};
+use super::context::Vm;
+use super::views::VmInfo;
 use super::{Ops, OpsError, Progress, ProgressFn};
 use crate::qemu::{accel, cmdline, launcher};
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp, QmpError, qmp};
@@ -242,7 +243,7 @@ impl Ops {
             _ => {}
         }
         if Self::observe(&vm).status.state.is_active() {
-            let q = self.live_qmp(&vm).await?;
+            let q = self.qmp(&vm).await?;
             return run_job(&q, job, tag, &nodes, progress).await.map_err(qmp_err(name, "the snapshot job failed"));
         }
         self.offline_job(&vm, job, tag, &nodes, progress).await
@@ -266,7 +267,7 @@ impl Ops {
             n.mode = NetworkMode::User { port_forwards: Vec::new() };
         }
         let fds = cmdline::FdPlan::standard(0);
-        let mut argv = cmdline::build(&spec, profile, decision.accel, &vm.paths, &fds)
+        let mut argv = cmdline::build(&spec, profile, decision.accel, &vm.paths, &fds, None)
             .map_err(|e| OpsError::invalid("os_variant", e.to_string()))?;
         argv.push("-S".into());
         std::fs::create_dir_all(&vm.paths.run).map_err(OpsError::io("cannot create", &vm.paths.run))?;

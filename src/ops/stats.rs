@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::vm::Vm;
+use super::context::Vm;
 use super::{Ops, OpsError};
 use crate::procid::Liveness;
 use crate::qmp::DEFAULT_TIMEOUT;
@@ -15,7 +15,7 @@ use crate::spec::NetworkMode;
 use crate::state::VmState;
 use crate::stats::prom::{Family, esc};
 use crate::stats::{self, LinkCounters, host::HostStats};
-use crate::supervisor::qemu_liveness;
+use crate::store::qemu_liveness;
 
 /// CPU sampling interval when none is given.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);

@@ -10,8 +10,6 @@ use std::time::Duration;
 use tokio::sync::{Notify, broadcast};
 
 use super::{Ops, OpsError};
-use crate::ids::VmName;
-use crate::layout::{VMS_DIR, VmPaths};
 
 /// Watches the set of defined VMs; dropping it stops the watching task.
 #[derive(Debug)]
@@ -46,22 +44,11 @@ impl Ops {
     /// # Errors
     /// The state directory exists but cannot be read.
     pub fn vm_names(&self) -> Result<BTreeSet<String>, OpsError> {
-        let dir = self.cfg.state_dir.join(VMS_DIR);
-        let rd = match std::fs::read_dir(&dir) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
-            Err(e) => return Err(OpsError::io("cannot read state directory", &dir)(e)),
-        };
-        Ok(rd
-            .flatten()
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter_map(|n| VmName::new(&n).ok())
-            .filter(|n| {
-                let paths = VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, n);
-                paths.spec().is_file() && !paths.creating().exists()
-            })
-            .map(|n| n.to_string())
-            .collect())
+        let store = self.store();
+        let names = store
+            .names()
+            .map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(crate::layout::VMS_DIR)))?;
+        Ok(names.into_iter().filter(|n| store.is_defined(n)).map(|n| n.to_string()).collect())
     }
 
     /// Starts a task (on the current runtime) that compares the VM name set every

@@ -30,6 +30,32 @@ impl FdPlan {
     }
 }
 
+/// Where QEMU's VNC server listens. It starts with `password=on` and no password, which
+/// refuses every client until the supervisor sets the run's password over QMP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VncListen {
+    pub host: std::net::IpAddr,
+    /// Display number (port − 5900).
+    pub display: u16,
+    /// WebSocket (noVNC) port, when enabled.
+    pub websocket_port: Option<u16>,
+}
+
+impl VncListen {
+    /// The `-vnc` option's value.
+    fn arg(&self) -> String {
+        let host = match self.host {
+            std::net::IpAddr::V4(a) => a.to_string(),
+            std::net::IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let mut v = format!("{host}:{},password=on", self.display);
+        if let Some(ws) = self.websocket_port {
+            let _ = write!(v, ",websocket={host}:{ws}");
+        }
+        v
+    }
+}
+
 /// Why a spec cannot run with its profile.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CmdlineError {
@@ -59,7 +85,7 @@ impl Args {
     }
 }
 
-/// Builds the argv (without the binary itself).
+/// Builds the whole argv (without the binary itself).
 ///
 /// # Errors
 /// [`CmdlineError`] when the spec and the profile do not fit together.
@@ -69,6 +95,7 @@ pub fn build(
     accel: Accel,
     paths: &VmPaths,
     fds: &FdPlan,
+    vnc: Option<&VncListen>,
 ) -> Result<Vec<String>, CmdlineError> {
     let mmio = profile.is_mmio();
     let dev = |pci: &str, mmio_name: &str| if mmio { mmio_name.to_owned() } else { pci.to_owned() };
@@ -97,6 +124,9 @@ pub fn build(
     a.push("-rtc", "base=utc");
     a.push("-msg", "timestamp=on");
     a.push("-display", "none");
+    if let Some(v) = vnc {
+        a.push("-vnc", v.arg());
+    }
 
     // Monitors: pre-bound listening sockets, so the supervisor can connect at once.
     a.push("-chardev", format!("socket,id=qmp,fd={},server=on,wait=off", fds.qmp));
@@ -316,9 +346,29 @@ mod tests {
         assert_eq!(text, want, "argv for {name} differs from {} (UPDATE_GOLDEN=1 refreshes it)", path.display());
     }
 
-    fn argv_for(profile: &str, boot: Boot) -> Vec<String> {
+    /// VNC as the supervisor plans it for a profile with a graphics device.
+    const VNC: VncListen =
+        VncListen { host: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), display: 0, websocket_port: None };
+
+    fn argv_with(profile: &str, spec: &VmSpec) -> Vec<String> {
         let profiles = Profiles::load(None).unwrap();
-        build(&spec(boot), profiles.get(profile).unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1)).unwrap()
+        let p = profiles.get(profile).unwrap();
+        let vnc = (p.display != Display::None).then_some(&VNC);
+        build(spec, p, Accel::Tcg, &paths(), &FdPlan::standard(1), vnc).unwrap()
+    }
+
+    fn argv_for(profile: &str, boot: Boot) -> Vec<String> {
+        argv_with(profile, &spec(boot))
+    }
+
+    fn uefi_spec(secure_boot: bool) -> VmSpec {
+        let mut s = spec(Boot::Disk);
+        s.uefi = Some(crate::spec::UefiSpec {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/var/lib/kvm-mcp/vms/web1/OVMF_VARS.fd".into(),
+            secure_boot,
+        });
+        s
     }
 
     #[test]
@@ -334,6 +384,39 @@ mod tests {
     #[test]
     fn fedora_coreos_argv_matches_golden() {
         golden("fedora-coreos", &argv_for("fedora-coreos", Boot::Disk));
+    }
+
+    #[test]
+    fn linux_uefi_argv_matches_golden() {
+        golden("linux-uefi", &argv_with("linux-uefi", &uefi_spec(false)));
+    }
+
+    #[test]
+    fn linux_secureboot_argv_matches_golden() {
+        golden("linux-secureboot", &argv_with("linux-secureboot", &uefi_spec(true)));
+    }
+
+    #[test]
+    fn every_built_in_profile_has_a_golden() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/argv");
+        let missing: Vec<String> = Profiles::load(None)
+            .unwrap()
+            .names()
+            .into_iter()
+            .filter(|n| !dir.join(format!("{n}.txt")).is_file())
+            .collect();
+        assert_eq!(missing, Vec::<String>::new());
+    }
+
+    #[test]
+    fn vnc_asks_for_a_password_on_loopback() {
+        assert_eq!(VNC.arg(), "127.0.0.1:0,password=on");
+    }
+
+    #[test]
+    fn vnc_websocket_listens_on_the_same_host() {
+        let v = VncListen { host: "::1".parse().unwrap(), display: 3, websocket_port: Some(5703) };
+        assert_eq!(v.arg(), "[::1]:3,password=on,websocket=[::1]:5703");
     }
 
     #[test]
@@ -354,7 +437,14 @@ mod tests {
     #[test]
     fn microvm_disk_boot_is_refused() {
         let profiles = Profiles::load(None).unwrap();
-        let e = build(&spec(Boot::Disk), profiles.get("microvm").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1));
+        let e = build(
+            &spec(Boot::Disk),
+            profiles.get("microvm").unwrap(),
+            Accel::Tcg,
+            &paths(),
+            &FdPlan::standard(1),
+            None,
+        );
         assert_eq!(e, Err(CmdlineError::MicrovmNeedsKernel { profile: "microvm".into() }));
     }
 
@@ -367,7 +457,14 @@ mod tests {
     #[test]
     fn bridged_nic_without_tap_fd_is_refused() {
         let profiles = Profiles::load(None).unwrap();
-        let e = build(&spec(Boot::Disk), profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(0));
+        let e = build(
+            &spec(Boot::Disk),
+            profiles.get("generic").unwrap(),
+            Accel::Tcg,
+            &paths(),
+            &FdPlan::standard(0),
+            None,
+        );
         assert_eq!(e, Err(CmdlineError::MissingTap { index: 1 }));
     }
 
@@ -378,7 +475,8 @@ mod tests {
             port_forwards: vec![crate::ids::PortForward::tcp(2222, 22), "0.0.0.0:5353:53/udp".parse().unwrap()],
         };
         let profiles = Profiles::load(None).unwrap();
-        let argv = build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1)).unwrap();
+        let argv =
+            build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1), None).unwrap();
         assert!(
             argv.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:0.0.0.0:5353-:53".to_owned()),
             "{argv:?}"
@@ -388,8 +486,9 @@ mod tests {
     #[test]
     fn kvm_uses_host_cpu() {
         let profiles = Profiles::load(None).unwrap();
-        let argv = build(&spec(Boot::Disk), profiles.get("linux").unwrap(), Accel::Kvm, &paths(), &FdPlan::standard(1))
-            .unwrap();
+        let argv =
+            build(&spec(Boot::Disk), profiles.get("linux").unwrap(), Accel::Kvm, &paths(), &FdPlan::standard(1), None)
+                .unwrap();
         let i = argv.iter().position(|a| a == "-cpu").unwrap();
         assert_eq!((argv[i + 1].as_str(), argv.contains(&"kvm".to_owned())), ("host", true));
     }

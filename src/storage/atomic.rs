@@ -102,6 +102,22 @@ fn split(path: &Path) -> Result<(PathBuf, std::ffi::OsString), StorageError> {
     Ok((dir, name.to_os_string()))
 }
 
+/// Removes the temporary files an interrupted write of `path` left beside it
+/// (`.<name>.tmp-<pid>-<n>`, see [`create_temp`]); best effort.
+pub fn remove_temp_siblings(path: &Path) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix)
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!(error = %err, path = %e.path().display(), "cannot remove a temporary file");
+        }
+    }
+}
+
 fn create_temp(dir: &Path, name: &std::ffi::OsStr) -> io::Result<(File, PathBuf)> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut last_err = io::Error::from(io::ErrorKind::AlreadyExists);

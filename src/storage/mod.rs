@@ -18,6 +18,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use atomic::remove_temp_siblings;
 pub use copy::copy_image;
 pub use error::{ErrorKind, StorageError};
 pub use paths::{resolve_confined, resolve_confined_new};

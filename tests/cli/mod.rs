@@ -113,7 +113,10 @@ fn start_failure_reports_qemu_error() {
     env.cli(&["vm", "create", "bad", "--disk", disk.to_str().unwrap()]);
     let out = env.cli(&["vm", "start", "bad"]);
     let info: serde_json::Value = serde_json::from_slice(&env.cli(&["vm", "info", "bad", "--json"]).stdout).unwrap();
-    assert_eq!((out.status.code(), info["state"].as_str(), env.processes()), (Some(5), Some("crashed"), vec![]));
+    assert_eq!(
+        (out.status.code(), info["state"].as_str(), info["reason"].as_str(), env.processes()),
+        (Some(5), Some("shutoff"), Some("start_failed"), vec![])
+    );
     assert!(
         stderr(&out).starts_with("kvm-mcp: VM \"bad\" failed to start: QEMU exited during start-up"),
         "{}",

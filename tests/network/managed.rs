@@ -5,10 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kvm_mcp::dhcp::{self, DhcpState, DhcpStatus};
 use kvm_mcp::ids::PortForward;
 use kvm_mcp::layout::BridgePaths;
 use kvm_mcp::ops::{CreateRequest, OpsError};
+use kvm_mcp::supervise::dhcp::{self, DhcpState, DhcpStatus};
 
 use crate::common::net::{link_index, lo_up};
 use crate::common::netns::{in_netns, ipv4_addresses};

@@ -19,27 +19,25 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, DhcpSettings};
+use crate::error::ErrorKind;
 use crate::fsutil;
 use crate::ids::IfName;
-use crate::ids::VmName;
-use crate::layout::{BridgePaths, VMS_DIR, VmPaths};
-use crate::lock::{self, FileLock};
+use crate::layout::BridgePaths;
+use crate::lock;
 use crate::network::{Netlink, NetworkError};
-use crate::procid::{Liveness, PidFd};
+use crate::procid::PidFd;
 use crate::qemu::launcher;
-use crate::ready::{self, Reporter};
-use crate::spec::{NetworkMode, VmSpec};
-use crate::state::{Status, now_ms};
-use crate::supervisor::qemu_liveness;
+use crate::spec::NetworkMode;
+use crate::state::now_ms;
+use crate::store::{self, Store};
+
+use super::ready::{self, Reporter};
+use super::{Backoff, PrepareError, take_singleton};
 
 /// How long [`ensure_running`] waits for the DHCP supervisor's report.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long dnsmasq may take to write its pid file.
 const DNSMASQ_START_TIMEOUT: Duration = Duration::from_secs(10);
-/// First restart delay; doubles per quick failure.
-const BACKOFF_BASE: Duration = Duration::from_secs(1);
-/// Longest restart delay.
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A dnsmasq that ran this long resets the back-off.
 const STABLE_RUN: Duration = Duration::from_secs(60);
 /// How often the supervisor checks whether any VM still uses the bridge.
@@ -52,12 +50,8 @@ const IDLE_EXIT: Duration = Duration::from_secs(60);
 pub enum DhcpError {
     #[error("bridge {bridge} is not the managed bridge (network.dhcp.bridge)")]
     NotManaged { bridge: String },
-    #[error("cannot prepare {path}")]
-    Prepare {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Prepare(#[from] PrepareError),
     #[error("cannot start the DHCP supervisor {exe}")]
     Spawn {
         exe: std::path::PathBuf,
@@ -72,8 +66,30 @@ pub enum DhcpError {
     },
     #[error("dnsmasq for bridge {bridge} failed to start: {message}")]
     Dnsmasq { bridge: String, message: String },
+    #[error("cannot run {binary}; install dnsmasq-base or set network.dnsmasq")]
+    RunDnsmasq {
+        binary: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("the DHCP supervisor of bridge {bridge} did not report within {secs} s (see {log})")]
     Timeout { bridge: String, secs: u64, log: std::path::PathBuf },
+}
+
+impl DhcpError {
+    /// The kind front ends present.
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DhcpError::NotManaged { .. } => ErrorKind::InvalidInput,
+            DhcpError::Bridge { source, .. } => source.kind(),
+            DhcpError::Prepare(_) => ErrorKind::Internal,
+            DhcpError::Spawn { .. }
+            | DhcpError::Dnsmasq { .. }
+            | DhcpError::RunDnsmasq { .. }
+            | DhcpError::Timeout { .. } => ErrorKind::Unavailable,
+        }
+    }
 }
 
 /// What the DHCP supervisor is doing.
@@ -107,13 +123,7 @@ pub struct DhcpStatus {
 /// Reads the status file of `bridge`'s DHCP supervisor.
 #[must_use]
 pub fn read_status(paths: &BridgePaths) -> Option<DhcpStatus> {
-    std::fs::read(paths.status()).ok().and_then(|b| serde_json::from_slice(&b).ok())
-}
-
-/// The DHCP settings when `bridge` is the managed bridge.
-#[must_use]
-pub fn managed<'a>(cfg: &'a Config, bridge: &str) -> Option<&'a DhcpSettings> {
-    cfg.network.dhcp.as_ref().filter(|d| d.bridge.as_str() == bridge)
+    store::read_record(&paths.status()).present()
 }
 
 /// dnsmasq's argv for `d`: DHCP only (DNS off), bound to the bridge alone, no system
@@ -146,7 +156,7 @@ pub fn dnsmasq_args(d: &DhcpSettings, paths: &BridgePaths) -> Vec<String> {
 /// [`DhcpError`] with dnsmasq's or the supervisor's reason.
 pub async fn ensure_running(cfg: &Config, d: &DhcpSettings, exe: &Path) -> Result<(), DhcpError> {
     let paths = BridgePaths::new(&cfg.run_dir, &d.bridge);
-    std::fs::create_dir_all(&paths.dir).map_err(|source| DhcpError::Prepare { path: paths.dir.clone(), source })?;
+    std::fs::create_dir_all(&paths.dir).map_err(|source| PrepareError::Io { path: paths.dir.clone(), source })?;
     let deadline = Instant::now() + READY_TIMEOUT;
     // A supervisor that is shutting down still holds the lock: wait it out.
     while lock::is_held(&paths.supervisor_lock()) {
@@ -162,11 +172,11 @@ pub async fn ensure_running(cfg: &Config, d: &DhcpSettings, exe: &Path) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut args = vec!["dhcp-supervise".to_owned(), d.bridge.to_string()];
+    let mut args = vec!["dhcp-supervise".to_owned()];
     if let Some(p) = cfg.file() {
         args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
     }
-    let report = ready::spawn_and_wait(exe, &args, &paths.log(), READY_TIMEOUT)
+    let report = ready::spawn_and_wait(exe, &args, d.bridge.as_str(), &paths.log(), READY_TIMEOUT)
         .await
         .map_err(|source| DhcpError::Spawn { exe: exe.to_owned(), source })?
         .ok_or_else(|| DhcpError::Timeout {
@@ -183,24 +193,14 @@ pub async fn ensure_running(cfg: &Config, d: &DhcpSettings, exe: &Path) -> Resul
     Err(DhcpError::Dnsmasq { bridge: d.bridge.to_string(), message })
 }
 
-/// Whether an active VM has a NIC on `bridge`: its status says so and its supervisor
-/// holds its lock or its QEMU lives. The lock is only probed for VMs whose status is
-/// active, so the probe never races a supervisor taking the lock of a VM being started
-/// (it takes the lock before it records "starting").
+/// Whether an active VM has a NIC on `bridge`, by the one liveness check
+/// ([`store::Vm::observe`]): its status is active and its supervisor or QEMU lives. A
+/// VM supervisor takes its lock before it records "starting", so a VM being started is
+/// never missed.
 fn bridge_in_use(cfg: &Config, bridge: &IfName) -> bool {
-    let Ok(rd) = std::fs::read_dir(cfg.state_dir.join(VMS_DIR)) else { return false };
-    let read = |p: std::path::PathBuf| std::fs::read(p).ok();
-    rd.flatten().filter_map(|e| VmName::new(&e.file_name().to_string_lossy()).ok()).any(|name| {
-        let paths = VmPaths::new(&cfg.state_dir, &cfg.run_dir, &name);
-        let Some(spec) = read(paths.spec()).and_then(|b| serde_json::from_slice::<VmSpec>(&b).ok()) else {
-            return false;
-        };
-        let Some(status) = read(paths.status()).and_then(|b| serde_json::from_slice::<Status>(&b).ok()) else {
-            return false;
-        };
-        status.state.is_active()
-            && spec.nics.iter().any(|n| matches!(&n.mode, NetworkMode::Bridge { bridge: b } if b == bridge.as_str()))
-            && (lock::is_held(&paths.supervisor_lock()) || qemu_liveness(&status, &spec) == Liveness::Alive)
+    Store::new(&cfg.state_dir, &cfg.run_dir).defined().iter().any(|vm| {
+        vm.spec.nics.iter().any(|n| matches!(&n.mode, NetworkMode::Bridge { bridge: b } if b == bridge.as_str()))
+            && vm.is_active()
     })
 }
 
@@ -236,32 +236,31 @@ struct Supervisor<'a> {
 
 impl Supervisor<'_> {
     fn flush(&self) {
-        if let Err(e) = fsutil::write_json_atomic(&self.paths.status(), &self.status) {
-            tracing::warn!(error = %e, "cannot write status.json");
-        }
+        let _ = super::flush_status(&self.paths.status(), &self.status);
+    }
+
+    fn failed(&self, message: String) -> DhcpError {
+        DhcpError::Dnsmasq { bridge: self.d.bridge.to_string(), message }
     }
 
     /// Prepares the bridge and starts dnsmasq; returns it once its pid file names it.
-    async fn start_dnsmasq(&mut self) -> Result<tokio::process::Child, String> {
-        prepare_bridge(self.d).await.map_err(|e| crate::error::chain(&e))?;
+    async fn start_dnsmasq(&mut self) -> Result<tokio::process::Child, DhcpError> {
+        prepare_bridge(self.d)
+            .await
+            .map_err(|source| DhcpError::Bridge { bridge: self.d.bridge.to_string(), source })?;
         let _ = std::fs::remove_file(self.paths.pid());
         let mut child = launcher::spawn_tied_child(
             &self.cfg.network.dnsmasq,
             &dnsmasq_args(self.d, &self.paths),
             &self.paths.log(),
         )
-        .map_err(|e| {
-            format!(
-                "cannot run {}: {e}; install dnsmasq-base or set network.dnsmasq",
-                self.cfg.network.dnsmasq.display()
-            )
-        })?;
+        .map_err(|source| DhcpError::RunDnsmasq { binary: self.cfg.network.dnsmasq.clone(), source })?;
         let pid = child.id().map_or(0, u32::cast_signed);
         let deadline = Instant::now() + DNSMASQ_START_TIMEOUT;
         loop {
             if let Ok(Some(st)) = child.try_wait() {
                 let tail = fsutil::tail_lines(&self.paths.log(), 1).join("");
-                return Err(format!("dnsmasq exited at once ({st}): {tail}"));
+                return Err(self.failed(format!("dnsmasq exited at once ({st}): {tail}")));
             }
             let written = std::fs::read_to_string(self.paths.pid()).ok().and_then(|s| s.trim().parse::<i32>().ok());
             if written == Some(pid) {
@@ -269,7 +268,9 @@ impl Supervisor<'_> {
             }
             if Instant::now() >= deadline {
                 let _ = child.start_kill();
-                return Err(format!("dnsmasq wrote no pid file within {} s", DNSMASQ_START_TIMEOUT.as_secs()));
+                return Err(
+                    self.failed(format!("dnsmasq wrote no pid file within {} s", DNSMASQ_START_TIMEOUT.as_secs()))
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -300,19 +301,17 @@ pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result
     // SAFETY: the starter passes the write end of a pipe at this number and nothing
     // else in this process owns it.
     let mut ready = unsafe { Reporter::from_raw_fd(ready_fd) };
-    let Some(d) = managed(cfg, bridge.as_str()) else {
+    let Some(d) = cfg.network.managed(bridge.as_str()) else {
         let e = DhcpError::NotManaged { bridge: bridge.to_string() };
-        ready.send(false, &e.to_string(), &[]);
+        ready.fail(e.kind(), &e.to_string(), &[]);
         return Err(e);
     };
     let paths = BridgePaths::new(&cfg.run_dir, bridge);
-    let prep = |path: &Path| {
-        let path = path.to_owned();
-        move |source| DhcpError::Prepare { path, source }
-    };
-    std::fs::create_dir_all(&paths.dir).map_err(prep(&paths.dir))?;
-    let Some(_lock) = FileLock::try_acquire(&paths.supervisor_lock()).map_err(prep(&paths.supervisor_lock()))? else {
-        ready.send(true, "already running", &[]);
+    let Some(_lock) = take_singleton(&paths.dir, &paths.supervisor_lock()).inspect_err(|e| {
+        ready.fail(ErrorKind::Internal, &crate::error::chain(e), &[]);
+    })?
+    else {
+        ready.ok("already running");
         return Ok(());
     };
     kill_stale(&paths);
@@ -326,29 +325,29 @@ pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result
         last_exit: None,
     };
     let mut sup = Supervisor { cfg, d, paths: paths.clone(), status };
-    let mut term =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(prep(&paths.dir))?;
-    let mut backoff = BACKOFF_BASE;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| PrepareError::Io { path: paths.dir.clone(), source })?;
+    let mut backoff = Backoff::default();
     let mut idle_since: Option<Instant> = None;
     loop {
         let mut child = match sup.start_dnsmasq().await {
             Ok(c) => c,
-            Err(message) => {
+            Err(e) => {
+                let message = crate::error::chain(&e);
                 tracing::error!(%message, "dnsmasq did not start");
                 if ready.pending() {
-                    ready.send(false, &message, &[]);
+                    ready.fail(e.kind(), &message, &[]);
                     let _ = std::fs::remove_file(paths.status());
-                    return Err(DhcpError::Dnsmasq { bridge: bridge.to_string(), message });
+                    return Err(e);
                 }
                 sup.status.state = DhcpState::Restarting;
                 sup.status.last_exit = Some(message);
                 sup.flush();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                tokio::time::sleep(backoff.next_delay()).await;
                 continue;
             }
         };
-        ready.send(true, "running", &[]);
+        ready.ok("running");
         let started = Instant::now();
         let mut tick = tokio::time::interval(IDLE_CHECK);
         let exit = loop {
@@ -386,15 +385,14 @@ pub async fn run(cfg: &Config, bridge: &IfName, ready_fd: Option<i32>) -> Result
         let how = st.map_or_else(|e| format!("unknown ({e})"), |s| s.to_string());
         tracing::warn!(exit = %how, "dnsmasq died; restarting");
         if started.elapsed() >= STABLE_RUN {
-            backoff = BACKOFF_BASE;
+            backoff.reset();
         }
         sup.status.state = DhcpState::Restarting;
         sup.status.dnsmasq_pid = None;
         sup.status.restarts += 1;
         sup.status.last_exit = Some(how);
         sup.flush();
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -1,7 +1,8 @@
 //! The ready pipe between a front end and a supervisor it starts in the background
 //! (`kvm-mcp supervise`, `kvm-mcp dhcp-supervise`): the supervisor writes one JSON line
 //! on the pipe at fd 3 (`--ready-fd 3`) once its first start succeeded or failed, and
-//! the starter waits for that line with a deadline.
+//! the starter waits for that line with a deadline. A failure keeps its kind across the
+//! pipe, so a spec that does not fit its profile stays invalid input for the caller.
 
 use std::io::Write as _;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
+use crate::error::ErrorKind;
 use crate::qemu::launcher;
 
 /// How a supervisor's first start went.
@@ -22,22 +24,27 @@ pub struct Report {
     pub message: Option<String>,
     /// The last lines of the supervised program's log, when it failed.
     pub log_tail: Vec<String>,
+    /// What sort of failure it was (absent from older supervisors: unavailable).
+    pub kind: Option<ErrorKind>,
 }
 
-/// Starts `exe args… --ready-fd 3` through [`launcher::spawn_supervisor`] (output on
-/// `log`) and waits up to `timeout` for its report: `None` when the time ran out, a
-/// report that is not ok and has no message when it exited without one.
+/// Starts `exe options… --ready-fd 3 -- operand` through [`launcher::spawn_supervisor`]
+/// (output on `log`) and waits up to `timeout` for its report: `None` when the time ran
+/// out, a report that is not ok and has no message when it exited without one. The
+/// operand (a VM or bridge name) comes after `--`, so it can never be read as an option.
 ///
 /// # Errors
 /// The pipe or the process could not be created.
 pub async fn spawn_and_wait(
     exe: &Path,
-    args: &[String],
+    options: &[String],
+    operand: &str,
     log: &Path,
     timeout: Duration,
 ) -> std::io::Result<Option<Report>> {
     let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let args: Vec<String> = args.iter().cloned().chain(["--ready-fd".into(), "3".into()]).collect();
+    let args: Vec<String> =
+        options.iter().cloned().chain(["--ready-fd".into(), "3".into(), "--".into(), operand.into()]).collect();
     // Dropping the child never kills it; tokio reaps it if it exits while we still run.
     drop(launcher::spawn_supervisor(exe, &args, log, &tx)?);
     drop(tx);
@@ -75,10 +82,20 @@ impl Reporter {
         self.0.is_some()
     }
 
-    /// Sends the report and closes the pipe; later calls do nothing.
-    pub fn send(&mut self, ok: bool, message: &str, log_tail: &[String]) {
-        if let Some(mut f) = self.0.take() {
-            let line = serde_json::json!({ "ok": ok, "message": message, "log_tail": log_tail });
+    /// Reports success and closes the pipe; later calls do nothing.
+    pub fn ok(&mut self, message: &str) {
+        self.send(&Report { ok: true, message: Some(message.into()), log_tail: Vec::new(), kind: None });
+    }
+
+    /// Reports a failure of `kind` and closes the pipe; later calls do nothing.
+    pub fn fail(&mut self, kind: ErrorKind, message: &str, log_tail: &[String]) {
+        self.send(&Report { ok: false, message: Some(message.into()), log_tail: log_tail.to_vec(), kind: Some(kind) });
+    }
+
+    fn send(&mut self, report: &Report) {
+        if let Some(mut f) = self.0.take()
+            && let Ok(line) = serde_json::to_string(report)
+        {
             let _ = writeln!(f, "{line}");
         }
     }
@@ -96,10 +113,13 @@ mod tests {
     #[tokio::test]
     async fn report_is_read_once_the_pipe_closes() {
         let (rx, mut reporter) = pipe();
-        reporter.send(false, "no QEMU", &["last line".into()]);
-        reporter.send(true, "ignored", &[]);
+        reporter.fail(ErrorKind::InvalidInput, "no QEMU", &["last line".into()]);
+        reporter.ok("ignored");
         let r = wait(rx, Duration::from_secs(5)).await.unwrap().unwrap();
-        assert_eq!((r.ok, r.message.as_deref(), r.log_tail), (false, Some("no QEMU"), vec!["last line".to_owned()]));
+        assert_eq!(
+            (r.ok, r.message.as_deref(), r.log_tail, r.kind),
+            (false, Some("no QEMU"), vec!["last line".to_owned()], Some(ErrorKind::InvalidInput))
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,325 @@
+//! The context every operation works in: loading a VM through the store (the VM
+//! handle), its mutation lock, the preamble of operations on a running VM (lock, check,
+//! adopt an unsupervised QEMU, connect to its monitor), starting its supervisor, the
+//! views of a VM (`VmInfo`, `VmSummary`), and the few questions several areas ask
+//! (which directories a caller's path may come from, which VMs read an image). Area
+//! modules use this module and never each other.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::views::{VmInfo, VmSummary};
+use super::{LOCK_TIMEOUT, Ops, OpsError};
+use crate::error::ErrorKind;
+use crate::fsutil;
+use crate::ids::VmName;
+use crate::layout::{VMS_DIR, VmPaths};
+use crate::lock::{self, FileLock};
+use crate::qmp::{DEFAULT_TIMEOUT, Qmp};
+use crate::spec::{DiskFormat, VmSpec};
+use crate::state::{Status, now_ms};
+use crate::storage;
+use crate::store::{self, Loaded, Store};
+use crate::supervise::ready;
+
+pub(crate) use crate::store::{Observed, Vm};
+
+/// How long an operation waits for a supervisor to record the end and exit.
+pub(crate) const SUPERVISOR_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long `start` waits for the supervisor to report QEMU running.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Ops {
+    /// The store of this configuration's state and run directories.
+    pub(crate) fn store(&self) -> Store {
+        Store::new(&self.cfg.state_dir, &self.cfg.run_dir)
+    }
+
+    pub(crate) fn paths(&self, name: &VmName) -> VmPaths {
+        VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name)
+    }
+
+    /// A complete VM; [`OpsError::NotFound`] or [`OpsError::Incomplete`] otherwise.
+    pub(crate) fn load(&self, name: &str) -> Result<Vm, OpsError> {
+        let name = VmName::new(name)?;
+        match self.store().load(&name) {
+            Loaded::Defined(vm) => Ok(*vm),
+            Loaded::Absent => Err(OpsError::NotFound { name: name.to_string() }),
+            Loaded::Incomplete { reason, .. } => Err(OpsError::Incomplete { name: name.to_string(), reason }),
+        }
+    }
+
+    /// Takes the VM's mutation lock (outside its directory, so it outlives a delete).
+    pub(crate) async fn lock(&self, vm_name: &str, paths: &VmPaths) -> Result<FileLock, OpsError> {
+        let path = paths.lock();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(OpsError::io("cannot create lock directory", dir))?;
+        }
+        FileLock::acquire(&path, LOCK_TIMEOUT)
+            .await
+            .map_err(OpsError::io("cannot open lock file", &path))?
+            .ok_or_else(|| OpsError::Busy { name: vm_name.into(), secs: LOCK_TIMEOUT.as_secs() })
+    }
+
+    /// The VM's status as observed now.
+    pub(crate) fn observe(vm: &Vm) -> Observed {
+        vm.observe()
+    }
+
+    pub(crate) fn info_of(vm: &Vm, obs: &Observed) -> VmInfo {
+        let s = &obs.status;
+        let active = s.state.is_active();
+        VmInfo {
+            name: vm.spec.name.to_string(),
+            uuid: vm.spec.uuid.to_string(),
+            state: s.state,
+            reason: s.reason,
+            detail: s.detail.clone(),
+            since_ms: s.since_ms,
+            uptime_s: s.started_at_ms.filter(|_| active).map(|t| now_ms().saturating_sub(t) / 1000),
+            pid: s.qemu.as_ref().filter(|_| active).map(|q| q.pid),
+            supervisor_pid: s.supervisor_pid.filter(|_| active && !obs.unsupervised),
+            unsupervised: obs.unsupervised,
+            os_variant: vm.spec.os_variant.clone(),
+            vcpus: vm.spec.vcpus,
+            memory_mib: vm.spec.memory_mib,
+            restart_policy: vm.spec.restart_policy,
+            restarts: s.restarts,
+            accel: s.accel.clone(),
+            exit: s.exit.clone(),
+            log_tail: s.log_tail.clone(),
+            boot: vm.spec.boot.clone(),
+            disks: vm.spec.disks.clone(),
+            nics: vm.spec.nics.clone(),
+            serial_log: vm.paths.serial_log(),
+            state_dir: vm.paths.state.clone(),
+            ips: None,
+        }
+    }
+
+    /// Details of one VM.
+    ///
+    /// # Errors
+    /// [`OpsError::NotFound`].
+    pub fn info(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        Ok(Self::info_of(&vm, &Self::observe(&vm)))
+    }
+
+    /// Every defined VM, sorted by name. Reads status files only.
+    ///
+    /// # Errors
+    /// The state directory exists but cannot be read.
+    pub fn list(&self) -> Result<Vec<VmSummary>, OpsError> {
+        let store = self.store();
+        let names =
+            store.names().map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(VMS_DIR)))?;
+        let out: Vec<VmSummary> = names
+            .into_iter()
+            .map(|name| match store.load(&name) {
+                Loaded::Defined(vm) => {
+                    let obs = Self::observe(&vm);
+                    let i = Self::info_of(&vm, &obs);
+                    VmSummary {
+                        name: i.name,
+                        state: Some(i.state),
+                        vcpus: i.vcpus,
+                        memory_mib: i.memory_mib,
+                        uptime_s: i.uptime_s,
+                        pid: i.pid,
+                        unsupervised: i.unsupervised,
+                        incomplete: false,
+                    }
+                }
+                Loaded::Absent | Loaded::Incomplete { .. } => VmSummary {
+                    name: name.to_string(),
+                    state: None,
+                    vcpus: 0,
+                    memory_mib: 0,
+                    uptime_s: None,
+                    pid: None,
+                    unsupervised: false,
+                    incomplete: true,
+                },
+            })
+            .collect();
+        Ok(out)
+    }
+
+    /// Starts a supervisor (adopting a running QEMU when `adopt`) and waits for its report.
+    pub(crate) async fn spawn_supervisor(&self, vm: &Vm, adopt: bool) -> Result<(), OpsError> {
+        let name = vm.spec.name.to_string();
+        std::fs::create_dir_all(&vm.paths.run).map_err(OpsError::io("cannot create run directory", &vm.paths.run))?;
+        let mut args = vec!["supervise".to_owned()];
+        if adopt {
+            args.push("--adopt".into());
+        }
+        if let Some(p) = self.cfg.file() {
+            args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
+        }
+        let report = ready::spawn_and_wait(&self.exe, &args, &name, &vm.paths.supervisor_log(), START_TIMEOUT)
+            .await
+            .map_err(OpsError::io("cannot start supervisor", &self.exe))?
+            .ok_or_else(|| OpsError::Timeout {
+                name: name.clone(),
+                what: "the supervisor's start report",
+                secs: START_TIMEOUT.as_secs(),
+            })?;
+        if report.ok {
+            return Ok(());
+        }
+        let message = report.message.unwrap_or_else(|| {
+            let tail = fsutil::tail_lines(&vm.paths.supervisor_log(), 3).join(" | ");
+            format!("the supervisor exited before reporting (see {}): {tail}", vm.paths.supervisor_log().display())
+        });
+        let kind = report.kind.unwrap_or(ErrorKind::Unavailable);
+        Err(OpsError::StartFailed { name, message, log_tail: report.log_tail, kind })
+    }
+
+    /// Starts a new supervisor for a QEMU that runs without one.
+    pub(crate) async fn ensure_supervised(&self, vm: &Vm, obs: &Observed) -> Result<(), OpsError> {
+        if obs.unsupervised {
+            tracing::info!(vm = %vm.spec.name, "adopting unsupervised QEMU");
+            self.spawn_supervisor(vm, true).await?;
+        }
+        Ok(())
+    }
+
+    /// A monitor connection to a running VM (one command at a time; QEMU serves one
+    /// client per monitor).
+    pub(crate) async fn qmp(&self, vm: &Vm) -> Result<Qmp, OpsError> {
+        Qmp::connect(&vm.paths.qmp_sock(), DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
+            name: vm.spec.name.to_string(),
+            what: "cannot reach QEMU's monitor",
+            source,
+        })
+    }
+
+    /// Locks, checks the VM is active, adopts it if needed: the preamble of every
+    /// operation on a running VM.
+    pub(crate) async fn running(&self, name: &str) -> Result<(Vm, FileLock, Observed), OpsError> {
+        let vm = self.load(name)?;
+        let lock = self.lock(name, &vm.paths).await?;
+        let obs = Self::observe(&vm);
+        if !obs.status.state.is_active() {
+            return Err(OpsError::NotRunning { name: name.into(), state: obs.status.state.to_string() });
+        }
+        self.ensure_supervised(&vm, &obs).await?;
+        Ok((vm, lock, obs))
+    }
+
+    /// A VM that has a QEMU process now (no lock taken: these operations change no state).
+    pub(crate) fn active(&self, name: &str) -> Result<Vm, OpsError> {
+        let vm = self.load(name)?;
+        let state = Self::observe(&vm).status.state;
+        if !state.is_active() {
+            return Err(OpsError::NotRunning { name: name.into(), state: state.to_string() });
+        }
+        Ok(vm)
+    }
+
+    /// Writes a changed definition back.
+    pub(crate) fn save_spec(vm: &Vm) -> Result<(), OpsError> {
+        vm.save().map_err(OpsError::io("cannot write", vm.paths.spec()))
+    }
+
+    /// Refuses when the VM runs: `what` needs it stopped.
+    pub(crate) fn stopped(&self, vm: &Vm, what: &'static str) -> Result<(), OpsError> {
+        let state = Self::observe(vm).status.state;
+        if state.is_active() {
+            return Err(OpsError::MustBeStopped { name: vm.spec.name.to_string(), state: state.to_string(), what });
+        }
+        Ok(())
+    }
+
+    /// Waits (bounded) for the supervisor to write the final status and exit.
+    pub(crate) async fn wait_supervisor_done(&self, vm: &Vm) -> Observed {
+        let deadline = Instant::now() + SUPERVISOR_EXIT_TIMEOUT;
+        while lock::is_held(&vm.paths.supervisor_lock()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        Self::observe(vm)
+    }
+
+    /// Image directories that exist (`vm.disk_path` is created on demand).
+    pub(crate) fn image_dirs(&self) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
+        self.cfg.storage.image_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
+    }
+
+    /// ISO directories that exist.
+    pub(crate) fn iso_dirs(&self) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
+        self.cfg.storage.iso_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
+    }
+
+    /// Resolves a caller's path inside `dirs`; a bare name is searched in each.
+    pub(crate) fn confine(field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
+        let s = p.to_str().ok_or_else(|| OpsError::invalid(field, "the path is not valid UTF-8"))?;
+        // A bare name is looked up in each directory in turn.
+        let found = (!s.contains('/'))
+            .then(|| dirs.iter().map(|d| d.join(s)).find(|c| std::fs::symlink_metadata(c).is_ok()))
+            .flatten();
+        let input = found.as_deref().and_then(Path::to_str).unwrap_or(s);
+        storage::resolve_confined(input, dirs).map_err(OpsError::storage(field))
+    }
+
+    /// Every defined VM but `except`, loaded.
+    pub(crate) fn other_vms(&self, except: &str) -> Vec<Vm> {
+        self.store().defined().into_iter().filter(|vm| vm.spec.name.as_str() != except).collect()
+    }
+
+    /// Canonical paths of every image a VM reads: its disks, their backing chains
+    /// and its CD-ROM media.
+    pub(crate) fn images_of(vm: &Vm) -> BTreeSet<PathBuf> {
+        let mut out = BTreeSet::new();
+        for d in vm.spec.disks.iter().filter(|d| !d.ejected) {
+            match storage::backing_chain(&d.path) {
+                Ok(chain) if d.format == DiskFormat::Qcow2 => {
+                    out.extend(chain.iter().filter_map(|i| std::fs::canonicalize(&i.path).ok()));
+                }
+                _ => out.extend(std::fs::canonicalize(&d.path).ok()),
+            }
+        }
+        out
+    }
+
+    /// Names of the other VMs that read `image` (directly or as a backing file).
+    pub(crate) fn users_of(&self, image: &Path, except: &str) -> Vec<String> {
+        let Ok(image) = std::fs::canonicalize(image) else { return vec![] };
+        self.other_vms(except)
+            .into_iter()
+            .filter(|vm| Self::images_of(vm).contains(&image))
+            .map(|vm| vm.spec.name.to_string())
+            .collect()
+    }
+
+    /// The definitions of every complete VM.
+    pub(crate) fn defined_specs(&self) -> Vec<VmSpec> {
+        self.store().defined().into_iter().map(|vm| vm.spec).collect()
+    }
+
+    /// Creates `<state>/vms/<name>`; [`OpsError::Exists`] when the name is taken (or an
+    /// incomplete VM holds it).
+    pub(crate) fn make_vm_dir(&self, name: &VmName, paths: &VmPaths) -> Result<(), OpsError> {
+        let vms = self.cfg.state_dir.join(VMS_DIR);
+        std::fs::create_dir_all(&vms).map_err(OpsError::io("cannot create state directory", &vms))?;
+        match std::fs::create_dir(&paths.state) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(OpsError::Exists { name: name.to_string() }),
+            Err(e) => Err(OpsError::io("cannot create VM directory", &paths.state)(e)),
+        }
+    }
+
+    /// Writes the definition and the first status, then ends the create.
+    pub(crate) fn commit_definition(paths: &VmPaths, spec: &VmSpec) -> Result<(), OpsError> {
+        (|| {
+            store::write_spec(paths, spec)?;
+            store::write_status(paths, &Status::created(now_ms()))?;
+            store::finish_create(paths)
+        })()
+        .map_err(OpsError::io("cannot write VM definition in", &paths.state))
+    }
+}

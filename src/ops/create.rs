@@ -1,0 +1,187 @@
+//! Defining a VM: the request (every field optional, defaults from `config.json`),
+//! checked and planned part by part (disks, NICs, provisioning: each planner gets only
+//! its part), then written under one rollback guard, so a failure at any step leaves
+//! nothing behind: no directory, no disk, no seed.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::disks::{DiskPlan, DiskSource};
+use super::net::NicRequest;
+use super::provision::ProvisionPlan;
+use super::views::VmInfo;
+use super::{Ops, OpsError};
+use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::ids::{PortForward, VmName};
+use crate::layout::VmPaths;
+use crate::spec::{Boot, RestartPolicy, SPEC_VERSION, VmSpec};
+use crate::state::now_ms;
+use crate::store;
+
+/// Everything `create` accepts; unset fields come from `config.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub name: Option<String>,
+    pub memory_mib: Option<u64>,
+    pub vcpus: Option<u32>,
+    pub os_variant: Option<String>,
+    pub disk: Option<DiskSource>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    /// One NIC: `"user"`, `"none"` or a bridge name (default `vm.default_network`).
+    pub network: Option<String>,
+    /// Port forwards of that NIC when it is `"user"`.
+    #[serde(default)]
+    pub port_forwards: Vec<PortForward>,
+    /// Several NICs, each on its own bridge or user mode; instead of `network`.
+    #[serde(default)]
+    pub nics: Vec<NicRequest>,
+    pub restart_policy: Option<RestartPolicy>,
+    /// Start it once defined.
+    #[serde(default)]
+    pub start: bool,
+    /// Size of a new disk (overlay, blank, install) in GiB; `vm.default_disk_size` if unset.
+    #[serde(default)]
+    pub disk_size_gib: Option<u64>,
+    /// A cloud-init NoCloud seed disk with these settings.
+    #[serde(default)]
+    pub cloud_init: Option<crate::provision::cloudinit::CloudInitRequest>,
+    /// Ignition overrides of `vm.ignition.*` (Fedora CoreOS profiles get a config anyway).
+    #[serde(default)]
+    pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
+}
+
+fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
+    if !p.is_absolute() {
+        return Err(OpsError::invalid(field, format!("{} is not an absolute path", p.display())));
+    }
+    if !p.is_file() {
+        return Err(OpsError::invalid(field, format!("{} does not exist or is not a file", p.display())));
+    }
+    Ok(p.to_owned())
+}
+
+/// Undoes a create that did not finish: removes the files it wrote and the VM's
+/// directory, unless [`CreateGuard::commit`] was called.
+struct CreateGuard<'a> {
+    paths: &'a VmPaths,
+    disks: Option<&'a DiskPlan>,
+    done: bool,
+}
+
+impl<'a> CreateGuard<'a> {
+    fn new(paths: &'a VmPaths) -> Self {
+        Self { paths, disks: None, done: false }
+    }
+
+    /// From now on the planned disks are the guard's to remove too.
+    fn own_disks(&mut self, plan: &'a DiskPlan) {
+        self.disks = Some(plan);
+    }
+
+    fn commit(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for CreateGuard<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        if let Some(plan) = self.disks {
+            plan.discard();
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.paths.state) {
+            tracing::warn!(error = %e, path = %self.paths.state.display(), "cannot remove a failed create's directory");
+        }
+    }
+}
+
+impl Ops {
+    /// Defines a VM (and starts it when asked).
+    ///
+    /// # Errors
+    /// Invalid fields (named), a taken name, or a failed start.
+    pub async fn create(&self, req: CreateRequest) -> Result<VmInfo, OpsError> {
+        let d = &self.cfg.vm;
+        let name = VmName::new(req.name.as_deref().unwrap_or(&d.default_name))?;
+        let os_variant = req.os_variant.clone().unwrap_or_else(|| d.default_os_variant.clone());
+        self.profiles.get(&os_variant)?;
+        let memory_mib = req.memory_mib.unwrap_or(d.default_memory_mib);
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&memory_mib) {
+            return Err(OpsError::invalid(
+                "memory_mib",
+                format!("{memory_mib} is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB"),
+            ));
+        }
+        let vcpus = req.vcpus.unwrap_or(d.default_vcpus);
+        if !(1..=MAX_VCPUS).contains(&vcpus) {
+            return Err(OpsError::invalid("vcpus", format!("{vcpus} is outside 1..={MAX_VCPUS}")));
+        }
+        let boot = match (&req.kernel, &req.initrd) {
+            (Some(k), initrd) => Boot::Kernel {
+                kernel: existing_file("kernel", k)?,
+                initrd: initrd.as_deref().map(|i| existing_file("initrd", i)).transpose()?,
+                cmdline: req.cmdline.clone(),
+            },
+            (None, Some(_)) => return Err(OpsError::invalid("initrd", "an initrd needs a kernel; pass kernel too")),
+            (None, None) => Boot::Disk,
+        };
+        let profile = self.profiles.get(&os_variant)?.clone();
+        let plan =
+            self.plan_disks(req.disk.as_ref(), req.disk_size_gib, &name, &profile, matches!(boot, Boot::Disk))?;
+        let disks = plan.disks.clone();
+        if disks.is_empty() && matches!(boot, Boot::Disk) {
+            return Err(OpsError::invalid(
+                "disk",
+                "nothing to boot: pass disk (an existing qcow2 or raw image) or kernel (with initrd) for direct boot",
+            ));
+        }
+        let uuid = uuid::Uuid::new_v4();
+        let nics = self.plan_nics(req.network.as_deref(), &req.port_forwards, &req.nics, &uuid)?;
+        let prov: ProvisionPlan = self.plan_provisioning(
+            req.cloud_init.as_ref(),
+            req.ignition.as_ref(),
+            &profile,
+            name.as_str(),
+            &uuid,
+            &nics,
+        )?;
+        let mut spec = VmSpec {
+            version: SPEC_VERSION,
+            name: name.clone(),
+            uuid,
+            created_at: now_ms() / 1000,
+            os_variant,
+            memory_mib,
+            vcpus,
+            boot,
+            disks,
+            nics,
+            restart_policy: req.restart_policy.unwrap_or_default(),
+            template: false,
+            ignition: None,
+            uefi: None,
+            install_boot: false,
+        };
+        let paths = self.paths(&name);
+        let lock = self.lock(name.as_str(), &paths).await?;
+        self.make_vm_dir(&name, &paths)?;
+        let mut guard = CreateGuard::new(&paths);
+        store::begin_create(&paths, &plan.file_paths()).map_err(OpsError::io("cannot write", paths.creating()))?;
+        guard.own_disks(&plan);
+        Self::write_disks(&plan, &paths)?;
+        Self::write_provisioning(&prov, &mut spec, &paths)?;
+        Self::commit_definition(&paths, &spec)?;
+        guard.commit();
+        drop(lock);
+        tracing::info!(vm = %name, "defined");
+        if req.start {
+            return self.start(name.as_str()).await;
+        }
+        self.info(name.as_str())
+    }
+}

@@ -1,0 +1,298 @@
+//! A defined VM's life: start (a supervisor re-executed in its own session, waited for
+//! on its ready pipe), stop (power button pressed until the guest is off, then QMP quit,
+//! SIGTERM, SIGKILL), reboot, pause, resume, adopt, delete, and the live views that
+//! ask QEMU and the guest (`list_live`, `info_live`). Composes the areas it needs
+//! (disks for delete, clone for templates, agent for the shutdown fallback, ip for
+//! addresses).
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::context::{Observed, Vm};
+use super::views::{VmInfo, VmSummary};
+use super::{Ops, OpsError, Progress, ProgressFn, no_progress};
+use crate::ids::VmName;
+use crate::lock;
+use crate::qmp::{DEFAULT_TIMEOUT, Qmp, qmp};
+use crate::state::VmState;
+use crate::store;
+
+/// Interval between ACPI power button presses during a graceful stop.
+const PRESS_INTERVAL: Duration = Duration::from_secs(3);
+/// Time each forcing step (QMP quit, SIGTERM, SIGKILL) gets before the next.
+const FORCE_STEP: Duration = Duration::from_secs(10);
+
+/// Options of `stop`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StopOptions {
+    /// Skip the power button: QMP quit, then SIGTERM, then SIGKILL.
+    pub force: bool,
+    /// How long to press the power button before forcing; the config's default if unset.
+    pub timeout: Option<Duration>,
+}
+
+impl Ops {
+    /// Like [`Ops::info`], plus the guest's addresses discovered now (one pass over the
+    /// sources of [`Ops::get_vm_ip`], no waiting) when the VM runs.
+    ///
+    /// # Errors
+    /// [`OpsError::NotFound`].
+    pub async fn info_live(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let obs = Self::observe(&vm);
+        let mut info = Self::info_of(&vm, &obs);
+        if obs.status.state.is_active() && !vm.spec.nics.is_empty() {
+            info.ips = Some(self.discover(&vm, false, super::ip::AGENT_SYNC_TIMEOUT_QUICK).await);
+        }
+        Ok(info)
+    }
+
+    /// Like [`Ops::list`], but asks each running QEMU for its status over QMP.
+    ///
+    /// # Errors
+    /// See [`Ops::list`].
+    pub async fn list_live(&self) -> Result<Vec<VmSummary>, OpsError> {
+        let mut out = self.list()?;
+        for s in out.iter_mut().filter(|s| s.state.is_some_and(VmState::is_active)) {
+            let sock = self.paths(&VmName::new(&s.name)?).qmp_sock();
+            if let Ok(q) = Qmp::connect(&sock, DEFAULT_TIMEOUT).await
+                && let Ok(st) = q.status().await
+            {
+                s.state = Some(if st.running { VmState::Running } else { VmState::Paused });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Starts a defined VM and waits until QEMU runs.
+    ///
+    /// # Errors
+    /// [`OpsError::AlreadyRunning`], [`OpsError::StartFailed`] with QEMU's last log lines.
+    pub async fn start(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let _lock = self.lock(name, &vm.paths).await?;
+        let obs = Self::observe(&vm);
+        if obs.status.state.is_active() {
+            self.ensure_supervised(&vm, &obs).await?;
+            return Err(OpsError::AlreadyRunning { name: name.into() });
+        }
+        self.check_startable(&vm)?;
+        if let Err(e) = self.spawn_supervisor(&vm, false).await {
+            // Let the supervisor record the failure before anyone looks.
+            self.wait_supervisor_done(&vm).await;
+            return Err(e);
+        }
+        tracing::info!(vm = %name, "started");
+        Ok(Self::info_of(&vm, &Self::observe(&vm)))
+    }
+
+    /// Re-attaches a supervisor to a VM whose supervisor died.
+    ///
+    /// # Errors
+    /// [`OpsError::NotRunning`] when there is no QEMU to adopt.
+    pub async fn adopt(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let _lock = self.lock(name, &vm.paths).await?;
+        let obs = Self::observe(&vm);
+        if !obs.status.state.is_active() {
+            return Err(OpsError::NotRunning { name: name.into(), state: obs.status.state.to_string() });
+        }
+        self.ensure_supervised(&vm, &obs).await?;
+        Ok(Self::info_of(&vm, &Self::observe(&vm)))
+    }
+
+    /// Waits until the supervisor has recorded a state satisfying `want`.
+    async fn wait_status(vm: &Vm, want: impl Fn(VmState) -> bool, timeout: Duration) -> Observed {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let obs = Self::observe(vm);
+            if want(obs.status.state) || Instant::now() >= deadline {
+                return obs;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Runs one QMP command on a running VM and waits for the supervisor to record `want`.
+    async fn qmp_to_state<C>(&self, name: &str, cmd: C, what: &'static str, want: VmState) -> Result<VmInfo, OpsError>
+    where
+        C: qmp::QmpCommand + qapi::Command,
+    {
+        let (vm, _lock, _) = self.running(name).await?;
+        let q = self.qmp(&vm).await?;
+        q.execute(cmd, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp { name: name.into(), what, source })?;
+        let obs = Self::wait_status(&vm, |s| s == want, Duration::from_secs(5)).await;
+        Ok(Self::info_of(&vm, &obs))
+    }
+
+    /// Pauses the vCPUs.
+    ///
+    /// # Errors
+    /// Not running, or QMP failed.
+    pub async fn pause(&self, name: &str) -> Result<VmInfo, OpsError> {
+        self.qmp_to_state(name, qmp::stop {}, "pause failed", VmState::Paused).await
+    }
+
+    /// Resumes paused vCPUs.
+    ///
+    /// # Errors
+    /// Not running, or QMP failed.
+    pub async fn resume(&self, name: &str) -> Result<VmInfo, OpsError> {
+        self.qmp_to_state(name, qmp::cont {}, "resume failed", VmState::Running).await
+    }
+
+    /// Resets the VM (like pressing the reset button); the guest boots again.
+    ///
+    /// # Errors
+    /// Not running, or QMP failed.
+    pub async fn reboot(&self, name: &str) -> Result<VmInfo, OpsError> {
+        let (vm, _lock, obs) = self.running(name).await?;
+        let q = self.qmp(&vm).await?;
+        q.execute(qmp::system_reset {}, DEFAULT_TIMEOUT).await.map_err(|source| OpsError::Qmp {
+            name: name.into(),
+            what: "reset failed",
+            source,
+        })?;
+        if obs.status.state == VmState::Paused {
+            let _ = q.execute(qmp::cont {}, DEFAULT_TIMEOUT).await;
+        }
+        Ok(Self::info_of(&vm, &Self::observe(&vm)))
+    }
+
+    /// Stops a VM: power button pressed every few seconds until the guest is off or the
+    /// timeout passes, then forced (QMP `quit`, SIGTERM, SIGKILL). Stopping a stopped
+    /// VM succeeds and changes nothing.
+    ///
+    /// # Errors
+    /// The VM could not be stopped even by SIGKILL, or locking failed.
+    pub async fn stop(&self, name: &str, opts: StopOptions, progress: ProgressFn<'_>) -> Result<VmInfo, OpsError> {
+        let vm = self.load(name)?;
+        let _lock = self.lock(name, &vm.paths).await?;
+        self.stop_locked(&vm, opts, progress).await
+    }
+
+    async fn stop_locked(&self, vm: &Vm, opts: StopOptions, progress: ProgressFn<'_>) -> Result<VmInfo, OpsError> {
+        let name = vm.spec.name.to_string();
+        let obs = Self::observe(vm);
+        let record_stop = |qemu| {
+            store::request_stop(&vm.paths, qemu, opts.force)
+                .map_err(OpsError::io("cannot record stop request in", vm.paths.stop_intent()))
+        };
+        if !obs.status.state.is_active() {
+            if lock::is_held(&vm.paths.supervisor_lock()) {
+                // Between runs (waiting to restart by policy): ask it to stay down.
+                record_stop(None)?;
+                return Ok(Self::info_of(vm, &self.wait_supervisor_done(vm).await));
+            }
+            return Ok(Self::info_of(vm, &obs));
+        }
+        // Someone must record the final state.
+        self.ensure_supervised(vm, &obs).await?;
+        record_stop(obs.status.qemu.as_ref())?;
+        let Some(pidfd) = obs.status.qemu.as_ref().and_then(|q| q.open_verified(&vm.spec.uuid.to_string())) else {
+            // Already gone: let the supervisor finish.
+            let obs = self.wait_supervisor_done(vm).await;
+            return Ok(Self::info_of(vm, &obs));
+        };
+        let timeout = opts.timeout.unwrap_or(Duration::from_secs(self.cfg.qemu.stop_timeout_s));
+        let mut step = 0;
+        let mut exited = false;
+        if !opts.force {
+            let deadline = Instant::now() + timeout;
+            if obs.status.state == VmState::Paused
+                && let Ok(q) = self.qmp(vm).await
+            {
+                let _ = q.execute(qmp::cont {}, DEFAULT_TIMEOUT).await;
+            }
+            while Instant::now() < deadline {
+                step += 1;
+                progress(Progress { step, total: None, message: format!("pressing the power button (press {step})") });
+                if let Ok(q) = self.qmp(vm).await {
+                    let _ = q.execute(qmp::system_powerdown {}, DEFAULT_TIMEOUT).await;
+                }
+                self.agent_shutdown_fallback(vm, step, progress).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if pidfd.wait_exit(PRESS_INTERVAL.min(left)).await {
+                    exited = true;
+                    break;
+                }
+            }
+        }
+        if !exited {
+            progress(Progress { step: step + 1, total: None, message: "forcing: QMP quit".into() });
+            if let Ok(q) = self.qmp(vm).await {
+                let _ = q.execute(qmp::quit {}, DEFAULT_TIMEOUT).await;
+            }
+            exited = pidfd.wait_exit(FORCE_STEP).await;
+        }
+        for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+            if exited {
+                break;
+            }
+            progress(Progress { step: step + 2, total: None, message: format!("forcing: {}", sig.as_str()) });
+            tracing::warn!(vm = %name, signal = sig.as_str(), "QEMU did not exit; signalling");
+            let _ = pidfd.signal(sig);
+            exited = pidfd.wait_exit(FORCE_STEP).await;
+        }
+        if !exited {
+            return Err(OpsError::Timeout { name, what: "QEMU's exit after SIGKILL", secs: FORCE_STEP.as_secs() });
+        }
+        let obs = self.wait_supervisor_done(vm).await;
+        tracing::info!(vm = %name, state = %obs.status.state, "stopped");
+        Ok(Self::info_of(vm, &obs))
+    }
+
+    /// Removes a VM's definition and state. A running VM is refused unless `force`,
+    /// which stops it first (forcefully). Disk images given at create stay.
+    ///
+    /// # Errors
+    /// [`OpsError::Active`] when running and not forced.
+    pub async fn delete(&self, name: &str, force: bool) -> Result<(), OpsError> {
+        self.delete_with(name, super::DeleteOptions { force, keep_disks: false }).await.map(|_| ())
+    }
+
+    /// Removes a VM's definition, state, seed files and the disks kvm-mcp created for it
+    /// (unless `keep_disks`). Images the caller adopted stay; a disk another VM is
+    /// built on (a linked clone's base) makes the delete fail before anything changes.
+    ///
+    /// # Errors
+    /// [`OpsError::Active`] when running and not forced; [`OpsError::InUse`].
+    pub async fn delete_with(&self, name: &str, opts: super::DeleteOptions) -> Result<super::DeleteReport, OpsError> {
+        let force = opts.force;
+        let vname = VmName::new(name)?;
+        let paths = self.paths(&vname);
+        let _lock = self.lock(name, &paths).await?;
+        // Looked at under the lock: a create or delete of the same name has finished.
+        if !paths.state.exists() {
+            return Err(OpsError::NotFound { name: name.into() });
+        }
+        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks)?;
+        if let Ok(vm) = self.load(name) {
+            let obs = Self::observe(&vm);
+            // A supervisor that still runs owns a QEMU (or is about to), whatever the
+            // status file says.
+            let supervised = lock::is_held(&vm.paths.supervisor_lock());
+            if obs.status.state.is_active() || supervised {
+                if !force {
+                    let state =
+                        if obs.status.state.is_active() { obs.status.state.to_string() } else { "supervised".into() };
+                    return Err(OpsError::Active { name: name.into(), state });
+                }
+                self.stop_locked(&vm, StopOptions { force: true, timeout: None }, &no_progress).await?;
+                if lock::is_held(&vm.paths.supervisor_lock()) {
+                    return Err(OpsError::Timeout {
+                        name: name.into(),
+                        what: "the supervisor's exit after a forced stop",
+                        secs: super::context::SUPERVISOR_EXIT_TIMEOUT.as_secs(),
+                    });
+                }
+            }
+        }
+        std::fs::remove_dir_all(&paths.state).map_err(OpsError::io("cannot remove", &paths.state))?;
+        let _ = std::fs::remove_dir_all(&paths.run);
+        let (removed, kept) = if opts.keep_disks { (vec![], own) } else { (super::disks::remove_files(own), vec![]) };
+        tracing::info!(vm = %name, removed = removed.len(), "deleted");
+        Ok(super::DeleteReport { name: name.into(), removed, kept })
+    }
+}

@@ -1,0 +1,121 @@
+//! What operations answer about a VM: the summary `list` shows, the full record `info`
+//! gives, and the guest addresses `get_vm_ip` finds. Plain data for front ends to
+//! format; part of the context layer, so every module here may use it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::MacAddr;
+use crate::spec::{Boot, DiskSpec, NicSpec, RestartPolicy};
+use crate::state::{ExitInfo, Reason, VmState};
+
+/// One line of `list`.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
+pub struct VmSummary {
+    pub name: String,
+    /// `None` when the VM's definition is incomplete (an interrupted create).
+    pub state: Option<VmState>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub uptime_s: Option<u64>,
+    /// QEMU's pid while active.
+    pub pid: Option<i32>,
+    /// QEMU runs but no supervisor watches it; the next operation adopts it.
+    pub unsupervised: bool,
+    /// Definition incomplete; `delete` removes it.
+    pub incomplete: bool,
+}
+
+/// Everything known about one VM.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct VmInfo {
+    pub name: String,
+    pub uuid: String,
+    pub state: VmState,
+    pub reason: Reason,
+    pub detail: Option<String>,
+    /// Unix milliseconds of the last transition.
+    pub since_ms: u64,
+    pub uptime_s: Option<u64>,
+    pub pid: Option<i32>,
+    pub supervisor_pid: Option<i32>,
+    pub unsupervised: bool,
+    pub os_variant: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub restart_policy: RestartPolicy,
+    pub restarts: u32,
+    pub accel: Option<String>,
+    pub exit: Option<ExitInfo>,
+    pub log_tail: Vec<String>,
+    pub boot: Boot,
+    pub disks: Vec<DiskSpec>,
+    pub nics: Vec<NicSpec>,
+    pub serial_log: PathBuf,
+    pub state_dir: PathBuf,
+    /// Guest addresses, filled by [`Ops::info_live`] for a running VM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ips: Option<VmIps>,
+}
+
+/// Where an address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum IpSource {
+    /// The guest agent reported it (live).
+    Agent,
+    /// The managed bridge's dnsmasq leased it.
+    DhcpLease,
+    /// The host's neighbour table saw it behind the NIC's MAC.
+    Neighbour,
+    /// QEMU's user-mode DHCP hands it out; the guest was not asked.
+    Slirp,
+}
+
+/// One address of a NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct IpAnswer {
+    /// The address (IPv4 or IPv6).
+    pub ip: IpAddr,
+    /// Network prefix length in bits, when the source knows it.
+    pub prefix_len: Option<u8>,
+    /// Where the address came from.
+    pub source: IpSource,
+    /// Seconds since the source learnt it (0 for a live answer); `None` when unknown.
+    pub age_s: Option<u64>,
+    /// Source-specific facts (lease expiry, neighbour state, hostname).
+    pub detail: Option<String>,
+}
+
+/// The addresses of one NIC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct NicIps {
+    /// Position of the NIC in the VM's definition (0 = first).
+    pub index: usize,
+    /// The NIC's MAC address.
+    pub mac: MacAddr,
+    /// `"user"` or the bridge's name.
+    pub network: String,
+    /// Addresses found for this NIC; empty when no source knows one.
+    pub addresses: Vec<IpAnswer>,
+}
+
+/// The answer of `get_vm_ip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct VmIps {
+    /// The VM's name.
+    pub name: String,
+    /// The best address: observed (agent, lease, neighbour) before the slirp guess,
+    /// IPv4 before IPv6, earlier NICs first.
+    pub ip: Option<IpAddr>,
+    /// Where `ip` came from.
+    pub source: Option<IpSource>,
+    /// Every NIC with the addresses found for it.
+    pub nics: Vec<NicIps>,
+    /// Sources that could not answer, and why.
+    pub notes: Vec<String>,
+    /// How long the call waited for an address.
+    pub waited_s: u64,
+}

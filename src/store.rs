@@ -1,0 +1,591 @@
+//! The one owner of a VM's on-disk records. Every read and write of `spec.json`,
+//! `status.json`, `events.jsonl`, the create and stop markers, the list of files kvm-mcp
+//! wrote for the VM, and the small per-run records (`vnc.json`) goes through here, with
+//! one policy for a file that is missing or damaged ([`Record`]), and the one liveness
+//! check every front end and supervisor uses ([`observe`]).
+//!
+//! Policy: a missing `spec.json` means the VM does not exist (or, inside an existing
+//! directory, that its create did not finish); a damaged one makes the VM *incomplete*
+//! (listed, deletable, never started) with the reason, never "not found". A missing
+//! `status.json` means "defined, never started"; a damaged one is read as that too, with
+//! the damage in the status detail, until the supervisor writes the next transition.
+//! Records are read with a size cap, so a stray huge file cannot exhaust memory.
+//!
+//! Mutations of one VM are serialised by a lock file under `<state_dir>/locks/`, outside
+//! the VM's directory, so a delete that removes the directory never pulls the lock from
+//! under a create or start of the same name.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::fsutil;
+use crate::ids::VmName;
+use crate::layout::{VMS_DIR, VmPaths};
+use crate::lock::{self, FileLock};
+use crate::procid::{Liveness, ProcIdentity};
+use crate::spec::{Media, VmSpec};
+use crate::state::{EventRecord, Reason, Status, VmState, now_ms};
+
+/// Largest record file read: specs and statuses are a few KiB.
+pub const MAX_RECORD_BYTES: u64 = 4 << 20;
+
+/// Lines of QEMU's log kept in the status after a crash.
+pub const LOG_TAIL_LINES: usize = 15;
+
+/// A record file as found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record<T> {
+    /// No such file.
+    Missing,
+    /// The file exists but cannot be read or parsed; the reason says why.
+    Damaged(String),
+    /// The parsed record.
+    Present(T),
+}
+
+impl<T> Record<T> {
+    /// The record when present.
+    pub fn present(self) -> Option<T> {
+        match self {
+            Record::Present(t) => Some(t),
+            Record::Missing | Record::Damaged(_) => None,
+        }
+    }
+}
+
+/// Reads and parses a JSON record (at most [`MAX_RECORD_BYTES`]).
+#[must_use]
+pub fn read_record<T: DeserializeOwned>(path: &Path) -> Record<T> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Record::Missing,
+        Err(e) => return Record::Damaged(format!("cannot open {}: {e}", path.display())),
+    };
+    let mut bytes = Vec::new();
+    if let Err(e) = file.take(MAX_RECORD_BYTES + 1).read_to_end(&mut bytes) {
+        return Record::Damaged(format!("cannot read {}: {e}", path.display()));
+    }
+    if bytes.len() as u64 > MAX_RECORD_BYTES {
+        return Record::Damaged(format!("{} is larger than {MAX_RECORD_BYTES} bytes", path.display()));
+    }
+    match serde_json::from_slice(&bytes) {
+        Ok(t) => Record::Present(t),
+        Err(e) => Record::Damaged(format!("{} does not parse: {e}", path.display())),
+    }
+}
+
+/// Writes a record atomically and durably (definitions).
+///
+/// # Errors
+/// Any I/O error; nothing half-written is left.
+pub fn write_record<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    fsutil::write_json_atomic(path, value)
+}
+
+/// Writes a record atomically for readers, without waiting for the disk (run-time
+/// records rewritten often, such as `status.json`).
+///
+/// # Errors
+/// Any I/O error; nothing half-written is left.
+pub fn write_record_volatile<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    fsutil::write_json_volatile(path, value)
+}
+
+/// A VM's definition.
+#[must_use]
+pub fn read_spec(paths: &VmPaths) -> Record<VmSpec> {
+    read_record(&paths.spec())
+}
+
+/// Writes a VM's definition (durably) and the list of files kvm-mcp owns for it, so a
+/// delete finds them even if the definition is damaged later.
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_spec(paths: &VmPaths, spec: &VmSpec) -> std::io::Result<()> {
+    write_record(&paths.spec(), spec)?;
+    let owned: Vec<PathBuf> = owned_disks(spec, paths);
+    write_owned(paths, &owned)
+}
+
+/// The files outside the state directory that kvm-mcp wrote for `spec` (overlays,
+/// blank disks, clones).
+#[must_use]
+pub fn owned_disks(spec: &VmSpec, paths: &VmPaths) -> Vec<PathBuf> {
+    spec.disks
+        .iter()
+        .filter(|d| d.owned && d.media == Media::Disk && !d.path.starts_with(&paths.state))
+        .map(|d| d.path.clone())
+        .collect()
+}
+
+fn write_owned(paths: &VmPaths, files: &[PathBuf]) -> std::io::Result<()> {
+    write_record(&paths.owned(), &files)
+}
+
+/// The files kvm-mcp wrote (or was about to write) for this VM outside its state
+/// directory, as last recorded: by its definition, or by a create that did not finish.
+#[must_use]
+pub fn recorded_owned(paths: &VmPaths) -> Vec<PathBuf> {
+    read_record::<Vec<PathBuf>>(&paths.owned()).present().unwrap_or_default()
+}
+
+/// `status.json`; `created_at_s` fills in a missing or damaged one.
+#[must_use]
+pub fn read_status(paths: &VmPaths, created_at_s: u64) -> Status {
+    match read_record::<Status>(&paths.status()) {
+        Record::Present(s) => s,
+        Record::Missing => Status::created(created_at_s * 1000),
+        Record::Damaged(why) => {
+            tracing::warn!(path = %paths.status().display(), %why, "damaged status record");
+            let mut s = Status::created(created_at_s * 1000);
+            s.detail = Some(format!("status record damaged ({why}); the supervisor rewrites it at the next change"));
+            s
+        }
+    }
+}
+
+/// The raw `status.json`, for a supervisor taking over (no fill-in).
+#[must_use]
+pub fn read_status_record(paths: &VmPaths) -> Record<Status> {
+    read_record(&paths.status())
+}
+
+/// Writes `status.json`.
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_status(paths: &VmPaths, status: &Status) -> std::io::Result<()> {
+    write_record_volatile(&paths.status(), status)
+}
+
+/// Appends one transition to `events.jsonl`.
+///
+/// # Errors
+/// Any I/O error.
+pub fn append_event(paths: &VmPaths, event: &EventRecord) -> std::io::Result<()> {
+    let line = serde_json::to_string(event).map_err(std::io::Error::other)?;
+    fsutil::append_line(&paths.events(), &line)
+}
+
+// ---------- create marker ----------
+
+/// Marks a create under way and records the files it is about to write, before it
+/// writes them, so an interrupted create is incomplete and `delete` finds its files.
+///
+/// # Errors
+/// Any I/O error.
+pub fn begin_create(paths: &VmPaths, files: &[PathBuf]) -> std::io::Result<()> {
+    write_owned(paths, files)?;
+    fsutil::write_atomic(&paths.creating(), b"")
+}
+
+/// Ends a create: the definition is complete.
+///
+/// # Errors
+/// Any I/O error.
+pub fn finish_create(paths: &VmPaths) -> std::io::Result<()> {
+    std::fs::remove_file(paths.creating())
+}
+
+/// Whether a create of this VM did not finish.
+#[must_use]
+pub fn is_creating(paths: &VmPaths) -> bool {
+    paths.creating().exists()
+}
+
+// ---------- stop intent ----------
+
+/// "Stop, do not restart": written by a front end before it stops a VM, read by the
+/// supervisor when QEMU ends. It names the QEMU it is about and the process that wrote
+/// it, so it cannot outlive the stop that wrote it: it counts only for that QEMU, and
+/// only while its writer lives or once QEMU has seen a stop request (a power button
+/// press or a `quit`) after it was written.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StopIntent {
+    /// The front end that asked.
+    pub writer: Option<ProcIdentity>,
+    /// The QEMU to stop (`None`: the VM was between runs).
+    pub qemu: Option<ProcIdentity>,
+    /// Unix ms when it was written.
+    pub at_ms: u64,
+    /// A forced stop (QMP quit and signals, no power button).
+    #[serde(default)]
+    pub forced: bool,
+}
+
+/// Records a stop request for the QEMU `qemu`.
+///
+/// # Errors
+/// Any I/O error.
+pub fn request_stop(paths: &VmPaths, qemu: Option<&ProcIdentity>, forced: bool) -> std::io::Result<()> {
+    std::fs::create_dir_all(&paths.run)?;
+    let intent = StopIntent {
+        writer: ProcIdentity::capture(std::process::id().cast_signed()),
+        qemu: qemu.cloned(),
+        at_ms: now_ms(),
+        forced,
+    };
+    write_record_volatile(&paths.stop_intent(), &intent)
+}
+
+/// The stop request on file, if any.
+#[must_use]
+pub fn stop_intent(paths: &VmPaths) -> Option<StopIntent> {
+    read_record(&paths.stop_intent()).present()
+}
+
+/// Removes the stop request.
+pub fn clear_stop(paths: &VmPaths) {
+    let _ = std::fs::remove_file(paths.stop_intent());
+}
+
+impl StopIntent {
+    /// Whether this request applies to the run of `qemu` that ended: it names that QEMU
+    /// (or none, for a request made between runs), and either its writer still lives or
+    /// QEMU was asked to stop after it was written (`stop_seen`).
+    #[must_use]
+    pub fn applies(&self, qemu: Option<&ProcIdentity>, stop_seen: bool) -> bool {
+        let same_run = match (&self.qemu, qemu) {
+            (Some(a), Some(b)) => a.pid == b.pid && a.starttime == b.starttime,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        let writer_alive = self.writer.as_ref().is_some_and(ProcIdentity::is_alive);
+        same_run && (writer_alive || stop_seen)
+    }
+}
+
+// ---------- loading and liveness ----------
+
+/// A defined VM, loaded.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub spec: VmSpec,
+    pub paths: VmPaths,
+}
+
+/// What is on disk under a VM's name.
+#[derive(Debug, Clone)]
+pub enum Loaded {
+    /// Nothing.
+    Absent,
+    /// A directory whose definition is missing (an interrupted create) or damaged.
+    Incomplete { paths: VmPaths, reason: String },
+    /// A complete definition.
+    Defined(Box<Vm>),
+}
+
+/// Status as observed now: the file, corrected by what `/proc` and the locks say.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    pub status: Status,
+    /// QEMU runs but no supervisor holds its lock.
+    pub unsupervised: bool,
+}
+
+/// Whether the recorded QEMU is this VM's and alive.
+#[must_use]
+pub fn qemu_liveness(status: &Status, spec: &VmSpec) -> Liveness {
+    status.qemu.as_ref().map_or(Liveness::Dead, |q| q.check(&spec.uuid.to_string()))
+}
+
+impl Vm {
+    /// The status file corrected by liveness: an active VM whose QEMU and supervisor
+    /// are both gone is crashed; a live QEMU without a supervisor is unsupervised.
+    #[must_use]
+    pub fn observe(&self) -> Observed {
+        let mut status = read_status(&self.paths, self.spec.created_at);
+        let mut unsupervised = false;
+        if status.state.is_active() {
+            let sup_alive = lock::is_held(&self.paths.supervisor_lock());
+            match qemu_liveness(&status, &self.spec) {
+                Liveness::Alive => unsupervised = !sup_alive,
+                Liveness::Dead | Liveness::Reused if !sup_alive => {
+                    status.state = VmState::Crashed;
+                    status.reason = Reason::Unsupervised;
+                    status.detail = Some("QEMU exited while no supervisor was watching it".into());
+                    status.qemu = None;
+                    status.log_tail = fsutil::tail_lines(&self.paths.qemu_log(), LOG_TAIL_LINES);
+                }
+                _ => {}
+            }
+        }
+        Observed { status, unsupervised }
+    }
+
+    /// Whether the VM runs now: its status is active and its supervisor or its QEMU
+    /// is alive.
+    #[must_use]
+    pub fn is_active(&self) -> bool {
+        self.observe().status.state.is_active()
+    }
+
+    /// Writes the definition back (after a change).
+    ///
+    /// # Errors
+    /// Any I/O error.
+    pub fn save(&self) -> std::io::Result<()> {
+        write_spec(&self.paths, &self.spec)
+    }
+}
+
+/// The state and run directories, and what lies under them.
+#[derive(Debug, Clone)]
+pub struct Store {
+    state_dir: PathBuf,
+    run_dir: PathBuf,
+}
+
+impl Store {
+    /// The store under these roots.
+    #[must_use]
+    pub fn new(state_dir: &Path, run_dir: &Path) -> Self {
+        Self { state_dir: state_dir.to_owned(), run_dir: run_dir.to_owned() }
+    }
+
+    /// Where `name`'s files live.
+    #[must_use]
+    pub fn paths(&self, name: &VmName) -> VmPaths {
+        VmPaths::new(&self.state_dir, &self.run_dir, name)
+    }
+
+    /// The run directory (sockets, pid files, per-host allocations).
+    #[must_use]
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Names with a directory in the state directory, sorted.
+    ///
+    /// # Errors
+    /// The state directory exists but cannot be read.
+    pub fn names(&self) -> std::io::Result<Vec<VmName>> {
+        let dir = self.state_dir.join(VMS_DIR);
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names: Vec<VmName> = rd
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| VmName::new(&n).ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// What is on disk under `name`.
+    #[must_use]
+    pub fn load(&self, name: &VmName) -> Loaded {
+        let paths = self.paths(name);
+        if !paths.state.is_dir() {
+            return Loaded::Absent;
+        }
+        if is_creating(&paths) {
+            return Loaded::Incomplete { paths, reason: "its create did not finish".into() };
+        }
+        match read_spec(&paths) {
+            Record::Present(spec) => Loaded::Defined(Box::new(Vm { spec, paths })),
+            Record::Missing => Loaded::Incomplete { paths, reason: "it has no definition (spec.json)".into() },
+            Record::Damaged(why) => Loaded::Incomplete { paths, reason: format!("its definition is damaged: {why}") },
+        }
+    }
+
+    /// Whether `name` has a complete definition, without parsing it (cheap enough to
+    /// poll).
+    #[must_use]
+    pub fn is_defined(&self, name: &VmName) -> bool {
+        let paths = self.paths(name);
+        paths.spec().is_file() && !is_creating(&paths)
+    }
+
+    /// Every complete definition.
+    #[must_use]
+    pub fn defined(&self) -> Vec<Vm> {
+        self.names()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| match self.load(n) {
+                Loaded::Defined(vm) => Some(*vm),
+                Loaded::Absent | Loaded::Incomplete { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Takes `name`'s mutation lock, waiting up to `timeout`; `Ok(None)` on timeout.
+    ///
+    /// # Errors
+    /// The lock file cannot be created.
+    pub async fn lock(&self, name: &VmName, timeout: Duration) -> std::io::Result<Option<FileLock>> {
+        let path = self.paths(name).lock();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        FileLock::acquire(&path, timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Boot, RestartPolicy, SPEC_VERSION};
+
+    fn spec(name: &str) -> VmSpec {
+        VmSpec {
+            version: SPEC_VERSION,
+            name: VmName::new(name).unwrap(),
+            uuid: uuid::Uuid::new_v4(),
+            created_at: 1,
+            os_variant: "generic".into(),
+            memory_mib: 64,
+            vcpus: 1,
+            boot: Boot::Disk,
+            disks: vec![],
+            nics: vec![],
+            restart_policy: RestartPolicy::Never,
+            template: false,
+            ignition: None,
+            uefi: None,
+            install_boot: false,
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::new(&d.path().join("state"), &d.path().join("run"));
+        (d, s)
+    }
+
+    fn define(s: &Store, name: &str) -> VmPaths {
+        let n = VmName::new(name).unwrap();
+        let p = s.paths(&n);
+        std::fs::create_dir_all(&p.state).unwrap();
+        write_spec(&p, &spec(name)).unwrap();
+        p
+    }
+
+    #[test]
+    fn damaged_spec_is_incomplete_with_the_reason() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        std::fs::write(p.spec(), b"{ not json").unwrap();
+
+        let loaded = s.load(&VmName::new("a").unwrap());
+
+        assert!(matches!(loaded, Loaded::Incomplete { reason, .. } if reason.contains("damaged")));
+    }
+
+    #[test]
+    fn interrupted_create_is_incomplete() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        begin_create(&p, &[]).unwrap();
+
+        assert!(matches!(s.load(&VmName::new("a").unwrap()), Loaded::Incomplete { .. }));
+    }
+
+    #[test]
+    fn missing_directory_is_absent() {
+        let (_d, s) = store();
+
+        assert!(matches!(s.load(&VmName::new("a").unwrap()), Loaded::Absent));
+    }
+
+    #[test]
+    fn huge_record_is_damaged_not_read() {
+        let (d, _s) = store();
+        let p = d.path().join("big.json");
+        let f = std::fs::File::create(&p).unwrap();
+        f.set_len(MAX_RECORD_BYTES + 10).unwrap();
+
+        assert!(matches!(read_record::<serde_json::Value>(&p), Record::Damaged(r) if r.contains("larger")));
+    }
+
+    #[test]
+    fn damaged_status_reads_as_created_with_the_damage_noted() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        std::fs::write(p.status(), b"garbage").unwrap();
+
+        let st = read_status(&p, 7);
+
+        assert_eq!(
+            (st.state, st.since_ms, st.detail.is_some_and(|d| d.contains("damaged"))),
+            (VmState::Shutoff, 7000, true)
+        );
+    }
+
+    #[test]
+    fn owned_files_survive_a_damaged_spec() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        let mut sp = spec("a");
+        sp.disks.push(crate::spec::DiskSpec {
+            path: "/vm/a.qcow2".into(),
+            format: crate::spec::DiskFormat::Qcow2,
+            media: Media::Disk,
+            readonly: false,
+            owned: true,
+            ejected: false,
+        });
+        write_spec(&p, &sp).unwrap();
+        std::fs::write(p.spec(), b"").unwrap();
+
+        assert_eq!(recorded_owned(&p), vec![PathBuf::from("/vm/a.qcow2")]);
+    }
+
+    #[test]
+    fn names_skip_files_and_invalid_names() {
+        let (_d, s) = store();
+        define(&s, "b");
+        define(&s, "a");
+        std::fs::write(s.state_dir.join(VMS_DIR).join("file"), b"").unwrap();
+        std::fs::create_dir_all(s.state_dir.join(VMS_DIR).join(".hidden")).unwrap();
+
+        let names: Vec<String> = s.names().unwrap().iter().map(ToString::to_string).collect();
+
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn stop_intent_of_a_dead_writer_without_a_stop_seen_does_not_apply() {
+        let intent = StopIntent {
+            writer: Some(ProcIdentity { pid: i32::MAX, starttime: 1, boot_id: crate::procid::boot_id() }),
+            qemu: None,
+            at_ms: 0,
+            forced: false,
+        };
+
+        assert_eq!((intent.applies(None, false), intent.applies(None, true)), (false, true));
+    }
+
+    #[test]
+    fn stop_intent_of_a_live_writer_applies_to_its_run_only() {
+        let me = ProcIdentity::capture(std::process::id().cast_signed());
+        let other = ProcIdentity { pid: 1, starttime: 1, boot_id: String::new() };
+        let intent = StopIntent { writer: me.clone(), qemu: me.clone(), at_ms: 0, forced: false };
+
+        assert_eq!((intent.applies(me.as_ref(), false), intent.applies(Some(&other), false)), (true, false));
+    }
+
+    #[tokio::test]
+    async fn lock_outlives_the_vm_directory() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        let n = VmName::new("a").unwrap();
+        let held = s.lock(&n, Duration::from_secs(1)).await.unwrap().unwrap();
+        std::fs::remove_dir_all(&p.state).unwrap();
+
+        let second = s.lock(&n, Duration::from_millis(50)).await.unwrap();
+
+        drop(held);
+        assert!(second.is_none());
+    }
+}
