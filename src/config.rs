@@ -154,6 +154,7 @@ struct RawQemu {
     accel: Option<AccelChoice>,
     profiles_dir: Option<PathBuf>,
     stop_timeout_s: Option<u64>,
+    user: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +216,10 @@ pub struct QemuSettings {
     pub profiles_dir: Option<PathBuf>,
     /// How long `stop` presses the power button before forcing, in seconds.
     pub stop_timeout_s: u64,
+    /// Unprivileged user QEMU switches to once it has opened its files (`-runas`,
+    /// or `-run-with user=` on QEMU 9.1 and later); `None`: QEMU keeps running as
+    /// the supervisor's user.
+    pub user: Option<String>,
 }
 
 /// `logging.*`.
@@ -543,6 +548,7 @@ fn resolve(source: ConfigSource, raw: RawConfig) -> Result<Config, ConfigError> 
             accel: raw.qemu.accel.unwrap_or_default(),
             profiles_dir: raw.qemu.profiles_dir,
             stop_timeout_s,
+            user: raw.qemu.user.map(|u| storage::check_user_name("qemu.user", u)).transpose()?,
         },
         state_dir: absolute("paths.state_dir", raw.paths.state_dir.unwrap_or(def_state))?,
         run_dir: absolute("paths.run_dir", raw.paths.run_dir.unwrap_or(def_run))?,

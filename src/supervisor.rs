@@ -254,7 +254,12 @@ async fn run_once(cfg: &Config, rec: &mut Recorder, spec: &VmSpec, ready: &mut R
     };
     let fds = cmdline::FdPlan::standard(taps.len());
     let run_spec = crate::provision::install::run_spec(spec, &paths);
-    let mut argv = match cmdline::build(&run_spec, &profile, decision.accel, &paths, &fds) {
+    // Every file QEMU opens, checked now: chains may have changed since create.
+    let host = match crate::qemu::prepare::host_inputs(cfg, &run_spec, &paths).await {
+        Ok(h) => h,
+        Err(e) => return fail(ready, crate::error::chain(&e), &paths),
+    };
+    let mut argv = match cmdline::build(&run_spec, &profile, decision.accel, &paths, &fds, &host) {
         Ok(a) => a,
         Err(e) => return fail(ready, e.to_string(), &paths),
     };

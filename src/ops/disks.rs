@@ -16,7 +16,7 @@ use crate::ids::VmName;
 use crate::layout::{VMS_DIR, VmPaths};
 use crate::profile::{CdromBus, Profile};
 use crate::spec::{DiskFormat, DiskSpec, Media};
-use crate::storage::{self, CreateOptions, ImageFormat};
+use crate::storage::{self, AllowedDirs, CreateOptions, HostFile, ImageFormat, ImageInfo};
 
 /// Bytes in a GiB.
 pub(crate) const GIB: u64 = 1 << 30;
@@ -89,11 +89,11 @@ pub(crate) fn image_format(f: DiskFormat) -> ImageFormat {
     }
 }
 
-fn detect_format(path: &Path) -> std::io::Result<DiskFormat> {
-    use std::io::Read as _;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(path)?.read(&mut magic)?;
-    Ok(if n == 4 && magic == *b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
+fn disk_format(f: ImageFormat) -> DiskFormat {
+    match f {
+        ImageFormat::Qcow2 => DiskFormat::Qcow2,
+        ImageFormat::Raw => DiskFormat::Raw,
+    }
 }
 
 fn owned_disk(path: PathBuf) -> DiskSpec {
@@ -122,15 +122,77 @@ impl Ops {
         self.cfg.storage.iso_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
     }
 
-    /// Resolves a caller's path inside `dirs`; a bare name is searched in each.
-    pub(crate) fn confine(field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
+    /// Kernel and initrd directories that exist.
+    pub(crate) fn kernel_dirs(&self) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
+        self.cfg.storage.kernel_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
+    }
+
+    /// `dirs` as the host path rule checks them (block devices as configured).
+    pub(crate) fn allowed(&self, field: &str, dirs: &[PathBuf]) -> Result<AllowedDirs, OpsError> {
+        Ok(AllowedDirs::new(dirs)
+            .map_err(OpsError::storage(field))?
+            .with_block_devices(self.cfg.storage.allow_block_devices))
+    }
+
+    /// Opens a caller's path under the host path rule (inside `dirs`, a regular
+    /// file, opened without blocking); a bare name is searched in each directory.
+    pub(crate) fn confine_open(&self, field: &str, p: &Path, dirs: &[PathBuf]) -> Result<HostFile, OpsError> {
         let s = p.to_str().ok_or_else(|| OpsError::invalid(field, "the path is not valid UTF-8"))?;
-        // A bare name is looked up in each directory in turn.
-        let found = (!s.contains('/'))
-            .then(|| dirs.iter().map(|d| d.join(s)).find(|c| std::fs::symlink_metadata(c).is_ok()))
-            .flatten();
-        let input = found.as_deref().and_then(Path::to_str).unwrap_or(s);
-        storage::resolve_confined(input, dirs).map_err(OpsError::storage(field))
+        self.allowed(field, dirs)?.open(s).map_err(OpsError::storage(field))
+    }
+
+    /// The real path of a caller's file, checked as [`Ops::confine_open`] checks it.
+    pub(crate) fn confine(&self, field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
+        self.confine_open(field, p, dirs).map(|f| f.path().to_path_buf())
+    }
+
+    /// The format of an image a caller names (adopted disk or master), decided once:
+    /// the format another VM recorded for the same file wins (a raw disk's guest may
+    /// have written any header into it); otherwise the magic decides, and a qcow2
+    /// found that way must pass the chain rule. Returns the chain, top first (its
+    /// format is the decision).
+    fn decide_format(&self, field: &str, file: &HostFile, allowed: &AllowedDirs) -> Result<Vec<ImageInfo>, OpsError> {
+        let recorded = self
+            .other_vms("")
+            .into_iter()
+            .flat_map(|vm| vm.spec.disks)
+            .find(|d| std::fs::canonicalize(&d.path).is_ok_and(|p| p == file.path()))
+            .map(|d| image_format(d.format));
+        let format = match recorded {
+            Some(f) => f,
+            None => storage::inspect_host_file(file, None).map_err(OpsError::storage(field))?.format,
+        };
+        storage::resolve_chain(file.path(), format, allowed).map_err(OpsError::storage(field))
+    }
+
+    /// The disks and checks of a new VM, planned off the async runtime under a
+    /// deadline (a caller's file that never answers costs this call only).
+    pub(crate) async fn plan_disks_bounded(
+        &self,
+        req: &CreateRequest,
+        name: &VmName,
+        profile: &Profile,
+        boots_from_disk: bool,
+    ) -> Result<DiskPlan, OpsError> {
+        let (req, name, profile) = (req.clone(), name.clone(), profile.clone());
+        self.file_work("disk", "checking the disk images", move |ops| {
+            ops.plan_disks(&req, &name, &profile, boots_from_disk)
+        })
+        .await
+    }
+
+    /// Runs blocking file work of a request on the blocking pool, under
+    /// [`storage::FILE_WORK_DEADLINE`].
+    pub(crate) async fn file_work<T, F>(&self, field: &str, what: &'static str, work: F) -> Result<T, OpsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Ops) -> Result<T, OpsError> + Send + 'static,
+    {
+        let ops = self.clone();
+        storage::with_deadline(what, storage::FILE_WORK_DEADLINE, move || work(ops))
+            .await
+            .map_err(OpsError::storage(field))?
     }
 
     /// `<disk_path>/<name>.qcow2` (`<name>-disk<i>.qcow2` for further disks); refused
@@ -176,19 +238,21 @@ impl Ops {
         let mut plan = DiskPlan::default();
         match source {
             DiskSource::Existing(p) => {
-                let path = Self::confine("disk.existing", &p, &self.image_dirs())?;
-                // Adopted as is: the magic decides the format; a damaged image is
-                // QEMU's to report when it starts.
-                let format = detect_format(&path).map_err(OpsError::io("cannot read disk image", &path))?;
-                plan.disks.push(DiskSpec { owned: false, format, ..owned_disk(path) });
+                let dirs = self.image_dirs();
+                let file = self.confine_open("disk.existing", &p, &dirs)?;
+                let chain = self.decide_format("disk.existing", &file, &self.allowed("disk.existing", &dirs)?)?;
+                let format = disk_format(chain[0].format);
+                plan.disks.push(DiskSpec { owned: false, format, ..owned_disk(file.path().to_path_buf()) });
             }
             DiskSource::Master(m) => {
                 let m = m.or_else(|| d.default_master_image.clone()).ok_or_else(|| {
                     OpsError::invalid("disk.master", "no master image given and vm.default_master_image is not set")
                 })?;
-                let base = Self::confine("disk.master", &m, &self.image_dirs())?;
-                // The whole chain must be readable and sane before anything is written.
-                let chain = storage::backing_chain(&base).map_err(OpsError::storage("disk.master"))?;
+                let dirs = self.image_dirs();
+                let file = self.confine_open("disk.master", &m, &dirs)?;
+                // The whole chain must be confined and sane before anything is written.
+                let chain = self.decide_format("disk.master", &file, &self.allowed("disk.master", &dirs)?)?;
+                let base = file.path().to_path_buf();
                 let base_size = chain[0].virtual_size_bytes.next_multiple_of(512);
                 let size_bytes = if explicit.is_some() { want } else { want.max(base_size) };
                 let path = self.new_disk_path(name, 0)?;
@@ -210,7 +274,7 @@ impl Ops {
                 let iso = iso
                     .or_else(|| d.default_iso.clone())
                     .ok_or_else(|| OpsError::invalid("disk.install", "no ISO given and vm.default_iso is not set"))?;
-                let iso = Self::confine("disk.install", &iso, &self.iso_dirs())?;
+                let iso = self.confine("disk.install", &iso, &self.iso_dirs())?;
                 let path = self.new_disk_path(name, 0)?;
                 plan.files.push(NewFile::Blank { path: path.clone(), size_bytes: want });
                 plan.disks.push(owned_disk(path));
@@ -274,15 +338,22 @@ impl Ops {
     }
 
     /// Canonical paths of every image a VM reads: its disks, their backing chains
-    /// and its CD-ROM media.
-    pub(crate) fn images_of(vm: &Vm) -> BTreeSet<PathBuf> {
+    /// (resolved under the host path rule, each disk read as its recorded format)
+    /// and its CD-ROM media. A chain that breaks the rule counts as its top file
+    /// alone; raw files and ISOs are never opened.
+    pub(crate) fn images_of(&self, vm: &Vm) -> BTreeSet<PathBuf> {
+        let images = self.allowed("disk", &self.image_dirs()).ok();
         let mut out = BTreeSet::new();
         for d in vm.spec.disks.iter().filter(|d| !d.ejected) {
-            match storage::backing_chain(&d.path) {
-                Ok(chain) if d.format == DiskFormat::Qcow2 => {
-                    out.extend(chain.iter().filter_map(|i| std::fs::canonicalize(&i.path).ok()));
+            let chain = match (&images, d.format, d.media) {
+                (Some(allowed), DiskFormat::Qcow2, Media::Disk) => {
+                    storage::resolve_chain(&d.path, ImageFormat::Qcow2, allowed).ok()
                 }
-                _ => out.extend(std::fs::canonicalize(&d.path).ok()),
+                _ => None,
+            };
+            match chain {
+                Some(chain) => out.extend(chain.into_iter().map(|i| i.path)),
+                None => out.extend(std::fs::canonicalize(&d.path).ok()),
             }
         }
         out
@@ -293,7 +364,7 @@ impl Ops {
         let Ok(image) = std::fs::canonicalize(image) else { return vec![] };
         self.other_vms(except)
             .into_iter()
-            .filter(|vm| Self::images_of(vm).contains(&image))
+            .filter(|vm| self.images_of(vm).contains(&image))
             .map(|vm| vm.spec.name.to_string())
             .collect()
     }
@@ -301,7 +372,21 @@ impl Ops {
     /// The VM's own disk files delete should remove (or keep), refusing when another
     /// VM is built on one of them. For an incomplete VM, the files its interrupted
     /// create listed.
-    pub(crate) fn owned_disks_for_delete(
+    /// Runs off the async runtime under a deadline.
+    pub(crate) async fn owned_disks_for_delete(
+        &self,
+        name: &str,
+        paths: &VmPaths,
+        keep: bool,
+    ) -> Result<Vec<PathBuf>, OpsError> {
+        let (name, paths) = (name.to_owned(), paths.clone());
+        self.file_work("name", "checking which VMs use the disks", move |ops| {
+            ops.owned_disks_for_delete_blocking(&name, &paths, keep)
+        })
+        .await
+    }
+
+    fn owned_disks_for_delete_blocking(
         &self,
         name: &str,
         paths: &VmPaths,

@@ -157,16 +157,6 @@ fn read_json<T: serde::de::DeserializeOwned>(p: &Path) -> Option<T> {
     std::fs::read(p).ok().and_then(|b| serde_json::from_slice(&b).ok())
 }
 
-fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
-    if !p.is_absolute() {
-        return Err(OpsError::invalid(field, format!("{} is not an absolute path", p.display())));
-    }
-    if !p.is_file() {
-        return Err(OpsError::invalid(field, format!("{} does not exist or is not a file", p.display())));
-    }
-    Ok(p.to_owned())
-}
-
 impl Ops {
     fn paths(&self, name: &VmName) -> VmPaths {
         VmPaths::new(&self.cfg.state_dir, &self.cfg.run_dir, name)
@@ -262,15 +252,15 @@ impl Ops {
         }
         let boot = match (&req.kernel, &req.initrd) {
             (Some(k), initrd) => Boot::Kernel {
-                kernel: existing_file("kernel", k)?,
-                initrd: initrd.as_deref().map(|i| existing_file("initrd", i)).transpose()?,
+                kernel: self.confine("kernel", k, &self.kernel_dirs())?,
+                initrd: initrd.as_deref().map(|i| self.confine("initrd", i, &self.kernel_dirs())).transpose()?,
                 cmdline: req.cmdline.clone(),
             },
             (None, Some(_)) => return Err(OpsError::invalid("initrd", "an initrd needs a kernel; pass kernel too")),
             (None, None) => Boot::Disk,
         };
         let profile = self.profiles.get(&os_variant)?.clone();
-        let plan = self.plan_disks(&req, &name, &profile, matches!(boot, Boot::Disk))?;
+        let plan = self.plan_disks_bounded(&req, &name, &profile, matches!(boot, Boot::Disk)).await?;
         let disks = plan.disks.clone();
         if disks.is_empty() && matches!(boot, Boot::Disk) {
             return Err(OpsError::invalid(
@@ -471,7 +461,7 @@ impl Ops {
             self.ensure_supervised(&vm, &obs).await?;
             return Err(OpsError::AlreadyRunning { name: name.into() });
         }
-        self.check_startable(&vm)?;
+        self.check_startable(&vm).await?;
         if let Err(e) = self.spawn_supervisor(&vm, false).await {
             // Let the supervisor record the failure before anyone looks.
             self.wait_supervisor_done(&vm).await;
@@ -683,7 +673,7 @@ impl Ops {
             return Err(OpsError::NotFound { name: name.into() });
         }
         let _lock = self.lock(name, &paths).await?;
-        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks)?;
+        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks).await?;
         if let Ok(vm) = self.load(name) {
             let obs = Self::observe(&vm);
             if obs.status.state.is_active() {
