@@ -250,6 +250,7 @@ fn cli_creates_from_master_and_lists_images() {
     let users: Vec<&str> = list.as_array().unwrap().iter().filter_map(|i| i["used_by"][0].as_str()).collect();
     assert_eq!(users, ["cli1", "cli1"]);
 }
+mod containment;
 mod provision;
 
 #[tokio::test(flavor = "multi_thread")]
