@@ -116,4 +116,17 @@ mod tests {
         write_lines(&mut RotatingFile::open(&path, 100, 1).unwrap(), 2);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 10);
     }
+
+    #[test]
+    fn log_and_its_rotations_are_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvm_mcp.log");
+        write_lines(&mut RotatingFile::open(&path, 100, 1).unwrap(), 15);
+        let modes: Vec<u32> = ["kvm_mcp.log", "kvm_mcp.log.1"]
+            .iter()
+            .map(|n| std::fs::metadata(dir.path().join(n)).unwrap().permissions().mode() & 0o777)
+            .collect();
+        assert_eq!(modes, [0o640, 0o640]);
+    }
 }

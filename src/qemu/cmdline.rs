@@ -36,6 +36,9 @@ pub struct ChainNode {
     /// Its format: the disk's recorded one for the top, the naming image's declared
     /// backing format below.
     pub format: ImageFormat,
+    /// A block device (`storage.allow_block_devices`): QEMU's `host_device` protocol
+    /// driver, since its `file` driver takes regular files only.
+    pub block_device: bool,
 }
 
 /// How the installed QEMU is told to switch user.
@@ -78,7 +81,7 @@ impl HostInputs {
                     crate::spec::DiskFormat::Qcow2 => ImageFormat::Qcow2,
                     crate::spec::DiskFormat::Raw => ImageFormat::Raw,
                 };
-                if d.ejected { vec![] } else { vec![ChainNode { path: d.path.clone(), format }] }
+                if d.ejected { vec![] } else { vec![ChainNode { path: d.path.clone(), format, block_device: false }] }
             })
             .collect();
         Self { chains, run_as: None }
@@ -257,11 +260,12 @@ fn blockdev(node: &str, chain: &[ChainNode], read_only_top: bool) -> Value {
     for (k, n) in chain.iter().enumerate().rev() {
         let name = if k == 0 { node.to_owned() } else { format!("{node}-b{k}") };
         let ro = read_only_top || k > 0;
+        let protocol = if n.block_device { "host_device" } else { "file" };
         let mut v = json!({
             "driver": n.format.as_str(),
             "node-name": name,
             "read-only": ro,
-            "file": { "driver": "file", "node-name": format!("{name}-file"), "filename": n.path.to_string_lossy(), "read-only": ro },
+            "file": { "driver": protocol, "node-name": format!("{name}-file"), "filename": n.path.to_string_lossy(), "read-only": ro },
         });
         if n.format == ImageFormat::Qcow2 {
             v["backing"] = std::mem::take(&mut below);
@@ -434,7 +438,7 @@ mod tests {
     }
 
     fn node(path: &str, format: ImageFormat) -> ChainNode {
-        ChainNode { path: path.into(), format }
+        ChainNode { path: path.into(), format, block_device: false }
     }
 
     fn blockdev_of(argv: &[String], node: &str) -> Value {
@@ -470,6 +474,23 @@ mod tests {
             },
         });
         assert_eq!(blockdev_of(&argv, "disk0"), want);
+    }
+
+    #[test]
+    fn block_device_is_opened_with_the_host_device_driver() {
+        let spec = spec(Boot::Disk);
+        let host = HostInputs {
+            chains: vec![vec![ChainNode {
+                path: "/dev/vg0/web1".into(),
+                format: ImageFormat::Raw,
+                block_device: true,
+            }]],
+            run_as: None,
+        };
+
+        let argv = build_with(&spec, "generic", &host).unwrap();
+
+        assert_eq!(blockdev_of(&argv, "disk0")["file"]["driver"], "host_device");
     }
 
     #[test]

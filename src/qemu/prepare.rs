@@ -6,6 +6,7 @@
 //! initrd checked again; and, when `qemu.user` is set, the user QEMU drops to with
 //! the option the installed QEMU understands.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use super::cmdline::{ChainNode, HostInputs, RunAs, RunAsSyntax};
@@ -100,7 +101,13 @@ fn chains(cfg: &Config, spec: &VmSpec, paths: &VmPaths) -> Result<Vec<Vec<ChainN
             };
             let chain =
                 crate::storage::resolve_chain(&d.path, format, &allowed(cfg, dirs).map_err(err)?).map_err(err)?;
-            Ok(chain.into_iter().map(|i| ChainNode { path: i.path, format: i.format }).collect())
+            Ok(chain
+                .into_iter()
+                .map(|i| {
+                    let block_device = std::fs::metadata(&i.path).is_ok_and(|m| m.file_type().is_block_device());
+                    ChainNode { path: i.path, format: i.format, block_device }
+                })
+                .collect())
         })
         .collect()
 }

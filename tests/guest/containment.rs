@@ -80,6 +80,20 @@ async fn qemu_runs_under_its_seccomp_filter() {
     assert_eq!(status_field(info.pid.expect("QEMU runs"), "Seccomp"), "2");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_of_a_started_vm_are_0640() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new();
+    env.start_disk_vm("logs").await;
+
+    let dir = env.dir.path().join("state/vms/logs");
+    let modes: Vec<(&str, u32)> = ["qemu.log", "supervisor.log", "serial.log", "events.jsonl"]
+        .into_iter()
+        .map(|f| (f, std::fs::metadata(dir.join(f)).map_or(0, |m| m.permissions().mode() & 0o777)))
+        .collect();
+    assert_eq!(modes, [("qemu.log", 0o640), ("supervisor.log", 0o640), ("serial.log", 0o640), ("events.jsonl", 0o640)]);
+}
+
 /// A system user created for one test and removed when dropped.
 struct TempUser(String);
 
