@@ -259,23 +259,20 @@ impl Ops {
                 ),
             ));
         }
-        let checked = vm.clone();
-        let (name_owned, paths): (String, Vec<PathBuf>) =
-            (name.to_owned(), disks.iter().map(|d| d.path.clone()).collect());
+        let (owner, own): (String, Vec<DiskSpec>) = (name.to_owned(), disks.into_iter().cloned().collect());
         let chains = self
             .file_work("name", "checking the disks and who uses them", move |ops| {
-                for p in &paths {
-                    let users = ops.users_of(p, &name_owned);
+                for d in &own {
+                    let users = ops.users_of(&d.path, &owner);
                     if !users.is_empty() {
                         return Err(OpsError::InUse {
-                            what: format!("disk {}", p.display()),
+                            what: format!("disk {}", d.path.display()),
                             users,
                             hint: "resetting it would change their base image; delete them first".into(),
                         });
                     }
                 }
-                let own: Vec<&DiskSpec> = checked.spec.disks.iter().filter(|d| paths.contains(&d.path)).collect();
-                own.into_iter().map(|d| ops.chain_of(d)).collect::<Result<Vec<_>, _>>()
+                own.iter().map(|d| ops.chain_of(d)).collect::<Result<Vec<_>, _>>()
             })
             .await?;
         for chain in &chains {
