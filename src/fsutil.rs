@@ -2,7 +2,12 @@
 //! directory) so a crash never leaves a half-written state file, and appending lines.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+
+/// Mode of every log kvm-mcp creates (`qemu.log`, `supervisor.log`, `events.jsonl`,
+/// serial log rotations, the server's log): the owner writes, its group reads.
+pub const LOG_MODE: u32 = 0o640;
 
 /// Writes `data` to `path` atomically and durably (the file and the rename are
 /// fsynced): for definitions that must survive a power loss.
@@ -68,12 +73,13 @@ fn json<T: serde::Serialize>(value: &T) -> std::io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// Appends one line (a single `write`, so concurrent appenders do not interleave).
+/// Appends one line (a single `write`, so concurrent appenders do not interleave);
+/// a new file is created with [`LOG_MODE`].
 ///
 /// # Errors
 /// Any I/O error.
 pub fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).mode(LOG_MODE).open(path)?;
     let mut buf = String::with_capacity(line.len() + 1);
     buf.push_str(line);
     buf.push('\n');

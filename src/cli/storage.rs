@@ -152,7 +152,7 @@ fn isos_text(v: &[IsoEntry]) -> String {
 /// Whatever the operation returned.
 pub async fn run(ops: &Ops, json: bool, cmd: StorageCommand, show: impl Fn(VmInfo)) -> Result<(), OpsError> {
     match cmd {
-        StorageCommand::Images => print(json, &ops.list_images()?, |v| images_text(v)),
+        StorageCommand::Images => print(json, &ops.list_images().await?, |v| images_text(v)),
         StorageCommand::Isos => print(json, &ops.list_isos()?, |v| isos_text(v)),
         StorageCommand::Clone { source, name, full, start } => {
             show(ops.clone_vm(CloneRequest { source, name, full, start }).await?);

@@ -85,6 +85,12 @@ pub(super) fn apply(raw: &mut RawConfig, env: &dyn Fn(&str) -> Option<String>) -
     if let Some(v) = get("KVM_MCP_ISO_DIRS") {
         raw.storage.iso_dirs = Some(dirs(&v));
     }
+    if let Some(v) = get("KVM_MCP_KERNEL_DIRS") {
+        raw.storage.kernel_dirs = Some(dirs(&v));
+    }
+    if let Some(v) = get("KVM_MCP_KEY_DIRS") {
+        raw.storage.key_dirs = Some(dirs(&v));
+    }
     if let Some(v) = get("KVM_MCP_OVMF_DIR") {
         raw.storage.ovmf_dir = Some(v.into());
     }

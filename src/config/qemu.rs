@@ -43,6 +43,7 @@ pub(super) struct RawQemu {
     pub(super) accel: Option<AccelChoice>,
     pub(super) profiles_dir: Option<PathBuf>,
     pub(super) stop_timeout_s: Option<u64>,
+    pub(super) user: Option<String>,
 }
 
 /// `qemu.*`.
@@ -56,6 +57,10 @@ pub struct QemuSettings {
     pub profiles_dir: Option<PathBuf>,
     /// How long `stop` presses the power button before forcing, in seconds.
     pub stop_timeout_s: u64,
+    /// Unprivileged user QEMU switches to once it has opened its files (`-runas`,
+    /// or `-run-with user=` on QEMU 9.1 and later); `None`: QEMU keeps running as
+    /// the supervisor's user.
+    pub user: Option<String>,
 }
 
 pub(super) fn resolve(raw: RawQemu) -> Result<QemuSettings, ConfigError> {
@@ -66,5 +71,6 @@ pub(super) fn resolve(raw: RawQemu) -> Result<QemuSettings, ConfigError> {
         accel: raw.accel.unwrap_or_default(),
         profiles_dir: raw.profiles_dir,
         stop_timeout_s,
+        user: raw.user.map(|u| super::storage::check_user_name("qemu.user", u)).transpose()?,
     })
 }

@@ -111,7 +111,11 @@ pub fn rotate_if_needed(paths: &VmPaths, settings: &ConsoleSettings) -> std::io:
         }
         // The copy is in place before anything leaves the log.
         let tmp = sibling(&log, ".rotating");
-        let mut out = std::fs::File::create(&tmp)?;
+        let mut out = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mode = crate::fsutil::LOG_MODE;
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?
+        };
         std::io::copy(&mut (&file).take(cut), &mut out)?;
         std::fs::rename(&tmp, rotated(paths, 1))?;
         copy = Some(out);

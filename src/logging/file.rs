@@ -5,6 +5,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// An append-only file that rotates itself before a write would pass `max_bytes`.
@@ -32,7 +33,7 @@ impl RotatingFile {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let file = OpenOptions::new().create(true).append(true).mode(crate::fsutil::LOG_MODE).open(path)?;
         let written = file.metadata()?.len();
         Ok(Self { path: path.to_owned(), file, written, max_bytes, keep })
     }
@@ -48,7 +49,7 @@ impl RotatingFile {
                 }
             }
             std::fs::rename(&self.path, rotated(&self.path, 1))?;
-            self.file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            self.file = OpenOptions::new().create(true).append(true).mode(crate::fsutil::LOG_MODE).open(&self.path)?;
         }
         self.written = 0;
         Ok(())
@@ -114,5 +115,18 @@ mod tests {
         write_lines(&mut RotatingFile::open(&path, 100, 1).unwrap(), 9);
         write_lines(&mut RotatingFile::open(&path, 100, 1).unwrap(), 2);
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 10);
+    }
+
+    #[test]
+    fn log_and_its_rotations_are_0640() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kvm_mcp.log");
+        write_lines(&mut RotatingFile::open(&path, 100, 1).unwrap(), 15);
+        let modes: Vec<u32> = ["kvm_mcp.log", "kvm_mcp.log.1"]
+            .iter()
+            .map(|n| std::fs::metadata(dir.path().join(n)).unwrap().permissions().mode() & 0o777)
+            .collect();
+        assert_eq!(modes, [0o640, 0o640]);
     }
 }

@@ -63,10 +63,11 @@ pub struct CreateVmArgs {
     /// Overrides of the configured Ignition settings, for Fedora CoreOS profiles
     /// (which get an Ignition config anyway).
     pub ignition: Option<IgnitionRequest>,
-    /// Absolute path of a Linux kernel on the server, to boot directly instead of
-    /// from a disk. Use with `initrd` and `cmdline`.
+    /// A Linux kernel on the server (file name or path inside its kernel directories,
+    /// by default its image directories), to boot directly instead of from a disk.
+    /// Use with `initrd` and `cmdline`.
     pub kernel: Option<PathBuf>,
-    /// Absolute path of an initrd for `kernel`.
+    /// An initrd for `kernel`, from the same directories.
     pub initrd: Option<PathBuf>,
     /// Kernel command line for `kernel`, for example "console=ttyS0".
     pub cmdline: Option<String>,

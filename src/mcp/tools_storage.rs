@@ -38,7 +38,7 @@ impl KvmMcp {
     /// use each. These are the files `create_vm` accepts as `disk` or as a master image.
     #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ImageList>())]
     async fn list_images(&self) -> ToolResult<ImageList> {
-        let images = self.ops().list_images().map_err(fail)?;
+        let images = self.ops().list_images().await.map_err(fail)?;
         let summary = if images.is_empty() {
             "no disk images in the image directories".into()
         } else {

@@ -38,11 +38,17 @@ pub struct CloneRequest {
 
 impl Ops {
     /// Refuses to start a template whose linked clones still exist; a template
-    /// without clones becomes an ordinary VM again.
-    pub(crate) fn check_startable(&self, vm: &Vm) -> Result<(), OpsError> {
+    /// without clones becomes an ordinary VM again. Runs off the async runtime under
+    /// a deadline.
+    pub(crate) async fn check_startable(&self, vm: &Vm) -> Result<(), OpsError> {
         if !vm.spec.template {
             return Ok(());
         }
+        let vm = vm.clone();
+        self.file_work("name", "checking the template's clones", move |ops| ops.check_startable_blocking(&vm)).await
+    }
+
+    fn check_startable_blocking(&self, vm: &Vm) -> Result<(), OpsError> {
         let name = vm.spec.name.to_string();
         let mut clones: Vec<String> = vm
             .spec
@@ -121,6 +127,9 @@ impl Ops {
             if d.path.starts_with(&src.paths.state) {
                 continue; // the source's seed disk
             }
+            // The source's chain must pass the host path rule before anything is
+            // copied from it or built on it.
+            let chain = self.chain_of(d)?;
             let path = self.new_disk_path(name, n)?;
             n += 1;
             planned.push(path.clone());
@@ -128,8 +137,7 @@ impl Ops {
             let res = if full {
                 storage::copy_image(&d.path, &path)
             } else {
-                let base = std::fs::canonicalize(&d.path).map_err(OpsError::io("cannot resolve", &d.path))?;
-                storage::create_overlay(&path, &base, image_format(d.format), None)
+                storage::create_overlay(&path, &chain[0].path, chain[0].format, None)
             };
             res.map_err(OpsError::storage("disk"))?;
             written.push(path.clone());
@@ -204,7 +212,7 @@ impl Ops {
                 source,
             })?;
         } else {
-            storage::resize_offline(&d.path, bytes).map_err(OpsError::storage("disk"))?;
+            storage::resize_offline_as(&d.path, image_format(d.format), bytes).map_err(OpsError::storage("disk"))?;
         }
         tracing::info!(vm = %name, disk = i, size_gib, "disk grown");
         self.info(name)
@@ -230,20 +238,27 @@ impl Ops {
                 ),
             ));
         }
-        for d in &disks {
-            let users = self.users_of(&d.path, name);
-            if !users.is_empty() {
-                return Err(OpsError::InUse {
-                    what: format!("disk {}", d.path.display()),
-                    users,
-                    hint: "resetting it would change their base image; delete them first".into(),
-                });
-            }
+        let (owner, own): (String, Vec<DiskSpec>) = (name.to_owned(), disks.into_iter().cloned().collect());
+        let chains = self
+            .file_work("name", "checking the disks and who uses them", move |ops| {
+                for d in &own {
+                    let users = ops.users_of(&d.path, &owner);
+                    if !users.is_empty() {
+                        return Err(OpsError::InUse {
+                            what: format!("disk {}", d.path.display()),
+                            users,
+                            hint: "resetting it would change their base image; delete them first".into(),
+                        });
+                    }
+                }
+                own.iter().map(|d| ops.chain_of(d)).collect::<Result<Vec<_>, _>>()
+            })
+            .await?;
+        for chain in &chains {
+            Self::recreate(chain)?;
         }
-        for d in disks {
-            Self::recreate(&d.path)?;
-        }
-        if vm.spec.disks.iter().any(|d| d.media == Media::Cdrom && !d.ejected) && !Self::has_backing(&vm) {
+        let has_backing = chains.iter().any(|c| c.len() > 1);
+        if vm.spec.disks.iter().any(|d| d.media == Media::Cdrom && !d.ejected) && !has_backing {
             std::fs::write(vm.paths.install_pending(), b"")
                 .map_err(OpsError::io("cannot write", vm.paths.install_pending()))?;
         }
@@ -251,32 +266,23 @@ impl Ops {
         self.info(name)
     }
 
-    fn has_backing(vm: &Vm) -> bool {
-        vm.spec
-            .disks
-            .iter()
-            .filter(|d| d.media == Media::Disk)
-            .any(|d| storage::inspect(&d.path).is_ok_and(|i| i.backing_file.is_some()))
+    /// The disk's whole chain under the host path rule, read as its recorded format.
+    pub(crate) fn chain_of(&self, d: &DiskSpec) -> Result<Vec<storage::ImageInfo>, OpsError> {
+        let allowed = self.allowed("disk", &self.image_dirs())?;
+        storage::resolve_chain(&d.path, image_format(d.format), &allowed).map_err(OpsError::storage("disk"))
     }
 
-    /// Writes a fresh image next to `path` and renames it over `path`.
-    fn recreate(path: &Path) -> Result<(), OpsError> {
-        let info = storage::inspect_as(path, storage::ImageFormat::Qcow2).map_err(OpsError::storage("disk"))?;
+    /// Writes a fresh image next to the chain's top and renames it over it: an
+    /// overlay on the same (checked) base, or a blank image.
+    fn recreate(chain: &[storage::ImageInfo]) -> Result<(), OpsError> {
+        let info = &chain[0];
+        let path = &info.path;
         let dir = path.parent().unwrap_or(Path::new("/"));
         let tmp = dir.join(format!(".{}.reset", path.file_name().unwrap_or_default().to_string_lossy()));
         let _ = std::fs::remove_file(&tmp);
-        let res = match (&info.backing_file, info.backing_format) {
-            (Some(b), Some(fmt)) => {
-                let base = if b.is_absolute() { b.clone() } else { dir.join(b) };
-                storage::create_overlay(&tmp, &base, fmt, Some(info.virtual_size_bytes))
-            }
-            (Some(_), None) => {
-                return Err(OpsError::invalid(
-                    "disk",
-                    format!("{} names no backing format; it cannot be recreated safely", path.display()),
-                ));
-            }
-            (None, _) => storage::create_blank(&tmp, info.virtual_size_bytes, &CreateOptions::default()),
+        let res = match chain.get(1) {
+            Some(base) => storage::create_overlay(&tmp, &base.path, base.format, Some(info.virtual_size_bytes)),
+            None => storage::create_blank(&tmp, info.virtual_size_bytes, &CreateOptions::default()),
         };
         res.map_err(OpsError::storage("disk"))?;
         if let Err(e) = std::fs::rename(&tmp, path).and_then(|()| std::fs::File::open(dir)?.sync_all()) {

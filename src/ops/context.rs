@@ -17,9 +17,9 @@ use crate::ids::VmName;
 use crate::layout::{VMS_DIR, VmPaths};
 use crate::lock::{self, FileLock};
 use crate::qmp::{DEFAULT_TIMEOUT, Qmp};
-use crate::spec::{DiskFormat, VmSpec};
+use crate::spec::{DiskFormat, Media, VmSpec};
 use crate::state::{Status, now_ms};
-use crate::storage;
+use crate::storage::{self, AllowedDirs, HostFile, ImageFormat};
 use crate::store::{self, Loaded, Store};
 use crate::supervise::ready;
 
@@ -255,15 +255,42 @@ impl Ops {
         self.cfg.storage.iso_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
     }
 
-    /// Resolves a caller's path inside `dirs`; a bare name is searched in each.
-    pub(crate) fn confine(field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
+    /// Kernel and initrd directories that exist.
+    pub(crate) fn kernel_dirs(&self) -> Vec<PathBuf> {
+        let _ = std::fs::create_dir_all(&self.cfg.vm.disk_path);
+        self.cfg.storage.kernel_dirs(&self.cfg.vm.disk_path).into_iter().filter(|d| d.is_dir()).collect()
+    }
+
+    /// `dirs` as the host path rule checks them (block devices as configured).
+    pub(crate) fn allowed(&self, field: &str, dirs: &[PathBuf]) -> Result<AllowedDirs, OpsError> {
+        Ok(AllowedDirs::new(dirs)
+            .map_err(OpsError::storage(field))?
+            .with_block_devices(self.cfg.storage.allow_block_devices))
+    }
+
+    /// Opens a caller's path under the host path rule (inside `dirs`, a regular
+    /// file, opened without blocking); a bare name is searched in each directory.
+    pub(crate) fn confine_open(&self, field: &str, p: &Path, dirs: &[PathBuf]) -> Result<HostFile, OpsError> {
         let s = p.to_str().ok_or_else(|| OpsError::invalid(field, "the path is not valid UTF-8"))?;
-        // A bare name is looked up in each directory in turn.
-        let found = (!s.contains('/'))
-            .then(|| dirs.iter().map(|d| d.join(s)).find(|c| std::fs::symlink_metadata(c).is_ok()))
-            .flatten();
-        let input = found.as_deref().and_then(Path::to_str).unwrap_or(s);
-        storage::resolve_confined(input, dirs).map_err(OpsError::storage(field))
+        self.allowed(field, dirs)?.open(s).map_err(OpsError::storage(field))
+    }
+
+    /// The real path of a caller's file, checked as [`Ops::confine_open`] checks it.
+    pub(crate) fn confine(&self, field: &str, p: &Path, dirs: &[PathBuf]) -> Result<PathBuf, OpsError> {
+        self.confine_open(field, p, dirs).map(|f| f.path().to_path_buf())
+    }
+
+    /// Runs blocking file work of a request on the blocking pool, under
+    /// [`storage::FILE_WORK_DEADLINE`].
+    pub(crate) async fn file_work<T, F>(&self, field: &str, what: &'static str, work: F) -> Result<T, OpsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Ops) -> Result<T, OpsError> + Send + 'static,
+    {
+        let ops = self.clone();
+        storage::with_deadline(what, storage::FILE_WORK_DEADLINE, move || work(ops))
+            .await
+            .map_err(OpsError::storage(field))?
     }
 
     /// Every defined VM but `except`, loaded.
@@ -272,15 +299,22 @@ impl Ops {
     }
 
     /// Canonical paths of every image a VM reads: its disks, their backing chains
-    /// and its CD-ROM media.
-    pub(crate) fn images_of(vm: &Vm) -> BTreeSet<PathBuf> {
+    /// (resolved under the host path rule, each disk read as its recorded format)
+    /// and its CD-ROM media. A chain that breaks the rule counts as its top file
+    /// alone; raw files and ISOs are never opened.
+    pub(crate) fn images_of(&self, vm: &Vm) -> BTreeSet<PathBuf> {
+        let images = self.allowed("disk", &self.image_dirs()).ok();
         let mut out = BTreeSet::new();
         for d in vm.spec.disks.iter().filter(|d| !d.ejected) {
-            match storage::backing_chain(&d.path) {
-                Ok(chain) if d.format == DiskFormat::Qcow2 => {
-                    out.extend(chain.iter().filter_map(|i| std::fs::canonicalize(&i.path).ok()));
+            let chain = match (&images, d.format, d.media) {
+                (Some(allowed), DiskFormat::Qcow2, Media::Disk) => {
+                    storage::resolve_chain(&d.path, ImageFormat::Qcow2, allowed).ok()
                 }
-                _ => out.extend(std::fs::canonicalize(&d.path).ok()),
+                _ => None,
+            };
+            match chain {
+                Some(chain) => out.extend(chain.into_iter().map(|i| i.path)),
+                None => out.extend(std::fs::canonicalize(&d.path).ok()),
             }
         }
         out
@@ -291,7 +325,7 @@ impl Ops {
         let Ok(image) = std::fs::canonicalize(image) else { return vec![] };
         self.other_vms(except)
             .into_iter()
-            .filter(|vm| Self::images_of(vm).contains(&image))
+            .filter(|vm| self.images_of(vm).contains(&image))
             .map(|vm| vm.spec.name.to_string())
             .collect()
     }

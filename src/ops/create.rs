@@ -3,7 +3,7 @@
 //! its part), then written under one rollback guard, so a failure at any step leaves
 //! nothing behind: no directory, no disk, no seed.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -51,16 +51,6 @@ pub struct CreateRequest {
     /// Ignition overrides of `vm.ignition.*` (Fedora CoreOS profiles get a config anyway).
     #[serde(default)]
     pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
-}
-
-fn existing_file(field: &str, p: &Path) -> Result<PathBuf, OpsError> {
-    if !p.is_absolute() {
-        return Err(OpsError::invalid(field, format!("{} is not an absolute path", p.display())));
-    }
-    if !p.is_file() {
-        return Err(OpsError::invalid(field, format!("{} does not exist or is not a file", p.display())));
-    }
-    Ok(p.to_owned())
 }
 
 /// Undoes a create that did not finish: removes the files it wrote and the VM's
@@ -123,16 +113,17 @@ impl Ops {
         }
         let boot = match (&req.kernel, &req.initrd) {
             (Some(k), initrd) => Boot::Kernel {
-                kernel: existing_file("kernel", k)?,
-                initrd: initrd.as_deref().map(|i| existing_file("initrd", i)).transpose()?,
+                kernel: self.confine("kernel", k, &self.kernel_dirs())?,
+                initrd: initrd.as_deref().map(|i| self.confine("initrd", i, &self.kernel_dirs())).transpose()?,
                 cmdline: req.cmdline.clone(),
             },
             (None, Some(_)) => return Err(OpsError::invalid("initrd", "an initrd needs a kernel; pass kernel too")),
             (None, None) => Boot::Disk,
         };
         let profile = self.profiles.get(&os_variant)?.clone();
-        let plan =
-            self.plan_disks(req.disk.as_ref(), req.disk_size_gib, &name, &profile, matches!(boot, Boot::Disk))?;
+        let plan = self
+            .plan_disks_bounded(req.disk.as_ref(), req.disk_size_gib, &name, &profile, matches!(boot, Boot::Disk))
+            .await?;
         let disks = plan.disks.clone();
         if disks.is_empty() && matches!(boot, Boot::Disk) {
             return Err(OpsError::invalid(

@@ -14,7 +14,7 @@ use crate::ids::VmName;
 use crate::layout::VmPaths;
 use crate::qemu::profile::{CdromBus, Profile};
 use crate::spec::{DiskFormat, DiskSpec, Media};
-use crate::storage::{self, CreateOptions, ImageFormat};
+use crate::storage::{self, AllowedDirs, CreateOptions, HostFile, ImageFormat, ImageInfo};
 
 /// Bytes in a GiB.
 pub(crate) const GIB: u64 = 1 << 30;
@@ -109,11 +109,11 @@ pub(crate) fn image_format(f: DiskFormat) -> ImageFormat {
     }
 }
 
-fn detect_format(path: &Path) -> std::io::Result<DiskFormat> {
-    use std::io::Read as _;
-    let mut magic = [0u8; 4];
-    let n = std::fs::File::open(path)?.read(&mut magic)?;
-    Ok(if n == 4 && magic == *b"QFI\xfb" { DiskFormat::Qcow2 } else { DiskFormat::Raw })
+fn disk_format(f: ImageFormat) -> DiskFormat {
+    match f {
+        ImageFormat::Qcow2 => DiskFormat::Qcow2,
+        ImageFormat::Raw => DiskFormat::Raw,
+    }
 }
 
 fn owned_disk(path: PathBuf) -> DiskSpec {
@@ -130,6 +130,42 @@ pub(crate) fn check_size_gib(field: &str, size_gib: u64) -> Result<u64, OpsError
 }
 
 impl Ops {
+    /// The format of an image a caller names (adopted disk or master), decided once:
+    /// the format another VM recorded for the same file wins (a raw disk's guest may
+    /// have written any header into it); otherwise the magic decides, and a qcow2
+    /// found that way must pass the chain rule. Returns the chain, top first (its
+    /// format is the decision).
+    fn decide_format(&self, field: &str, file: &HostFile, allowed: &AllowedDirs) -> Result<Vec<ImageInfo>, OpsError> {
+        let recorded = self
+            .other_vms("")
+            .into_iter()
+            .flat_map(|vm| vm.spec.disks)
+            .find(|d| std::fs::canonicalize(&d.path).is_ok_and(|p| p == file.path()))
+            .map(|d| image_format(d.format));
+        let format = match recorded {
+            Some(f) => f,
+            None => storage::inspect_host_file(file, None).map_err(OpsError::storage(field))?.format,
+        };
+        storage::resolve_chain(file.path(), format, allowed).map_err(OpsError::storage(field))
+    }
+
+    /// The disks and checks of a new VM, planned off the async runtime under a
+    /// deadline (a caller's file that never answers costs this call only).
+    pub(crate) async fn plan_disks_bounded(
+        &self,
+        disk: Option<&DiskSource>,
+        disk_size_gib: Option<u64>,
+        name: &VmName,
+        profile: &Profile,
+        boots_from_disk: bool,
+    ) -> Result<DiskPlan, OpsError> {
+        let (disk, name, profile) = (disk.cloned(), name.clone(), profile.clone());
+        self.file_work("disk", "checking the disk images", move |ops| {
+            ops.plan_disks(disk.as_ref(), disk_size_gib, &name, &profile, boots_from_disk)
+        })
+        .await
+    }
+
     /// `<disk_path>/<name>.qcow2` (`<name>-disk<i>.qcow2` for further disks); refused
     /// when the file exists, so nobody's image is ever replaced.
     pub(crate) fn new_disk_path(&self, name: &VmName, index: usize) -> Result<PathBuf, OpsError> {
@@ -174,19 +210,21 @@ impl Ops {
         let mut plan = DiskPlan::default();
         match source {
             DiskSource::Existing(p) => {
-                let path = Self::confine("disk.existing", &p, &self.image_dirs())?;
-                // Adopted as is: the magic decides the format; a damaged image is
-                // QEMU's to report when it starts.
-                let format = detect_format(&path).map_err(OpsError::io("cannot read disk image", &path))?;
-                plan.disks.push(DiskSpec { owned: false, format, ..owned_disk(path) });
+                let dirs = self.image_dirs();
+                let file = self.confine_open("disk.existing", &p, &dirs)?;
+                let chain = self.decide_format("disk.existing", &file, &self.allowed("disk.existing", &dirs)?)?;
+                let format = disk_format(chain[0].format);
+                plan.disks.push(DiskSpec { owned: false, format, ..owned_disk(file.path().to_path_buf()) });
             }
             DiskSource::Master(m) => {
                 let m = m.or_else(|| d.default_master_image.clone()).ok_or_else(|| {
                     OpsError::invalid("disk.master", "no master image given and vm.default_master_image is not set")
                 })?;
-                let base = Self::confine("disk.master", &m, &self.image_dirs())?;
-                // The whole chain must be readable and sane before anything is written.
-                let chain = storage::backing_chain(&base).map_err(OpsError::storage("disk.master"))?;
+                let dirs = self.image_dirs();
+                let file = self.confine_open("disk.master", &m, &dirs)?;
+                // The whole chain must be confined and sane before anything is written.
+                let chain = self.decide_format("disk.master", &file, &self.allowed("disk.master", &dirs)?)?;
+                let base = file.path().to_path_buf();
                 let base_size = chain[0].virtual_size_bytes.next_multiple_of(512);
                 let size_bytes = if explicit.is_some() { want } else { want.max(base_size) };
                 let path = self.new_disk_path(name, 0)?;
@@ -208,7 +246,7 @@ impl Ops {
                 let iso = iso
                     .or_else(|| d.default_iso.clone())
                     .ok_or_else(|| OpsError::invalid("disk.install", "no ISO given and vm.default_iso is not set"))?;
-                let iso = Self::confine("disk.install", &iso, &self.iso_dirs())?;
+                let iso = self.confine("disk.install", &iso, &self.iso_dirs())?;
                 let path = self.new_disk_path(name, 0)?;
                 plan.files.push(NewFile::Blank { path: path.clone(), size_bytes: want });
                 plan.disks.push(owned_disk(path));
@@ -262,7 +300,21 @@ impl Ops {
     /// The VM's own disk files delete should remove (or keep), refusing when another
     /// VM is built on one of them. For an incomplete VM, the files its interrupted
     /// create listed.
-    pub(crate) fn owned_disks_for_delete(
+    /// Runs off the async runtime under a deadline.
+    pub(crate) async fn owned_disks_for_delete(
+        &self,
+        name: &str,
+        paths: &VmPaths,
+        keep: bool,
+    ) -> Result<Vec<PathBuf>, OpsError> {
+        let (name, paths) = (name.to_owned(), paths.clone());
+        self.file_work("name", "checking which VMs use the disks", move |ops| {
+            ops.owned_disks_for_delete_blocking(&name, &paths, keep)
+        })
+        .await
+    }
+
+    fn owned_disks_for_delete_blocking(
         &self,
         name: &str,
         paths: &VmPaths,

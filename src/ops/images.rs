@@ -70,7 +70,7 @@ impl Ops {
                     .filter_map(|d| std::fs::canonicalize(&d.path).ok())
                     .collect()
             } else {
-                Self::images_of(&vm)
+                self.images_of(&vm)
             };
             for f in files {
                 map.entry(f).or_default().push(vm.spec.name.to_string());
@@ -80,11 +80,16 @@ impl Ops {
     }
 
     /// Images (qcow2 files, and `.img`/`.raw` files) in `vm.disk_path` and
-    /// `storage.image_dirs`.
+    /// `storage.image_dirs`. The inspection runs off the async runtime under a
+    /// deadline; files are opened without blocking and FIFOs or devices are skipped.
     ///
     /// # Errors
-    /// None today; the signature leaves room for unreadable directories.
-    pub fn list_images(&self) -> Result<Vec<ImageEntry>, OpsError> {
+    /// The inspection did not finish within [`crate::storage::FILE_WORK_DEADLINE`].
+    pub async fn list_images(&self) -> Result<Vec<ImageEntry>, OpsError> {
+        self.file_work("images", "inspecting the image directories", |ops| ops.list_images_blocking()).await
+    }
+
+    fn list_images_blocking(&self) -> Result<Vec<ImageEntry>, OpsError> {
         let usage = self.usage(false);
         Ok(files_in(&self.image_dirs())
             .into_iter()

@@ -77,7 +77,7 @@ impl Ops {
             self.ensure_supervised(&vm, &obs).await?;
             return Err(OpsError::AlreadyRunning { name: name.into() });
         }
-        self.check_startable(&vm)?;
+        self.check_startable(&vm).await?;
         if let Err(e) = self.spawn_supervisor(&vm, false).await {
             // Let the supervisor record the failure before anyone looks.
             self.wait_supervisor_done(&vm).await;
@@ -267,7 +267,7 @@ impl Ops {
         if !paths.state.exists() {
             return Err(OpsError::NotFound { name: name.into() });
         }
-        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks)?;
+        let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks).await?;
         if let Ok(vm) = self.load(name) {
             let obs = Self::observe(&vm);
             // A supervisor that still runs owns a QEMU (or is about to), whatever the

@@ -27,7 +27,7 @@ impl Ops {
         let iso = iso.map(Path::to_path_buf).or_else(|| self.cfg.vm.default_iso.clone()).ok_or_else(|| {
             OpsError::invalid("iso", "no ISO given and vm.default_iso is not set; `list_isos` shows the ISOs")
         })?;
-        let iso = Self::confine("iso", &iso, &self.iso_dirs())?;
+        let iso = self.confine("iso", &iso, &self.iso_dirs())?;
         let active = Self::observe(&vm).status.state.is_active();
         let slot = vm.spec.disks.iter().position(|d| d.media == Media::Cdrom);
         let i = match (slot, active) {

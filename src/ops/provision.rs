@@ -27,9 +27,7 @@ impl From<ProvisionError> for OpsError {
     fn from(e: ProvisionError) -> Self {
         match e {
             ProvisionError::Invalid { field, reason } => OpsError::Invalid { field, reason },
-            ProvisionError::ReadKey { field, path, source } => {
-                OpsError::Invalid { field, reason: format!("cannot read {}: {source}", path.display()) }
-            }
+            ProvisionError::KeyFile { field, source } => OpsError::Storage { field, source },
         }
     }
 }
@@ -46,9 +44,15 @@ impl Ops {
         nics: &[NicSpec],
     ) -> Result<ProvisionPlan, OpsError> {
         let mut plan = ProvisionPlan::default();
+        let key_dirs: Vec<PathBuf> = self.cfg.storage.key_dirs.iter().filter(|d| d.is_dir()).cloned().collect();
+        let key_dirs = (!key_dirs.is_empty())
+            .then(|| storage::AllowedDirs::new(&key_dirs))
+            .transpose()
+            .map_err(OpsError::storage("storage.key_dirs"))?;
+        let keys = crate::provision::keys::KeyDirs(key_dirs.as_ref());
         if let Some(ci) = cloud_init {
             let mac = nics.first().map(|n| n.mac.to_string());
-            let seed = cloudinit::build(ci, &uuid.to_string(), name, mac.as_deref())?;
+            let seed = cloudinit::build(ci, &uuid.to_string(), name, mac.as_deref(), keys)?;
             let mut files: Vec<(&str, &[u8])> =
                 vec![("meta-data", seed.meta_data.as_bytes()), ("user-data", seed.user_data.as_bytes())];
             if let Some(n) = &seed.network_config {
@@ -59,7 +63,7 @@ impl Ops {
             plan.seed = Some(image);
         }
         if ignition_req.is_some() || profile.ignition {
-            let cfg = ignition::build(&self.cfg.vm.ignition, &ignition_req.cloned().unwrap_or_default())?;
+            let cfg = ignition::build(&self.cfg.vm.ignition, &ignition_req.cloned().unwrap_or_default(), keys)?;
             let mut text = serde_json::to_vec_pretty(&cfg).unwrap_or_default();
             text.push(b'\n');
             plan.ignition = Some(text);

@@ -267,7 +267,10 @@ impl Ops {
             n.mode = NetworkMode::User { port_forwards: Vec::new() };
         }
         let fds = cmdline::FdPlan::standard(0);
-        let mut argv = cmdline::build(&spec, profile, decision.accel, &vm.paths, &fds, None)
+        let host = crate::qemu::prepare::host_inputs(&self.cfg, &spec, &vm.paths)
+            .await
+            .map_err(|e| OpsError::invalid("name", crate::error::chain(&e)))?;
+        let mut argv = cmdline::build(&spec, profile, decision.accel, &vm.paths, &fds, &host)
             .map_err(|e| OpsError::invalid("os_variant", e.to_string()))?;
         argv.push("-S".into());
         std::fs::create_dir_all(&vm.paths.run).map_err(OpsError::io("cannot create", &vm.paths.run))?;

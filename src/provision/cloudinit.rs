@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ProvisionError, check_hostname, check_user, ssh_keys};
+use super::keys::{self, KeyDirs, MAX_SSH_KEYS};
+use super::{ProvisionError, check_hostname, check_user};
 
 /// The seed's file system label; cloud-init looks for it on every block device.
 pub const SEED_LABEL: &str = "cidata";
@@ -41,7 +42,8 @@ pub struct CloudInitRequest {
     /// A user to create (with passwordless sudo); the image's default user when unset.
     #[serde(default)]
     pub user: Option<String>,
-    /// SSH public keys, each a key line or the path of a `.pub` file (`~/` allowed).
+    /// SSH public keys, each the key text (`ssh-ed25519 AAAA… comment`); at most 64.
+    /// A `.pub` file path is accepted only inside the server's key directories.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
     /// crypt(3) hash of the user's password.
@@ -110,7 +112,8 @@ fn network_config(net: &SeedNetwork, mac: Option<&str>) -> Result<String, Provis
 }
 
 /// Builds the seed for instance `instance_id`; `vm_name` is the default host name and
-/// `mac` the first NIC's address (matched by the network config).
+/// `mac` the first NIC's address (matched by the network config); key files are read
+/// only from `key_dirs`.
 ///
 /// # Errors
 /// [`ProvisionError`] naming the field.
@@ -119,13 +122,20 @@ pub fn build(
     instance_id: &str,
     vm_name: &str,
     mac: Option<&str>,
+    key_dirs: KeyDirs<'_>,
 ) -> Result<Seed, ProvisionError> {
     let hostname = req.hostname.clone().unwrap_or_else(|| vm_name.replace(['_', '.'], "-"));
     check_hostname("cloud_init.hostname", &hostname)?;
     let meta_data = format!("instance-id: {}\nlocal-hostname: {}\n", q(instance_id), q(&hostname));
+    if req.ssh_keys.len() > MAX_SSH_KEYS {
+        return Err(keys::too_many("cloud_init.ssh_keys"));
+    }
     let mut keys = Vec::new();
     for k in &req.ssh_keys {
-        keys.extend(ssh_keys("cloud_init.ssh_keys", k)?);
+        keys.extend(keys::ssh_keys("cloud_init.ssh_keys", k, key_dirs)?);
+        if keys.len() > MAX_SSH_KEYS {
+            return Err(keys::too_many("cloud_init.ssh_keys"));
+        }
     }
     let mut u = format!("#cloud-config\nhostname: {}\n", q(&hostname));
     let key_list = |indent: &str| keys.iter().map(|k| format!("{indent}- {}\n", q(k))).collect::<String>();
@@ -172,9 +182,20 @@ pub fn build(
 mod tests {
     use super::*;
 
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f a@b";
+
+    #[test]
+    fn more_than_64_keys_are_refused() {
+        let req = CloudInitRequest { ssh_keys: vec![KEY.into(); MAX_SSH_KEYS + 1], ..CloudInitRequest::default() };
+
+        let e = build(&req, "i", "vm", None, KeyDirs(None)).unwrap_err().to_string();
+
+        assert!(e.starts_with("cloud_init.ssh_keys: more than 64 SSH keys"), "{e}");
+    }
+
     #[test]
     fn meta_data_names_instance_and_host() {
-        let s = build(&CloudInitRequest::default(), "i-1", "web_1", None).unwrap();
+        let s = build(&CloudInitRequest::default(), "i-1", "web_1", None, KeyDirs(None)).unwrap();
         assert_eq!(s.meta_data, "instance-id: \"i-1\"\nlocal-hostname: \"web-1\"\n");
     }
 
@@ -182,14 +203,14 @@ mod tests {
     fn user_keys_packages_and_commands_land_in_user_data() {
         let req = CloudInitRequest {
             user: Some("ops".into()),
-            ssh_keys: vec!["ssh-ed25519 AAAA a@b".into()],
+            ssh_keys: vec![KEY.into()],
             packages: vec!["nginx".into()],
             run_commands: vec!["echo \"hi\" > /x".into()],
             ..CloudInitRequest::default()
         };
-        let u = build(&req, "i", "vm", None).unwrap().user_data;
+        let u = build(&req, "i", "vm", None, KeyDirs(None)).unwrap().user_data;
         assert!(u.starts_with("#cloud-config\n"), "{u}");
-        assert!(u.contains("  - name: \"ops\"\n") && u.contains("      - \"ssh-ed25519 AAAA a@b\"\n"), "{u}");
+        assert!(u.contains("  - name: \"ops\"\n") && u.contains(&format!("      - \"{KEY}\"\n")), "{u}");
         assert!(
             u.contains("packages:\n  - \"nginx\"\n") && u.contains("runcmd:\n  - \"echo \\\"hi\\\" > /x\"\n"),
             "{u}"
@@ -204,7 +225,7 @@ mod tests {
             dns: vec!["192.0.2.53".into()],
         };
         let req = CloudInitRequest { network: Some(net), ..CloudInitRequest::default() };
-        let n = build(&req, "i", "vm", Some("52:54:00:00:00:01")).unwrap().network_config.unwrap();
+        let n = build(&req, "i", "vm", Some("52:54:00:00:00:01"), KeyDirs(None)).unwrap().network_config.unwrap();
         assert!(n.contains("macaddress: \"52:54:00:00:00:01\"") && n.contains("via: \"192.0.2.1\""), "{n}");
     }
 
@@ -212,7 +233,7 @@ mod tests {
     fn static_address_without_prefix_is_refused() {
         let net = SeedNetwork::Static { address: "192.0.2.10".into(), gateway: None, dns: vec![] };
         let req = CloudInitRequest { network: Some(net), ..CloudInitRequest::default() };
-        let e = build(&req, "i", "vm", None).unwrap_err().to_string();
+        let e = build(&req, "i", "vm", None, KeyDirs(None)).unwrap_err().to_string();
         assert!(e.starts_with("cloud_init.network.address:"), "{e}");
     }
 }

@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{ProvisionError, check_hostname, check_user, ssh_keys};
+use super::keys::{self, KeyDirs};
+use super::{ProvisionError, check_hostname, check_user};
 use crate::config::IgnitionDefaults;
 
 /// The Ignition spec version written.
@@ -19,7 +20,8 @@ pub struct IgnitionRequest {
     pub hostname: Option<String>,
     /// User to create (FCOS's is `core`).
     pub user: Option<String>,
-    /// An SSH public key (`ssh-ed25519 AAAA…`) or the path of a `.pub` file (`~/` allowed).
+    /// An SSH public key as text (`ssh-ed25519 AAAA… comment`). A `.pub` file path is
+    /// accepted only inside the server's key directories.
     pub ssh_key: Option<String>,
     /// Time zone such as `Europe/Berlin` (`/etc/localtime`).
     pub timezone: Option<String>,
@@ -66,18 +68,24 @@ fn check_locale(l: &str) -> Result<(), ProvisionError> {
     }
 }
 
-/// Builds the config. A key the caller passed must be readable; the configured
-/// default key is skipped (with a warning) when its file is missing.
+/// Builds the config. A key the caller passed must be valid key text or a key file
+/// inside `key_dirs`; the configured default key is skipped (with a warning) when it
+/// is not usable.
 ///
 /// # Errors
 /// [`ProvisionError`] naming the field and what is wrong with it.
-pub fn build(defaults: &IgnitionDefaults, req: &IgnitionRequest) -> Result<Value, ProvisionError> {
+pub fn build(
+    defaults: &IgnitionDefaults,
+    req: &IgnitionRequest,
+    key_dirs: KeyDirs<'_>,
+) -> Result<Value, ProvisionError> {
     let pick = |o: &Option<String>, d: &Option<String>| o.clone().or_else(|| d.clone());
     let user = pick(&req.user, &defaults.user).unwrap_or_else(|| "core".into());
     check_user("ignition.user", &user)?;
     let keys = match (&req.ssh_key, &defaults.ssh_key) {
-        (Some(k), _) => ssh_keys("ignition.ssh_key", k)?,
-        (None, Some(k)) => ssh_keys("vm.ignition.default_ssh_key", k).unwrap_or_else(|e| {
+        (Some(k), _) => keys::ssh_keys("ignition.ssh_key", k, key_dirs)?,
+        (None, Some(k)) => keys::default_ssh_keys("vm.ignition.default_ssh_key", k, key_dirs).unwrap_or_else(|e| {
+            let e = crate::error::chain(&e);
             tracing::warn!(error = %e, "the default SSH key is not usable; the guest gets none");
             vec![]
         }),
@@ -131,38 +139,45 @@ mod tests {
         }
     }
 
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f x@y";
+
     #[test]
     fn override_beats_default_and_key_literal_is_kept() {
-        let req = IgnitionRequest {
-            hostname: Some("web1".into()),
-            ssh_key: Some("ssh-ed25519 AAAAC3Nza x@y".into()),
-            ..IgnitionRequest::default()
-        };
-        let cfg = build(&defaults(), &req).unwrap();
+        let req =
+            IgnitionRequest { hostname: Some("web1".into()), ssh_key: Some(KEY.into()), ..IgnitionRequest::default() };
+        let cfg = build(&defaults(), &req, KeyDirs(None)).unwrap();
         assert_eq!(cfg["storage"]["files"][0]["contents"]["source"], "data:,web1%0A");
-        assert_eq!(cfg["passwd"]["users"][0]["sshAuthorizedKeys"][0], "ssh-ed25519 AAAAC3Nza x@y");
+        assert_eq!(cfg["passwd"]["users"][0]["sshAuthorizedKeys"][0], KEY);
     }
 
     #[test]
-    fn key_file_lines_become_keys() {
+    fn key_file_inside_key_dirs_gives_its_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("id.pub");
-        std::fs::write(&p, "# mine\nssh-ed25519 AAAA a@b\n\nssh-rsa BBBB c@d\n").unwrap();
+        std::fs::write(&p, format!("# mine\n{KEY}\n\n{KEY} 2\n")).unwrap();
+        let allowed = crate::storage::AllowedDirs::new(&[dir.path().to_path_buf()]).unwrap();
         let req = IgnitionRequest { ssh_key: Some(p.to_string_lossy().into()), ..IgnitionRequest::default() };
-        let cfg = build(&defaults(), &req).unwrap();
-        assert_eq!(cfg["passwd"]["users"][0]["sshAuthorizedKeys"], json!(["ssh-ed25519 AAAA a@b", "ssh-rsa BBBB c@d"]));
+        let cfg = build(&defaults(), &req, KeyDirs(Some(&allowed))).unwrap();
+        assert_eq!(cfg["passwd"]["users"][0]["sshAuthorizedKeys"], json!([KEY, format!("{KEY} 2")]));
     }
 
     #[test]
-    fn missing_key_file_passed_by_caller_is_an_error() {
-        let req = IgnitionRequest { ssh_key: Some("/nonexistent/id.pub".into()), ..IgnitionRequest::default() };
-        let e = build(&defaults(), &req).unwrap_err().to_string();
-        assert!(e.starts_with("ignition.ssh_key: cannot read /nonexistent/id.pub"), "{e}");
+    fn key_file_path_without_key_dirs_is_an_error() {
+        let req = IgnitionRequest { ssh_key: Some("/etc/shadow".into()), ..IgnitionRequest::default() };
+        let e = build(&defaults(), &req, KeyDirs(None)).unwrap_err().to_string();
+        assert!(e.starts_with("ignition.ssh_key: \"/etc/shadow\" is not SSH public key text"), "{e}");
+    }
+
+    #[test]
+    fn unusable_default_key_gives_no_key() {
+        let d = IgnitionDefaults { ssh_key: Some("/nonexistent/id.pub".into()), ..defaults() };
+        let cfg = build(&d, &IgnitionRequest::default(), KeyDirs(None)).unwrap();
+        assert!(cfg["passwd"]["users"][0].get("sshAuthorizedKeys").is_none(), "{cfg}");
     }
 
     #[test]
     fn timezone_with_dot_dot_is_refused() {
         let req = IgnitionRequest { timezone: Some("../../etc/shadow".into()), ..IgnitionRequest::default() };
-        assert!(build(&defaults(), &req).is_err());
+        assert!(build(&defaults(), &req, KeyDirs(None)).is_err());
     }
 }

@@ -5,20 +5,18 @@
 pub mod cloudinit;
 pub mod ignition;
 pub mod install;
-
-use std::path::PathBuf;
+pub mod keys;
 
 /// A provisioning field that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
-    #[error("{field}: cannot read {}", path.display())]
-    ReadKey {
+    #[error("{field}")]
+    KeyFile {
         field: String,
-        path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: crate::storage::StorageError,
     },
 }
 
@@ -53,34 +51,4 @@ pub(crate) fn check_user(field: &str, u: &str) -> Result<(), ProvisionError> {
     } else {
         Err(ProvisionError::invalid(field, format!("{u:?} is not a user name (lowercase letters, digits, _ and -)")))
     }
-}
-
-/// True for an OpenSSH public key line (as opposed to a file path).
-fn is_key_literal(s: &str) -> bool {
-    ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"].iter().any(|p| s.trim_start().starts_with(p))
-}
-
-/// The keys `value` stands for: itself when it is a key, else the key lines of the
-/// file it names (`~/` is the home directory).
-pub(crate) fn ssh_keys(field: &str, value: &str) -> Result<Vec<String>, ProvisionError> {
-    if is_key_literal(value) {
-        if value.contains('\n') {
-            return Err(ProvisionError::invalid(field, "one key per entry; pass several entries for several keys"));
-        }
-        return Ok(vec![value.trim().to_owned()]);
-    }
-    let path = match value.strip_prefix("~/") {
-        Some(rest) => std::env::var_os("HOME").map_or_else(|| PathBuf::from(value), |h| PathBuf::from(h).join(rest)),
-        None => PathBuf::from(value),
-    };
-    let text = std::fs::read_to_string(&path).map_err(|source| ProvisionError::ReadKey {
-        field: field.into(),
-        path: path.clone(),
-        source,
-    })?;
-    let keys: Vec<String> = text.lines().map(str::trim).filter(|l| is_key_literal(l)).map(String::from).collect();
-    if keys.is_empty() {
-        return Err(ProvisionError::invalid(field, format!("{} holds no SSH public key", path.display())));
-    }
-    Ok(keys)
 }

@@ -1,14 +1,94 @@
-//! Turns (profile, spec, accelerator, paths, fd numbers) into QEMU's argv. Pure and
-//! golden-tested: nothing here touches the system. Paths go into `-blockdev` as JSON and
-//! into key=value options with commas doubled, so no file name can inject an option.
+//! Turns (profile, spec, accelerator, paths, fd numbers, checked host inputs) into
+//! QEMU's argv. Pure and golden-tested: nothing here touches the system; what the
+//! host had to say (each disk's checked backing chain, the user to drop to) comes in
+//! as [`HostInputs`] (see `qemu::prepare`). Every disk is given to QEMU as its
+//! whole chain, each node's format named and the bottom qcow2 ending in
+//! `"backing": null`, so QEMU never probes a format nor opens a backing file by a
+//! name from an image header. Paths go into `-blockdev` as JSON and into key=value
+//! options with commas doubled, so no file name can inject an option.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
 
 use crate::layout::VmPaths;
 use crate::qemu::accel::Accel;
 use crate::qemu::profile::{CdromBus, DiskBus, Display, Machine, Profile};
 use crate::spec::{Boot, Media, NetworkMode, VmSpec};
+use crate::storage::ImageFormat;
+
+/// QEMU's seccomp filter: every option QEMU 7.2 offers, at its strictest. `obsolete`
+/// (old syscalls), `elevateprivileges` (set*id), `spawn` (fork/exec: nothing of ours
+/// makes QEMU run helpers; taps come as descriptors), `resourcecontrol` (affinity,
+/// scheduler).
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+/// The filter when QEMU drops to `qemu.user`: QEMU changes user *after* installing the
+/// filter, so `elevateprivileges=deny` (or `=children`) kills it with SIGSYS at
+/// start-up (measured with QEMU 7.2); everything else stays denied.
+pub const SANDBOX_RUN_AS: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
+
+/// One file of a disk's chain, as checked on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainNode {
+    /// Real path of the file.
+    pub path: PathBuf,
+    /// Its format: the disk's recorded one for the top, the naming image's declared
+    /// backing format below.
+    pub format: ImageFormat,
+    /// A block device (`storage.allow_block_devices`): QEMU's `host_device` protocol
+    /// driver, since its `file` driver takes regular files only.
+    pub block_device: bool,
+}
+
+/// How the installed QEMU is told to switch user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunAsSyntax {
+    /// `-runas USER` (QEMU before 9.1).
+    Runas,
+    /// `-run-with user=USER` (QEMU 9.1 and later, which deprecates `-runas`).
+    RunWith,
+}
+
+/// The unprivileged user QEMU drops to once it has opened its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// User name (checked by the config: no `,` or `=`).
+    pub user: String,
+    pub syntax: RunAsSyntax,
+}
+
+/// What the host said, checked just before the argv is built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostInputs {
+    /// Per entry of `spec.disks`: its whole chain, top first (empty for an ejected
+    /// drive).
+    pub chains: Vec<Vec<ChainNode>>,
+    /// The user QEMU drops to, if any.
+    pub run_as: Option<RunAs>,
+    /// Where the VNC server listens, when the run has one.
+    pub vnc: Option<VncListen>,
+}
+
+impl HostInputs {
+    /// Each disk as a chain of itself alone, read as its recorded format (tests, and
+    /// specs whose disks have no backing files).
+    #[must_use]
+    pub fn single_nodes(spec: &VmSpec) -> Self {
+        let chains = spec
+            .disks
+            .iter()
+            .map(|d| {
+                let format = match d.format {
+                    crate::spec::DiskFormat::Qcow2 => ImageFormat::Qcow2,
+                    crate::spec::DiskFormat::Raw => ImageFormat::Raw,
+                };
+                if d.ejected { vec![] } else { vec![ChainNode { path: d.path.clone(), format, block_device: false }] }
+            })
+            .collect();
+        Self { chains, run_as: None, vnc: None }
+    }
+}
 
 /// Pre-opened descriptors handed to QEMU at these numbers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +149,8 @@ pub enum CmdlineError {
     TooManyDisks { profile: String, bus: &'static str, disks: usize, max: usize },
     #[error("NIC {index} is bridged but no tap descriptor was planned for it")]
     MissingTap { index: usize },
+    #[error("disk {index} has no checked backing chain")]
+    MissingChain { index: usize },
 }
 
 /// `a,b` → `a,,b` for QEMU's key=value parser.
@@ -88,14 +170,15 @@ impl Args {
 /// Builds the whole argv (without the binary itself).
 ///
 /// # Errors
-/// [`CmdlineError`] when the spec and the profile do not fit together.
+/// [`CmdlineError`] when the spec and the profile do not fit together, or a disk has
+/// no chain in `host`.
 pub fn build(
     spec: &VmSpec,
     profile: &Profile,
     accel: Accel,
     paths: &VmPaths,
     fds: &FdPlan,
-    vnc: Option<&VncListen>,
+    host: &HostInputs,
 ) -> Result<Vec<String>, CmdlineError> {
     let mmio = profile.is_mmio();
     let dev = |pci: &str, mmio_name: &str| if mmio { mmio_name.to_owned() } else { pci.to_owned() };
@@ -103,7 +186,16 @@ pub fn build(
     a.push("-name", format!("{},debug-threads=on", spec.name));
     a.push("-uuid", spec.uuid.to_string());
     a.0.extend(["-nodefaults", "-no-user-config"].map(String::from));
-    a.push("-sandbox", "on");
+    match &host.run_as {
+        None => a.push("-sandbox", SANDBOX),
+        Some(r) => {
+            a.push("-sandbox", SANDBOX_RUN_AS);
+            match r.syntax {
+                RunAsSyntax::Runas => a.push("-runas", r.user.clone()),
+                RunAsSyntax::RunWith => a.push("-run-with", format!("user={}", r.user)),
+            }
+        }
+    }
     a.push(
         "-machine",
         match profile.machine {
@@ -124,7 +216,7 @@ pub fn build(
     a.push("-rtc", "base=utc");
     a.push("-msg", "timestamp=on");
     a.push("-display", "none");
-    if let Some(v) = vnc {
+    if let Some(v) = &host.vnc {
         a.push("-vnc", v.arg());
     }
 
@@ -169,7 +261,7 @@ pub fn build(
     }
 
     super::boot_order::firmware(&mut a.0, spec);
-    disks(&mut a, spec, profile)?;
+    disks(&mut a, spec, profile, &host.chains)?;
     nics(&mut a, spec, profile, fds)?;
 
     match &spec.boot {
@@ -191,7 +283,30 @@ pub fn build(
     Ok(a.0)
 }
 
-fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineError> {
+/// `-blockdev` JSON of a whole chain: node `node` on top, backing nodes
+/// `<node>-b<k>` below, each format node over a named `file` node; a qcow2 at the
+/// bottom gets `"backing": null` (raw nodes have no backing option at all).
+fn blockdev(node: &str, chain: &[ChainNode], read_only_top: bool) -> Value {
+    let mut below = Value::Null;
+    for (k, n) in chain.iter().enumerate().rev() {
+        let name = if k == 0 { node.to_owned() } else { format!("{node}-b{k}") };
+        let ro = read_only_top || k > 0;
+        let protocol = if n.block_device { "host_device" } else { "file" };
+        let mut v = json!({
+            "driver": n.format.as_str(),
+            "node-name": name,
+            "read-only": ro,
+            "file": { "driver": protocol, "node-name": format!("{name}-file"), "filename": n.path.to_string_lossy(), "read-only": ro },
+        });
+        if n.format == ImageFormat::Qcow2 {
+            v["backing"] = std::mem::take(&mut below);
+        }
+        below = v;
+    }
+    below
+}
+
+fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile, chains: &[Vec<ChainNode>]) -> Result<(), CmdlineError> {
     let mmio = profile.is_mmio();
     let boot_from_disk = matches!(spec.boot, Boot::Disk);
     let mut scsi_added = false;
@@ -202,14 +317,9 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile) -> Result<(), CmdlineEr
     for (i, d) in spec.disks.iter().enumerate() {
         let node = format!("disk{i}");
         let ro = d.readonly || d.media == Media::Cdrom;
-        let json = serde_json::json!({
-            "driver": d.format.driver(),
-            "node-name": node,
-            "read-only": ro,
-            "file": { "driver": "file", "filename": d.path.to_string_lossy(), "read-only": ro },
-        });
         if !d.ejected {
-            a.push("-blockdev", json.to_string());
+            let chain = chains.get(i).filter(|c| !c.is_empty()).ok_or(CmdlineError::MissingChain { index: i })?;
+            a.push("-blockdev", blockdev(&node, chain, ro).to_string());
         }
         let bus = match d.media {
             Media::Disk => match profile.disk_bus {
@@ -353,8 +463,8 @@ mod tests {
     fn argv_with(profile: &str, spec: &VmSpec) -> Vec<String> {
         let profiles = Profiles::load(None).unwrap();
         let p = profiles.get(profile).unwrap();
-        let vnc = (p.display != Display::None).then_some(&VNC);
-        build(spec, p, Accel::Tcg, &paths(), &FdPlan::standard(1), vnc).unwrap()
+        let host = HostInputs { vnc: (p.display != Display::None).then_some(VNC), ..HostInputs::single_nodes(spec) };
+        build(spec, p, Accel::Tcg, &paths(), &FdPlan::standard(1), &host).unwrap()
     }
 
     fn argv_for(profile: &str, boot: Boot) -> Vec<String> {
@@ -369,6 +479,111 @@ mod tests {
             secure_boot,
         });
         s
+    }
+
+    fn build_with(spec: &VmSpec, profile: &str, host: &HostInputs) -> Result<Vec<String>, CmdlineError> {
+        let profiles = Profiles::load(None).unwrap();
+        build(spec, profiles.get(profile).unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1), host)
+    }
+
+    fn node(path: &str, format: ImageFormat) -> ChainNode {
+        ChainNode { path: path.into(), format, block_device: false }
+    }
+
+    fn blockdev_of(argv: &[String], node: &str) -> Value {
+        let needle = format!("\"node-name\":\"{node}\"");
+        let i = argv.iter().position(|a| a.starts_with('{') && a.contains(&needle)).unwrap();
+        serde_json::from_str(&argv[i]).unwrap()
+    }
+
+    #[test]
+    fn whole_chain_is_given_with_every_format_named() {
+        let spec = spec(Boot::Disk);
+        let host = HostInputs {
+            chains: vec![vec![
+                node("/vm/web1,x.qcow2", ImageFormat::Qcow2),
+                node("/vm/mid.qcow2", ImageFormat::Qcow2),
+                node("/vm/base.raw", ImageFormat::Raw),
+            ]],
+            run_as: None,
+            vnc: None,
+        };
+
+        let argv = build_with(&spec, "generic", &host).unwrap();
+
+        let want = json!({
+            "driver": "qcow2", "node-name": "disk0", "read-only": false,
+            "file": { "driver": "file", "node-name": "disk0-file", "filename": "/vm/web1,x.qcow2", "read-only": false },
+            "backing": {
+                "driver": "qcow2", "node-name": "disk0-b1", "read-only": true,
+                "file": { "driver": "file", "node-name": "disk0-b1-file", "filename": "/vm/mid.qcow2", "read-only": true },
+                "backing": {
+                    "driver": "raw", "node-name": "disk0-b2", "read-only": true,
+                    "file": { "driver": "file", "node-name": "disk0-b2-file", "filename": "/vm/base.raw", "read-only": true },
+                },
+            },
+        });
+        assert_eq!(blockdev_of(&argv, "disk0"), want);
+    }
+
+    #[test]
+    fn block_device_is_opened_with_the_host_device_driver() {
+        let spec = spec(Boot::Disk);
+        let host = HostInputs {
+            chains: vec![vec![ChainNode {
+                path: "/dev/vg0/web1".into(),
+                format: ImageFormat::Raw,
+                block_device: true,
+            }]],
+            run_as: None,
+            vnc: None,
+        };
+
+        let argv = build_with(&spec, "generic", &host).unwrap();
+
+        assert_eq!(blockdev_of(&argv, "disk0")["file"]["driver"], "host_device");
+    }
+
+    #[test]
+    fn qcow2_at_the_bottom_has_null_backing() {
+        let argv = argv_for("generic", Boot::Disk);
+
+        assert_eq!(blockdev_of(&argv, "disk0")["backing"], Value::Null);
+        assert!(blockdev_of(&argv, "disk0").as_object().unwrap().contains_key("backing"));
+    }
+
+    #[test]
+    fn disk_without_a_chain_is_refused() {
+        let e = build_with(&spec(Boot::Disk), "generic", &HostInputs::default());
+
+        assert_eq!(e, Err(CmdlineError::MissingChain { index: 0 }));
+    }
+
+    #[test]
+    fn run_as_on_qemu_7_uses_runas_and_keeps_set_id_calls() {
+        let spec = spec(Boot::Disk);
+        let host = HostInputs {
+            run_as: Some(RunAs { user: "kvm-mcp".into(), syntax: RunAsSyntax::Runas }),
+            ..HostInputs::single_nodes(&spec)
+        };
+
+        let argv = build_with(&spec, "generic", &host).unwrap();
+
+        let i = argv.iter().position(|a| a == "-sandbox").unwrap();
+        assert_eq!(argv[i..i + 4], ["-sandbox", SANDBOX_RUN_AS, "-runas", "kvm-mcp"]);
+    }
+
+    #[test]
+    fn run_as_on_qemu_9_1_uses_run_with() {
+        let spec = spec(Boot::Disk);
+        let host = HostInputs {
+            run_as: Some(RunAs { user: "kvm-mcp".into(), syntax: RunAsSyntax::RunWith }),
+            ..HostInputs::single_nodes(&spec)
+        };
+
+        let argv = build_with(&spec, "generic", &host).unwrap();
+
+        assert!(argv.windows(2).any(|w| w == ["-run-with", "user=kvm-mcp"]), "{argv:?}");
     }
 
     #[test]
@@ -436,15 +651,8 @@ mod tests {
 
     #[test]
     fn microvm_disk_boot_is_refused() {
-        let profiles = Profiles::load(None).unwrap();
-        let e = build(
-            &spec(Boot::Disk),
-            profiles.get("microvm").unwrap(),
-            Accel::Tcg,
-            &paths(),
-            &FdPlan::standard(1),
-            None,
-        );
+        let spec = spec(Boot::Disk);
+        let e = build_with(&spec, "microvm", &HostInputs::single_nodes(&spec));
         assert_eq!(e, Err(CmdlineError::MicrovmNeedsKernel { profile: "microvm".into() }));
     }
 
@@ -457,14 +665,9 @@ mod tests {
     #[test]
     fn bridged_nic_without_tap_fd_is_refused() {
         let profiles = Profiles::load(None).unwrap();
-        let e = build(
-            &spec(Boot::Disk),
-            profiles.get("generic").unwrap(),
-            Accel::Tcg,
-            &paths(),
-            &FdPlan::standard(0),
-            None,
-        );
+        let spec = spec(Boot::Disk);
+        let host = HostInputs::single_nodes(&spec);
+        let e = build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(0), &host);
         assert_eq!(e, Err(CmdlineError::MissingTap { index: 1 }));
     }
 
@@ -474,9 +677,7 @@ mod tests {
         spec.nics[0].mode = NetworkMode::User {
             port_forwards: vec![crate::ids::PortForward::tcp(2222, 22), "0.0.0.0:5353:53/udp".parse().unwrap()],
         };
-        let profiles = Profiles::load(None).unwrap();
-        let argv =
-            build(&spec, profiles.get("generic").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1), None).unwrap();
+        let argv = build_with(&spec, "generic", &HostInputs::single_nodes(&spec)).unwrap();
         assert!(
             argv.contains(&"user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=udp:0.0.0.0:5353-:53".to_owned()),
             "{argv:?}"
@@ -486,9 +687,10 @@ mod tests {
     #[test]
     fn kvm_uses_host_cpu() {
         let profiles = Profiles::load(None).unwrap();
+        let spec = spec(Boot::Disk);
+        let host = HostInputs::single_nodes(&spec);
         let argv =
-            build(&spec(Boot::Disk), profiles.get("linux").unwrap(), Accel::Kvm, &paths(), &FdPlan::standard(1), None)
-                .unwrap();
+            build(&spec, profiles.get("linux").unwrap(), Accel::Kvm, &paths(), &FdPlan::standard(1), &host).unwrap();
         let i = argv.iter().position(|a| a == "-cpu").unwrap();
         assert_eq!((argv[i + 1].as_str(), argv.contains(&"kvm".to_owned())), ("host", true));
     }

@@ -1,19 +1,33 @@
 //! The only place that spawns processes (clippy's `disallowed-methods` keeps
 //! `Command::new` here). Supervisors start in their own session with stdio on a log
 //! file, so no front end's exit, terminal or signal reaches them; QEMU starts as the
-//! supervisor's child with pre-opened descriptors placed at fixed numbers.
+//! supervisor's child with pre-opened descriptors placed at fixed numbers and a
+//! umask of 027, so the files it creates (the serial log) are not world-readable.
+//! Log files are created 0640.
 
 #![allow(clippy::disallowed_methods)]
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::process::Stdio;
 
+use crate::fsutil::LOG_MODE;
+
 /// Lowest fd number used to park descriptors before they are moved into place.
 const PARK_FD_BASE: RawFd = 64;
+/// QEMU's umask: what it creates (serial log, sockets, screenshots) is for the
+/// supervisor's user and group only.
+const QEMU_UMASK: libc::mode_t = 0o027;
 
+/// Opens a log for appending, created 0640; an older, looser log is tightened.
 fn log_file(path: &Path) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path)
+    let file = std::fs::OpenOptions::new().create(true).append(true).mode(LOG_MODE).open(path)?;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode & !LOG_MODE != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & LOG_MODE))?;
+    }
+    Ok(file)
 }
 
 /// Duplicates every fd above [`PARK_FD_BASE`] (close-on-exec), so moving them to their
@@ -33,14 +47,22 @@ fn park(fds: &[(&OwnedFd, RawFd)]) -> std::io::Result<Vec<(OwnedFd, RawFd)>> {
 }
 
 /// Installs `parked` at their target numbers in the child (after fork, before exec).
-fn install(cmd: &mut tokio::process::Command, parked: &[(OwnedFd, RawFd)], new_session: bool) {
+fn install(
+    cmd: &mut tokio::process::Command,
+    parked: &[(OwnedFd, RawFd)],
+    new_session: bool,
+    umask: Option<libc::mode_t>,
+) {
     let moves: Vec<(RawFd, RawFd)> = parked.iter().map(|(fd, t)| (fd.as_raw_fd(), *t)).collect();
-    // SAFETY: the closure only calls async-signal-safe functions (setsid, dup2) and
-    // allocates nothing.
+    // SAFETY: the closure only calls async-signal-safe functions (setsid, umask, dup2)
+    // and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             if new_session && libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if let Some(mask) = umask {
+                libc::umask(mask);
             }
             for &(src, dst) in &moves {
                 // dup2 clears FD_CLOEXEC on `dst`, so the target survives exec.
@@ -70,7 +92,7 @@ pub fn spawn_supervisor(
     let mut cmd = tokio::process::Command::new(exe);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(false);
     let parked = park(&[(ready_fd, 3)])?;
-    install(&mut cmd, &parked, true);
+    install(&mut cmd, &parked, true, None);
     cmd.spawn()
 }
 
@@ -90,7 +112,7 @@ pub fn spawn_qemu(
     let mut cmd = tokio::process::Command::new(binary);
     cmd.args(argv).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(false);
     let parked = park(fds)?;
-    install(&mut cmd, &parked, false);
+    install(&mut cmd, &parked, false, Some(QEMU_UMASK));
     cmd.spawn()
 }
 

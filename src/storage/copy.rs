@@ -1,7 +1,6 @@
 //! Full copies of images (full clones): written atomically after a free-space check,
 //! so a failed copy leaves nothing behind.
 
-use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -15,7 +14,7 @@ use super::error::StorageError;
 /// `AlreadyExists`, `InsufficientSpace` (the source's allocated size is needed), or an
 /// I/O error naming the file.
 pub fn copy_image(src: &Path, dst: &Path) -> Result<(), StorageError> {
-    let mut input = File::open(src).map_err(|e| StorageError::open(src, e))?;
+    let (mut input, _, _) = super::hostpath::open_recorded(src, false)?;
     let meta = input.metadata().map_err(|e| StorageError::read(src, e))?;
     let needed = meta.blocks() * 512;
     atomic::create_new(dst, needed, SpaceCheck::Before, |out| std::io::copy(&mut input, out).map(|_| ()))

@@ -173,6 +173,59 @@ pub enum StorageError {
     /// No allowed directories are configured.
     #[error("no allowed directories are configured")]
     NoAllowedDirs,
+    /// A caller-given path names something other than a regular file (a FIFO, a
+    /// device, a directory, ...), which is refused before anything reads it.
+    #[error("{input:?} is {what}, not a regular file")]
+    NotAFile {
+        /// The path as the caller (or an image header) gave it.
+        input: String,
+        /// What it is, e.g. "a FIFO".
+        what: &'static str,
+    },
+    /// The file was replaced while it was being opened.
+    #[error("{input:?} changed while it was being opened; try again")]
+    Changed {
+        /// The path as given.
+        input: String,
+    },
+    /// A file is larger than the cap for what it should hold.
+    #[error("{} is larger than {limit_bytes} bytes", path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The cap.
+        limit_bytes: u64,
+    },
+    /// Something is wrong with the backing file `image` names.
+    #[error("backing file of {}", image.display())]
+    Backing {
+        /// The image whose header names the backing file.
+        image: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: Box<StorageError>,
+    },
+    /// An image names a backing file without its format; formats are never guessed.
+    #[error(
+        "{} names its backing file {backing:?} without a backing format, and kvm-mcp never guesses a format; \
+         record it with `qemu-img rebase -u -F qcow2 -b {backing} {}` (or -F raw)",
+        image.display(),
+        image.display()
+    )]
+    NoBackingFormat {
+        /// The image.
+        image: PathBuf,
+        /// Its backing file name as stored.
+        backing: String,
+    },
+    /// Blocking file work did not finish within its deadline.
+    #[error("{what} did not finish within {limit:?} (a file that does not answer?)")]
+    Deadline {
+        /// What was being done.
+        what: &'static str,
+        /// The deadline.
+        limit: std::time::Duration,
+    },
 }
 
 impl StorageError {
@@ -182,6 +235,12 @@ impl StorageError {
         match self {
             Self::AlreadyExists { .. } | Self::InUse { .. } => ErrorKind::Conflict,
             Self::Open { source, .. } | Self::ResolvePath { source, .. } => io_kind(source),
+            Self::Backing { source, .. } => match source.kind() {
+                // A backing file that is missing is the image's fault, not the caller's.
+                ErrorKind::NotFound => ErrorKind::InvalidInput,
+                kind => kind,
+            },
+            Self::Deadline { .. } => ErrorKind::Unavailable,
             Self::Read { .. }
             | Self::Write { .. }
             | Self::Lock { .. }
@@ -196,7 +255,11 @@ impl StorageError {
             | Self::BackingChainCycle { .. }
             | Self::BackingChainTooDeep { .. }
             | Self::OutsideAllowedDirs { .. }
-            | Self::InvalidFileName { .. } => ErrorKind::InvalidInput,
+            | Self::InvalidFileName { .. }
+            | Self::NotAFile { .. }
+            | Self::Changed { .. }
+            | Self::TooLarge { .. }
+            | Self::NoBackingFormat { .. } => ErrorKind::InvalidInput,
         }
     }
 

@@ -1,14 +1,16 @@
-//! Disk images on the host: creating qcow2 images and overlays in-process,
-//! inspecting images and their backing chains, growing them offline, and
-//! confining caller-given image and ISO paths to the configured directories.
+//! Disk images and other host files on the host: the one confinement rule for every
+//! host path a caller names (`hostpath`), creating qcow2 images and overlays
+//! in-process, inspecting images and resolving their backing chains under that rule,
+//! growing them offline, and running blocking file work under a deadline.
 //! Nothing here runs `qemu-img`; QEMU's tools are only the test oracle.
 //! Every new file is written atomically (temporary file, fsync, rename
 //! without replacing, directory fsync) after a free-space check.
 
 mod atomic;
 mod copy;
+mod deadline;
 pub mod error;
-pub mod paths;
+pub mod hostpath;
 pub mod qcow2;
 mod seed;
 #[cfg(test)]
@@ -20,11 +22,12 @@ use std::str::FromStr;
 
 pub use atomic::remove_temp_siblings;
 pub use copy::copy_image;
+pub use deadline::{FILE_WORK_DEADLINE, with_deadline};
 pub use error::{ErrorKind, StorageError};
-pub use paths::{resolve_confined, resolve_confined_new};
+pub use hostpath::{AllowedDirs, FileKind, HostFile, resolve_confined, resolve_confined_new};
 pub use qcow2::{
-    CreateOptions, MAX_CHAIN_LEN, SnapshotInfo, backing_chain, create_blank, create_overlay, inspect, inspect_as,
-    resize_offline, snapshots,
+    CreateOptions, MAX_CHAIN_LEN, SnapshotInfo, create_blank, create_overlay, inspect, inspect_as, inspect_host_file,
+    resize_offline, resize_offline_as, resolve_chain, snapshots,
 };
 pub use seed::{fat_image, write_fat_image};
 

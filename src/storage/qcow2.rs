@@ -12,6 +12,7 @@
 //! `qemu-img create` lays them out (docs/interop/qcow2.txt), and every image
 //! the tests write is checked by `qemu-img check`.
 
+mod chain;
 mod header;
 mod inspect;
 mod refcount;
@@ -23,8 +24,9 @@ use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-pub use inspect::{MAX_CHAIN_LEN, backing_chain, inspect, inspect_as};
-pub use resize::resize_offline;
+pub use chain::{MAX_CHAIN_LEN, resolve_chain};
+pub use inspect::{inspect, inspect_as, inspect_host_file};
+pub use resize::{resize_offline, resize_offline_as};
 pub use snapshots::{SnapshotInfo, snapshots};
 
 use self::header::{MAX_BACKING_NAME_BYTES, MAX_NEW_SIZE, NewImage};

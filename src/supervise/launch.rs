@@ -20,7 +20,8 @@ use crate::ids::IfName;
 use crate::layout::VmPaths;
 use crate::network::{Netlink, NetworkError, Tap};
 use crate::qemu::accel::{self, AccelDecision, KvmUnusable};
-use crate::qemu::cmdline::{self, CmdlineError, FdPlan};
+use crate::qemu::cmdline::{self, CmdlineError, FdPlan, HostInputs};
+use crate::qemu::prepare::{self, PrepareError};
 use crate::qemu::profile::{Profile, ProfileError, Profiles};
 use crate::spec::{NetworkMode, VmSpec};
 
@@ -56,6 +57,8 @@ pub enum LaunchError {
         source: DhcpError,
     },
     #[error(transparent)]
+    Prepare(#[from] PrepareError),
+    #[error(transparent)]
     Cmdline(#[from] CmdlineError),
     #[error(transparent)]
     Vnc(#[from] VncError),
@@ -82,6 +85,7 @@ impl LaunchError {
             LaunchError::Profile(_) | LaunchError::Sockets { .. } => ErrorKind::Internal,
             LaunchError::PortForward { source, .. } | LaunchError::Nic { source, .. } => source.kind(),
             LaunchError::Vnc(e) => e.kind(),
+            LaunchError::Prepare(e) => e.kind(),
             LaunchError::Accel(_) | LaunchError::Dhcp { .. } | LaunchError::Spawn { .. } => ErrorKind::Unavailable,
         }
     }
@@ -117,12 +121,15 @@ pub async fn plan(cfg: &Config, spec: &VmSpec, paths: &VmPaths, exe: &Path) -> R
     check_port_forwards(spec)?;
     let run_spec = crate::provision::install::run_spec(spec, paths);
     let fd_plan = FdPlan::standard(bridged(spec).len());
+    // Every file QEMU opens, checked now: chains may have changed since create.
+    let mut host = prepare::host_inputs(cfg, &run_spec, paths).await?;
     // Checked before taps are made or a display is claimed: a spec that cannot run
     // with its profile fails here, having changed nothing.
-    cmdline::build(&run_spec, &profile, accel.accel, paths, &fd_plan, None)?;
+    cmdline::build(&run_spec, &profile, accel.accel, paths, &fd_plan, &host)?;
     let taps = open_taps(cfg, spec, exe).await?;
     let vnc = vnc::claim(&cfg.display, &profile, &cfg.run_dir, &spec.name, paths)?;
-    let argv = build_argv(&run_spec, &profile, &accel, paths, &fd_plan, vnc.as_ref());
+    host.vnc = vnc.as_ref().map(VncRecord::listen);
+    let argv = build_argv(&run_spec, &profile, &accel, paths, &fd_plan, &host);
     let argv = match argv {
         Ok(a) => a,
         Err(e) => {
@@ -149,10 +156,9 @@ fn build_argv(
     accel: &AccelDecision,
     paths: &VmPaths,
     fds: &FdPlan,
-    vnc: Option<&VncRecord>,
+    host: &HostInputs,
 ) -> Result<Vec<String>, LaunchError> {
-    let listen = vnc.map(VncRecord::listen);
-    Ok(cmdline::build(spec, profile, accel.accel, paths, fds, listen.as_ref())?)
+    Ok(cmdline::build(spec, profile, accel.accel, paths, fds, host)?)
 }
 
 /// Bridged NICs of `spec`: (index, bridge).

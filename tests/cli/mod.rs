@@ -109,8 +109,10 @@ fn host_info_reports_accelerator_and_qemu_version() {
 fn start_failure_reports_qemu_error() {
     let env = TestEnv::new();
     let disk = env.disk("bad");
-    std::fs::write(&disk, b"QFI\xfbgarbage").unwrap();
     env.cli(&["vm", "create", "bad", "--disk", disk.to_str().unwrap()]);
+    // A header kvm-mcp reads but QEMU refuses: an L1 table offset off cluster alignment.
+    let f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &0x1_0001u64.to_be_bytes(), 40).unwrap();
     let out = env.cli(&["vm", "start", "bad"]);
     let info: serde_json::Value = serde_json::from_slice(&env.cli(&["vm", "info", "bad", "--json"]).stdout).unwrap();
     assert_eq!(

@@ -26,7 +26,8 @@ pub fn storage_env(vm_extra: serde_json::Value) -> TestEnv {
     }
     let mut cfg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&env.config_path).expect("config")).expect("json");
-    cfg["storage"] = serde_json::json!({ "image_dirs": [root.join("images")], "iso_dirs": [root.join("isos")] });
+    cfg["storage"]["image_dirs"] = serde_json::json!([root.join("images")]);
+    cfg["storage"]["iso_dirs"] = serde_json::json!([root.join("isos")]);
     if let (Some(vm), Some(extra)) = (cfg["vm"].as_object_mut(), vm_extra.as_object()) {
         vm.extend(extra.clone());
     }

@@ -15,6 +15,12 @@ use kvm_mcp::state::VmState;
 /// Generous deadline for anything a TCG guest does on a loaded 2-core machine.
 pub const GUEST_DEADLINE: Duration = Duration::from_secs(180);
 
+/// Where the fixtures are (or will be) built: `$FIXTURE_DIR` or `fixtures/cache`.
+pub fn fixture_dir() -> PathBuf {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::var_os("FIXTURE_DIR").map_or_else(|| repo.join("fixtures/cache"), PathBuf::from)
+}
+
 /// The fixture directory, built (or found up to date) once per test process.
 pub fn fixtures() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -24,7 +30,7 @@ pub fn fixtures() -> &'static Path {
             .output()
             .expect("run fixtures/build-guests.sh");
         assert!(out.status.success(), "fixtures/build-guests.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        std::env::var_os("FIXTURE_DIR").map_or_else(|| repo.join("fixtures/cache"), PathBuf::from)
+        fixture_dir()
     })
 }
 
@@ -44,7 +50,9 @@ impl TestEnv {
             "vm": { "disk_path": root.join("disks"), "default_network": "user", "default_memory": 256, "default_vcpus": 1 },
             "qemu": { "accel": "tcg", "stop_timeout_s": 60 },
             "paths": { "state_dir": root.join("state"), "run_dir": root.join("run") },
-            "logging": { "level": "debug" }
+            "logging": { "level": "debug" },
+            // Direct-boot tests take the fixture kernel and initrd from where they are built.
+            "storage": { "kernel_dirs": [root.join("disks"), fixture_dir()] }
         });
         if let (Some(base), Some(add)) = (cfg.as_object_mut(), extra.as_object()) {
             for (k, v) in add {

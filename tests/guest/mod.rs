@@ -4,6 +4,7 @@
 mod agent;
 mod bridged;
 mod console;
+mod containment;
 mod display;
 mod lifecycle;
 mod mcp_storage;

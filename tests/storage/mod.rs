@@ -115,7 +115,7 @@ async fn list_images_and_isos_show_what_uses_them() {
     let env = storage_env(serde_json::json!({}));
     from_master(&env, "u1").await;
     env.ops.create(from("u2", DiskSource::Install(Some("install.iso".into())))).await.unwrap();
-    let images = env.ops.list_images().unwrap();
+    let images = env.ops.list_images().await.unwrap();
     let isos = env.ops.list_isos().unwrap();
     let m = images.iter().find(|i| i.path == master(&env)).expect("master listed");
     assert_eq!(m.used_by, ["u1"]);
@@ -250,6 +250,7 @@ fn cli_creates_from_master_and_lists_images() {
     let users: Vec<&str> = list.as_array().unwrap().iter().filter_map(|i| i["used_by"][0].as_str()).collect();
     assert_eq!(users, ["cli1", "cli1"]);
 }
+mod containment;
 mod provision;
 
 #[tokio::test(flavor = "multi_thread")]

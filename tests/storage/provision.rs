@@ -25,7 +25,9 @@ async fn ignition_config_validates_against_the_spec_schema() {
     let env = storage_env(serde_json::json!({}));
     let ign = IgnitionRequest {
         hostname: Some("fcos1".into()),
-        ssh_key: Some("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIF test@host".into()),
+        ssh_key: Some(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f test@host".into(),
+        ),
         password_hash: Some("$6$salt$hash".into()),
         timezone: Some("UTC".into()),
         ..IgnitionRequest::default()

@@ -1,31 +1,31 @@
-//! Reading what an image is: format, sizes, backing file, and the chain of
-//! backing files below it.
+//! Reading what an image is: format, sizes, backing file name and format. Files
+//! are opened without blocking (see [`crate::storage::hostpath`]).
 
-use std::collections::HashSet;
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::bytes_to_path;
 use super::header::{Header, HeaderError};
 use crate::storage::error::StorageError;
+use crate::storage::hostpath::{HostFile, open_recorded};
 use crate::storage::{ImageFormat, ImageInfo};
 
-/// Most images [`backing_chain`] follows, the top image included.
-pub const MAX_CHAIN_LEN: usize = 16;
-
 /// Inspects `path`, detecting its format: qcow2 if it starts with the qcow2
-/// magic, raw otherwise.
+/// magic, raw otherwise. The file is opened without blocking and must be a
+/// regular file (or block device).
 ///
 /// Probing is only safe for images the guest cannot have written a fake
-/// header into; for a raw disk, use [`inspect_as`] with the known format.
+/// header into; for a disk whose format is recorded, use [`inspect_as`].
 ///
 /// # Errors
-/// `Open`/`Read` on I/O failure; `InvalidImage` for a malformed qcow2 header;
-/// `UnsupportedFeature` for encryption, an external data file, unknown
-/// incompatible feature bits, or a backing format other than qcow2/raw.
+/// `Open`/`Read` on I/O failure; `NotAFile` for a FIFO, device or directory;
+/// `InvalidImage` for a malformed qcow2 header; `UnsupportedFeature` for
+/// encryption, an external data file, unknown incompatible feature bits, or a
+/// backing format other than qcow2/raw.
 pub fn inspect(path: &Path) -> Result<ImageInfo, StorageError> {
-    inspect_file(path, None)
+    let (file, _, len) = open_recorded(path, false)?;
+    inspect_open(path, &file, len, None)
 }
 
 /// Inspects `path` as `format`; a file declared qcow2 must carry the magic,
@@ -34,57 +34,22 @@ pub fn inspect(path: &Path) -> Result<ImageInfo, StorageError> {
 /// # Errors
 /// As [`inspect`], and `InvalidImage` if a qcow2 file lacks the magic.
 pub fn inspect_as(path: &Path, format: ImageFormat) -> Result<ImageInfo, StorageError> {
-    inspect_file(path, Some(format))
+    let (file, _, len) = open_recorded(path, false)?;
+    inspect_open(path, &file, len, Some(format))
 }
 
-/// Inspects `path` and every backing file below it, top first.
-///
-/// Relative backing names are resolved against the directory of the image
-/// that names them; a declared backing format is trusted over probing.
+/// Inspects an image a caller named, opened under the host path rule.
 ///
 /// # Errors
-/// As [`inspect`] for any image in the chain; `BackingChainCycle` if an image
-/// appears twice; `BackingChainTooDeep` past [`MAX_CHAIN_LEN`] images.
-pub fn backing_chain(path: &Path) -> Result<Vec<ImageInfo>, StorageError> {
-    let mut chain: Vec<ImageInfo> = Vec::new();
-    let mut seen = HashSet::new();
-    let mut next = Some((path.to_path_buf(), None));
-    while let Some((image, format)) = next {
-        if chain.len() == MAX_CHAIN_LEN {
-            return Err(StorageError::BackingChainTooDeep { top: path.to_path_buf(), limit: MAX_CHAIN_LEN });
-        }
-        let canonical = fs::canonicalize(&image).map_err(|e| StorageError::open(&image, e))?;
-        if !seen.insert(canonical) {
-            return Err(StorageError::BackingChainCycle { top: path.to_path_buf(), repeated: image });
-        }
-        let info = inspect_file(&image, format)?;
-        next = info.backing_file.as_ref().map(|name| (resolve_backing(&image, name), info.backing_format));
-        chain.push(info);
-    }
-    Ok(chain)
+/// As [`inspect_as`] (or [`inspect`] when `format` is `None`).
+pub fn inspect_host_file(file: &HostFile, format: Option<ImageFormat>) -> Result<ImageInfo, StorageError> {
+    inspect_open(file.path(), file.file(), file.len(), format)
 }
 
-/// A backing name as QEMU resolves it: absolute as is, relative to the
-/// directory of the image naming it.
-fn resolve_backing(image: &Path, name: &Path) -> PathBuf {
-    match image.parent() {
-        Some(dir) if name.is_relative() => dir.join(name),
-        _ => name.to_path_buf(),
-    }
-}
-
-fn inspect_file(path: &Path, declared: Option<ImageFormat>) -> Result<ImageInfo, StorageError> {
-    let file = File::open(path).map_err(|e| StorageError::open(path, e))?;
+fn inspect_open(path: &Path, file: &File, len: u64, declared: Option<ImageFormat>) -> Result<ImageInfo, StorageError> {
     let meta = file.metadata().map_err(|e| StorageError::read(path, e))?;
-    if meta.is_dir() {
-        return Err(StorageError::InvalidImage {
-            path: path.to_path_buf(),
-            format: declared.map_or("disk", ImageFormat::as_str),
-            reason: "it is a directory".into(),
-        });
-    }
     let actual_size_bytes = meta.blocks() * 512;
-    let header = if declared == Some(ImageFormat::Raw) { None } else { read_header(path, &file)? };
+    let header = if declared == Some(ImageFormat::Raw) { None } else { read_header(path, file)? };
     let info = match header {
         Some(h) => ImageInfo {
             path: path.to_path_buf(),
@@ -104,7 +69,7 @@ fn inspect_file(path: &Path, declared: Option<ImageFormat>) -> Result<ImageInfo,
         None => ImageInfo {
             path: path.to_path_buf(),
             format: ImageFormat::Raw,
-            virtual_size_bytes: meta.len(),
+            virtual_size_bytes: len,
             backing_file: None,
             backing_format: None,
             actual_size_bytes,
@@ -132,11 +97,7 @@ pub(crate) fn header_error(path: &Path, e: HeaderError) -> StorageError {
 mod tests {
     use super::*;
     use crate::storage::ErrorKind;
-    use crate::storage::qcow2::{CreateOptions, create_blank, create_overlay};
     use crate::storage::testutil::{qemu_img, qemu_img_info};
-    use std::os::unix::fs::symlink;
-
-    const GIB: u64 = 1 << 30;
 
     fn s(p: &Path) -> &str {
         p.to_str().unwrap()
@@ -257,98 +218,5 @@ mod tests {
             matches!(err, StorageError::UnsupportedFeature { ref feature, .. } if feature == "external data file"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn backing_chain_follows_relative_names() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.raw");
-        let mid = dir.path().join("mid.qcow2");
-        let top = dir.path().join("top.qcow2");
-        qemu_img(&["create", "-f", "raw", s(&base), "1G"]);
-        qemu_img(&["create", "-f", "qcow2", "-b", "base.raw", "-F", "raw", s(&mid)]);
-        qemu_img(&["create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2", s(&top)]);
-
-        let chain = backing_chain(&top).unwrap();
-
-        let paths: Vec<_> = chain.iter().map(|i| i.path.clone()).collect();
-        assert_eq!(paths, vec![top, mid, base]);
-        let formats: Vec<_> = chain.iter().map(|i| i.format).collect();
-        assert_eq!(formats, vec![ImageFormat::Qcow2, ImageFormat::Qcow2, ImageFormat::Raw]);
-        assert_eq!(chain[2].virtual_size_bytes, GIB);
-    }
-
-    #[test]
-    fn backing_chain_agrees_with_qemu_img_on_our_overlay() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("base.qcow2");
-        let top = dir.path().join("top.qcow2");
-        create_blank(&base, GIB, &CreateOptions::default()).unwrap();
-        create_overlay(&top, &base, ImageFormat::Qcow2, None).unwrap();
-
-        let chain = backing_chain(&top).unwrap();
-
-        let qemu = qemu_img_info(&top);
-        let ours: Vec<_> = chain.iter().map(from_ours).collect();
-        let theirs: Vec<_> = qemu.as_array().unwrap().iter().map(from_qemu).collect();
-        assert_eq!(ours, theirs);
-    }
-
-    #[test]
-    fn backing_chain_cycle_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.qcow2");
-        let b = dir.path().join("b.qcow2");
-        create_blank(&a, GIB, &CreateOptions::default()).unwrap();
-        create_overlay(&b, &a, ImageFormat::Qcow2, None).unwrap();
-        // Make a's backing file b, by swapping a for an overlay of b.
-        let a2 = dir.path().join("a2.qcow2");
-        create_overlay(&a2, &b, ImageFormat::Qcow2, None).unwrap();
-        fs::rename(&a2, &a).unwrap();
-
-        let err = backing_chain(&b).unwrap_err();
-
-        assert!(matches!(err, StorageError::BackingChainCycle { .. }), "{err}");
-    }
-
-    #[test]
-    fn backing_chain_through_symlink_cycle_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a.qcow2");
-        let link = dir.path().join("link.qcow2");
-        symlink(&a, &link).unwrap();
-        qemu_img(&["create", "-f", "qcow2", "-u", "-b", s(&link), "-F", "qcow2", s(&a), "1G"]);
-
-        let err = backing_chain(&a).unwrap_err();
-
-        assert!(matches!(err, StorageError::BackingChainCycle { .. }), "{err}");
-    }
-
-    #[test]
-    fn backing_chain_longer_than_limit_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let names: Vec<PathBuf> = (0..=MAX_CHAIN_LEN).map(|i| dir.path().join(format!("l{i}.qcow2"))).collect();
-        create_blank(&names[0], GIB, &CreateOptions::default()).unwrap();
-        names.windows(2).for_each(|pair| {
-            create_overlay(&pair[1], &pair[0], ImageFormat::Qcow2, None).unwrap();
-        });
-
-        let err = backing_chain(&names[MAX_CHAIN_LEN]).unwrap_err();
-
-        assert!(matches!(err, StorageError::BackingChainTooDeep { limit: MAX_CHAIN_LEN, .. }), "{err}");
-    }
-
-    #[test]
-    fn backing_chain_at_limit_is_accepted() {
-        let dir = tempfile::tempdir().unwrap();
-        let names: Vec<PathBuf> = (0..MAX_CHAIN_LEN).map(|i| dir.path().join(format!("l{i}.qcow2"))).collect();
-        create_blank(&names[0], GIB, &CreateOptions::default()).unwrap();
-        names.windows(2).for_each(|pair| {
-            create_overlay(&pair[1], &pair[0], ImageFormat::Qcow2, None).unwrap();
-        });
-
-        let chain = backing_chain(&names[MAX_CHAIN_LEN - 1]).unwrap();
-
-        assert_eq!(chain.len(), MAX_CHAIN_LEN);
     }
 }

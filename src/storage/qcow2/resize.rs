@@ -9,7 +9,7 @@
 //! A crash at any point leaves either the old or the new image, at worst
 //! with leaked clusters that `qemu-img check -r leaks` reclaims.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -19,8 +19,10 @@ use nix::fcntl::{FcntlArg, fcntl};
 use super::header::{Header, INCOMPAT_CORRUPT, INCOMPAT_DIRTY, MAX_L1_BYTES, OFFSET_SIZE, put32, put64};
 use super::inspect::{header_error, read_header};
 use super::refcount::{Refcounts, read_at};
+use crate::storage::ImageFormat;
 use crate::storage::atomic::ensure_free_space;
 use crate::storage::error::StorageError;
+use crate::storage::hostpath::{FileKind, open_recorded};
 
 /// Grows the image at `path` to `new_size_bytes`; the format is detected
 /// as in [`super::inspect`]. Raw files are extended (sparsely). For qcow2
@@ -38,11 +40,34 @@ use crate::storage::error::StorageError;
 /// image, persistent bitmaps, or a full refcount table; `InsufficientSpace`;
 /// I/O errors naming `path`.
 pub fn resize_offline(path: &Path, new_size_bytes: u64) -> Result<(), StorageError> {
-    let file = OpenOptions::new().read(true).write(true).open(path).map_err(|e| StorageError::open(path, e))?;
+    resize(path, None, new_size_bytes)
+}
+
+/// Like [`resize_offline`], for an image whose format is recorded: a raw disk is
+/// grown as raw even if its guest wrote a qcow2 header into it, and a disk recorded
+/// as qcow2 must carry the magic.
+///
+/// # Errors
+/// As [`resize_offline`]; `InvalidImage` for a qcow2 disk without the magic.
+pub fn resize_offline_as(path: &Path, format: ImageFormat, new_size_bytes: u64) -> Result<(), StorageError> {
+    resize(path, Some(format), new_size_bytes)
+}
+
+fn resize(path: &Path, format: Option<ImageFormat>, new_size_bytes: u64) -> Result<(), StorageError> {
+    let (file, kind, _) = open_recorded(path, true)?;
+    if kind != FileKind::Regular {
+        return Err(StorageError::unsupported(path, "resizing a block device"));
+    }
     lock_against_qemu(path, &file)?;
-    match read_header(path, &file)? {
-        Some(header) => resize_qcow2(path, &file, &header, new_size_bytes),
-        None => resize_raw(path, &file, new_size_bytes),
+    let header = if format == Some(ImageFormat::Raw) { None } else { read_header(path, &file)? };
+    match (header, format) {
+        (Some(header), _) => resize_qcow2(path, &file, &header, new_size_bytes),
+        (None, Some(ImageFormat::Qcow2)) => Err(StorageError::InvalidImage {
+            path: path.to_path_buf(),
+            format: "qcow2",
+            reason: "no qcow2 magic at the start of the file".into(),
+        }),
+        (None, _) => resize_raw(path, &file, new_size_bytes),
     }
 }
 
@@ -348,7 +373,7 @@ mod tests {
     fn dirty_image_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = blank(dir.path(), GIB);
-        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        let file = fs::OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&INCOMPAT_DIRTY.to_be_bytes(), 72).unwrap();
 
         let err = resize_offline(&path, 2 * GIB).unwrap_err();

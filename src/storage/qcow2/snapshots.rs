@@ -42,7 +42,7 @@ fn read(path: &Path, file: &File, offset: u64, len: usize) -> Result<Vec<u8>, St
 /// # Errors
 /// `Open`/`Read`; `InvalidImage` for a file without the qcow2 magic or a damaged table.
 pub fn snapshots(path: &Path) -> Result<Vec<SnapshotInfo>, StorageError> {
-    let file = File::open(path).map_err(|e| StorageError::open(path, e))?;
+    let (file, _, _) = crate::storage::hostpath::open_recorded(path, false)?;
     let head = read(path, &file, 0, 72)?;
     if head[..4] != *b"QFI\xfb" {
         return Err(invalid(path, "no qcow2 magic at the start of the file"));
