@@ -14,10 +14,19 @@
 //! Mutations of one VM are serialised by a lock file under `<state_dir>/locks/`, outside
 //! the VM's directory, so a delete that removes the directory never pulls the lock from
 //! under a create or start of the same name.
+//!
+//! A serving process keeps a [`Cache`]: each VM's definition and status, re-read only
+//! when its file changed (inode, size, modification time; a file changed within the
+//! file system's timestamp granularity of being read is read again next time, the way
+//! git treats racily clean entries).
 
 use std::io::Read as _;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -299,7 +308,12 @@ impl Vm {
     /// are both gone is crashed; a live QEMU without a supervisor is unsupervised.
     #[must_use]
     pub fn observe(&self) -> Observed {
-        let mut status = read_status(&self.paths, self.spec.created_at);
+        self.observe_status(read_status(&self.paths, self.spec.created_at))
+    }
+
+    /// [`Vm::observe`] with the status record already read.
+    #[must_use]
+    pub fn observe_status(&self, mut status: Status) -> Observed {
         let mut unsupervised = false;
         if status.state.is_active() {
             let sup_alive = lock::is_held(&self.paths.supervisor_lock());
@@ -334,18 +348,51 @@ impl Vm {
     }
 }
 
+/// What is on disk under a VM's directory, read now.
+fn load_from_disk(paths: VmPaths) -> Loaded {
+    if !paths.state.is_dir() {
+        return Loaded::Absent;
+    }
+    if is_creating(&paths) {
+        return Loaded::Incomplete { paths, reason: "its create did not finish".into() };
+    }
+    match read_spec(&paths) {
+        Record::Present(spec) => Loaded::Defined(Box::new(Vm { spec, paths })),
+        Record::Missing => Loaded::Incomplete { paths, reason: "it has no definition (spec.json)".into() },
+        Record::Damaged(why) => Loaded::Incomplete { paths, reason: format!("its definition is damaged: {why}") },
+    }
+}
+
 /// The state and run directories, and what lies under them.
 #[derive(Debug, Clone)]
 pub struct Store {
     state_dir: PathBuf,
     run_dir: PathBuf,
+    cache: Option<Arc<Cache>>,
 }
 
 impl Store {
-    /// The store under these roots.
+    /// The store under these roots, reading every record from disk.
     #[must_use]
     pub fn new(state_dir: &Path, run_dir: &Path) -> Self {
-        Self { state_dir: state_dir.to_owned(), run_dir: run_dir.to_owned() }
+        Self { state_dir: state_dir.to_owned(), run_dir: run_dir.to_owned(), cache: None }
+    }
+
+    /// The same store, remembering records in `cache` between calls.
+    #[must_use]
+    pub fn with_cache(mut self, cache: Arc<Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The status of `vm` corrected by liveness ([`Vm::observe`]), its file read from the
+    /// cache when unchanged.
+    #[must_use]
+    pub fn observe(&self, vm: &Vm) -> Observed {
+        match &self.cache {
+            Some(c) => vm.observe_status(c.status(&vm.paths, vm.spec.created_at)),
+            None => vm.observe(),
+        }
     }
 
     /// Where `name`'s files live.
@@ -384,17 +431,9 @@ impl Store {
     /// What is on disk under `name`.
     #[must_use]
     pub fn load(&self, name: &VmName) -> Loaded {
-        let paths = self.paths(name);
-        if !paths.state.is_dir() {
-            return Loaded::Absent;
-        }
-        if is_creating(&paths) {
-            return Loaded::Incomplete { paths, reason: "its create did not finish".into() };
-        }
-        match read_spec(&paths) {
-            Record::Present(spec) => Loaded::Defined(Box::new(Vm { spec, paths })),
-            Record::Missing => Loaded::Incomplete { paths, reason: "it has no definition (spec.json)".into() },
-            Record::Damaged(why) => Loaded::Incomplete { paths, reason: format!("its definition is damaged: {why}") },
+        match &self.cache {
+            Some(c) => c.load(self.paths(name)),
+            None => load_from_disk(self.paths(name)),
         }
     }
 
@@ -429,6 +468,93 @@ impl Store {
             std::fs::create_dir_all(dir)?;
         }
         FileLock::acquire(&path, timeout).await
+    }
+}
+
+/// What identifies one version of a file: a rewrite (temp file + rename) changes the
+/// inode, an in-place write the size or the modification time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: SystemTime,
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Self> {
+        let m = std::fs::metadata(path).ok()?;
+        Some(Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.modified().ok()? })
+    }
+}
+
+/// Files changed this close to being read may change again within the same timestamp
+/// tick (ext4 stamps with a coarse clock): such an entry is read again next time.
+const RACY_WINDOW: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+struct Entry<T> {
+    stamp: Stamp,
+    read_at: SystemTime,
+    value: T,
+}
+
+impl<T: Clone> Entry<T> {
+    fn fresh(&self, now: Option<Stamp>) -> Option<T> {
+        let racy = self.read_at.duration_since(self.stamp.mtime).map_or(true, |d| d < RACY_WINDOW);
+        (now == Some(self.stamp) && !racy).then(|| self.value.clone())
+    }
+}
+
+/// A serving process's memory of every VM's definition and status (see the module
+/// documentation). Guards never leave its methods, so nothing holds a shard lock across
+/// an `.await`.
+#[derive(Debug, Default)]
+pub struct Cache {
+    specs: DashMap<PathBuf, Entry<VmSpec>>,
+    statuses: DashMap<PathBuf, Entry<Status>>,
+}
+
+impl Cache {
+    fn load(&self, paths: VmPaths) -> Loaded {
+        let spec_path = paths.spec();
+        let now = Stamp::of(&spec_path);
+        if now.is_some()
+            && !is_creating(&paths)
+            && let Some(spec) = self.specs.get(&spec_path).and_then(|e| e.fresh(now))
+        {
+            return Loaded::Defined(Box::new(Vm { spec, paths }));
+        }
+        let read_at = SystemTime::now();
+        let loaded = load_from_disk(paths);
+        match (&loaded, now) {
+            (Loaded::Defined(vm), Some(stamp)) => {
+                self.specs.insert(spec_path, Entry { stamp, read_at, value: vm.spec.clone() });
+            }
+            _ => {
+                self.specs.remove(&spec_path);
+            }
+        }
+        loaded
+    }
+
+    fn status(&self, paths: &VmPaths, created_at_s: u64) -> Status {
+        let path = paths.status();
+        let now = Stamp::of(&path);
+        if let Some(s) = self.statuses.get(&path).and_then(|e| e.fresh(now)) {
+            return s;
+        }
+        let read_at = SystemTime::now();
+        let status = read_status(paths, created_at_s);
+        match now {
+            Some(stamp) => {
+                self.statuses.insert(path, Entry { stamp, read_at, value: status.clone() });
+            }
+            None => {
+                self.statuses.remove(&path);
+            }
+        }
+        status
     }
 }
 
@@ -573,6 +699,37 @@ mod tests {
         let intent = StopIntent { writer: me.clone(), qemu: me.clone(), at_ms: 0, forced: false };
 
         assert_eq!((intent.applies(me.as_ref(), false), intent.applies(Some(&other), false)), (true, false));
+    }
+
+    #[test]
+    fn cached_status_follows_a_rewrite() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        let s = s.with_cache(Arc::new(Cache::default()));
+        let vm = match s.load(&VmName::new("a").unwrap()) {
+            Loaded::Defined(vm) => *vm,
+            other => panic!("{other:?}"),
+        };
+        let before = s.observe(&vm).status.reason;
+        let mut st = Status::created(0);
+        st.reason = Reason::StartFailed;
+        write_status(&p, &st).unwrap();
+
+        let after = s.observe(&vm).status.reason;
+
+        assert_eq!((before, after), (Reason::Created, Reason::StartFailed));
+    }
+
+    #[test]
+    fn cached_definition_is_dropped_when_the_file_is_damaged() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        let s = s.with_cache(Arc::new(Cache::default()));
+        let n = VmName::new("a").unwrap();
+        let first = matches!(s.load(&n), Loaded::Defined(_));
+        std::fs::write(p.spec(), b"{").unwrap();
+
+        assert_eq!((first, matches!(s.load(&n), Loaded::Incomplete { .. })), (true, true));
     }
 
     #[tokio::test]

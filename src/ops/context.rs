@@ -34,7 +34,7 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(120);
 impl Ops {
     /// The store of this configuration's state and run directories.
     pub(crate) fn store(&self) -> Store {
-        Store::new(&self.cfg.state_dir, &self.cfg.run_dir)
+        Store::new(&self.cfg.state_dir, &self.cfg.run_dir).with_cache(self.cache.clone())
     }
 
     pub(crate) fn paths(&self, name: &VmName) -> VmPaths {
@@ -120,16 +120,17 @@ impl Ops {
             .into_iter()
             .map(|name| match store.load(&name) {
                 Loaded::Defined(vm) => {
-                    let obs = Self::observe(&vm);
-                    let i = Self::info_of(&vm, &obs);
+                    let obs = store.observe(&vm);
+                    let s = &obs.status;
+                    let active = s.state.is_active();
                     VmSummary {
-                        name: i.name,
-                        state: Some(i.state),
-                        vcpus: i.vcpus,
-                        memory_mib: i.memory_mib,
-                        uptime_s: i.uptime_s,
-                        pid: i.pid,
-                        unsupervised: i.unsupervised,
+                        name: vm.spec.name.to_string(),
+                        state: Some(s.state),
+                        vcpus: vm.spec.vcpus,
+                        memory_mib: vm.spec.memory_mib,
+                        uptime_s: s.started_at_ms.filter(|_| active).map(|t| now_ms().saturating_sub(t) / 1000),
+                        pid: s.qemu.as_ref().filter(|_| active).map(|q| q.pid),
+                        unsupervised: obs.unsupervised,
                         incomplete: false,
                     }
                 }

@@ -197,6 +197,9 @@ pub struct Ops {
     cfg: Config,
     profiles: Profiles,
     exe: PathBuf,
+    /// Definitions and statuses read before, shared by every clone of this `Ops` (the
+    /// serving process keeps one for its life).
+    cache: std::sync::Arc<crate::store::Cache>,
 }
 
 impl Ops {
@@ -213,7 +216,7 @@ impl Ops {
             }));
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kvm-mcp"));
-        Ok(Self { cfg, profiles, exe })
+        Ok(Self { cfg, profiles, exe, cache: std::sync::Arc::default() })
     }
 
     /// Uses `exe` as the binary started as `supervise` (tests and embedders).
