@@ -149,6 +149,10 @@ pub struct Status {
     /// Accelerator in use (`kvm` or `tcg`).
     #[serde(default)]
     pub accel: Option<String>,
+    /// Unix ms since when QEMU's monitor has not answered the supervisor's pings (a
+    /// hung or stopped QEMU); absent while it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresponsive_since_ms: Option<u64>,
 }
 
 impl Status {
@@ -167,6 +171,7 @@ impl Status {
             exit: None,
             log_tail: Vec::new(),
             accel: None,
+            unresponsive_since_ms: None,
         }
     }
 }

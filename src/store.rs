@@ -303,6 +303,28 @@ pub fn qemu_liveness(status: &Status, spec: &VmSpec) -> Liveness {
     status.qemu.as_ref().map_or(Liveness::Dead, |q| q.check(&spec.uuid.to_string()))
 }
 
+impl Observed {
+    /// Seconds since QEMU started, while it runs.
+    #[must_use]
+    pub fn uptime_s(&self) -> Option<u64> {
+        let s = &self.status;
+        s.started_at_ms.filter(|_| s.state.is_active()).map(|t| now_ms().saturating_sub(t) / 1000)
+    }
+
+    /// QEMU's pid, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<i32> {
+        self.status.qemu.as_ref().filter(|_| self.status.state.is_active()).map(|q| q.pid)
+    }
+
+    /// Seconds QEMU's monitor has not answered the supervisor, while it runs.
+    #[must_use]
+    pub fn unresponsive_s(&self) -> Option<u64> {
+        let s = &self.status;
+        s.unresponsive_since_ms.filter(|_| s.state.is_active()).map(|t| now_ms().saturating_sub(t) / 1000)
+    }
+}
+
 impl Vm {
     /// The status file corrected by liveness: an active VM whose QEMU and supervisor
     /// are both gone is crashed; a live QEMU without a supervisor is unsupervised.

@@ -8,13 +8,13 @@ pub mod log;
 /// Console failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    #[error("pattern {pattern:?} is not a valid regular expression: {reason}")]
+    #[error("pattern {} is not a valid regular expression: {reason}", crate::error::quote(.pattern))]
     BadPattern { pattern: String, reason: String },
-    #[error("pattern {pattern:?} did not appear on the console within {secs} s; last lines: {tail}")]
+    #[error("pattern {} did not appear on the console within {secs} s; last lines: {tail}", crate::error::quote(.pattern))]
     NotSeen { pattern: String, secs: u64, tail: String },
-    #[error("the VM stopped before pattern {pattern:?} appeared on the console; last lines: {tail}")]
+    #[error("the VM stopped before pattern {} appeared on the console; last lines: {tail}", crate::error::quote(.pattern))]
     Stopped { pattern: String, tail: String },
-    #[error("waiting for pattern {pattern:?} was cancelled")]
+    #[error("waiting for pattern {} was cancelled", crate::error::quote(.pattern))]
     Cancelled { pattern: String },
     #[error("cannot read the console log {path}")]
     Read {

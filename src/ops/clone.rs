@@ -192,8 +192,7 @@ impl Ops {
     /// # Errors
     /// Smaller size, storage or QMP failures.
     pub async fn resize_disk(&self, name: &str, size_gib: u64, disk: Option<usize>) -> Result<VmInfo, OpsError> {
-        let vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (vm, _lock) = self.load_locked(name).await?;
         let i = Self::disk_index(&vm, disk)?;
         let d = &vm.spec.disks[i];
         let bytes = check_size_gib("size_gib", size_gib)?;
@@ -225,8 +224,7 @@ impl Ops {
     /// # Errors
     /// VM running, a disk that is not kvm-mcp's own, a disk other VMs are built on.
     pub async fn reset_vm_disk(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (vm, _lock) = self.load_locked(name).await?;
         self.stopped(&vm, "resetting its disk")?;
         let disks: Vec<&DiskSpec> =
             vm.spec.disks.iter().filter(|d| d.media == Media::Disk && !d.path.starts_with(&vm.paths.state)).collect();

@@ -63,6 +63,14 @@ impl Ops {
             .ok_or_else(|| OpsError::Busy { name: vm_name.into(), secs: LOCK_TIMEOUT.as_secs() })
     }
 
+    /// Takes the VM's lock, then loads it, so what was loaded cannot change (or vanish)
+    /// under the caller.
+    pub(crate) async fn load_locked(&self, name: &str) -> Result<(Vm, FileLock), OpsError> {
+        let vname = VmName::new(name)?;
+        let lock = self.lock(name, &self.paths(&vname)).await?;
+        Ok((self.load(name)?, lock))
+    }
+
     /// The VM's status as observed now.
     pub(crate) fn observe(vm: &Vm) -> Observed {
         vm.observe()
@@ -78,10 +86,11 @@ impl Ops {
             reason: s.reason,
             detail: s.detail.clone(),
             since_ms: s.since_ms,
-            uptime_s: s.started_at_ms.filter(|_| active).map(|t| now_ms().saturating_sub(t) / 1000),
-            pid: s.qemu.as_ref().filter(|_| active).map(|q| q.pid),
+            uptime_s: obs.uptime_s(),
+            pid: obs.pid(),
             supervisor_pid: s.supervisor_pid.filter(|_| active && !obs.unsupervised),
             unsupervised: obs.unsupervised,
+            unresponsive_s: obs.unresponsive_s(),
             os_variant: vm.spec.os_variant.clone(),
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
@@ -121,16 +130,15 @@ impl Ops {
             .map(|name| match store.load(&name) {
                 Loaded::Defined(vm) => {
                     let obs = store.observe(&vm);
-                    let s = &obs.status;
-                    let active = s.state.is_active();
                     VmSummary {
                         name: vm.spec.name.to_string(),
-                        state: Some(s.state),
+                        state: Some(obs.status.state),
                         vcpus: vm.spec.vcpus,
                         memory_mib: vm.spec.memory_mib,
-                        uptime_s: s.started_at_ms.filter(|_| active).map(|t| now_ms().saturating_sub(t) / 1000),
-                        pid: s.qemu.as_ref().filter(|_| active).map(|q| q.pid),
+                        uptime_s: obs.uptime_s(),
+                        pid: obs.pid(),
                         unsupervised: obs.unsupervised,
+                        unresponsive_s: obs.unresponsive_s(),
                         incomplete: false,
                     }
                 }
@@ -142,6 +150,7 @@ impl Ops {
                     uptime_s: None,
                     pid: None,
                     unsupervised: false,
+                    unresponsive_s: None,
                     incomplete: true,
                 },
             })
@@ -201,8 +210,7 @@ impl Ops {
     /// Locks, checks the VM is active, adopts it if needed: the preamble of every
     /// operation on a running VM.
     pub(crate) async fn running(&self, name: &str) -> Result<(Vm, FileLock, Observed), OpsError> {
-        let vm = self.load(name)?;
-        let lock = self.lock(name, &vm.paths).await?;
+        let (vm, lock) = self.load_locked(name).await?;
         let obs = Self::observe(&vm);
         if !obs.status.state.is_active() {
             return Err(OpsError::NotRunning { name: name.into(), state: obs.status.state.to_string() });

@@ -53,6 +53,24 @@ pub struct CreateRequest {
     pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
 }
 
+/// Longest kernel command line accepted (Linux's own limit on x86 is 2048 to 4096
+/// bytes, by version).
+pub const MAX_CMDLINE_BYTES: usize = 4096;
+
+/// A kernel command line: one line of printable text, at most [`MAX_CMDLINE_BYTES`].
+fn check_cmdline(c: &str) -> Result<String, OpsError> {
+    if c.len() > MAX_CMDLINE_BYTES {
+        return Err(OpsError::invalid("cmdline", format!("{} bytes; at most {MAX_CMDLINE_BYTES}", c.len())));
+    }
+    if let Some(ch) = c.chars().find(|ch| ch.is_control() && *ch != '\t') {
+        return Err(OpsError::invalid(
+            "cmdline",
+            format!("contains the control character {ch:?}; give one line of kernel parameters"),
+        ));
+    }
+    Ok(c.to_owned())
+}
+
 /// Undoes a create that did not finish: removes the files it wrote and the VM's
 /// directory, unless [`CreateGuard::commit`] was called.
 struct CreateGuard<'a> {
@@ -98,6 +116,13 @@ impl Ops {
     pub async fn create(&self, req: CreateRequest) -> Result<VmInfo, OpsError> {
         let d = &self.cfg.vm;
         let name = VmName::new(req.name.as_deref().unwrap_or(&d.default_name))?;
+        let paths = self.paths(&name);
+        // Held from the first look at the name to the last write: a create, delete or
+        // start of the same name waits, and sees either nothing or the finished VM.
+        let lock = self.lock(name.as_str(), &paths).await?;
+        if paths.state.exists() {
+            return Err(OpsError::Exists { name: name.to_string() });
+        }
         let os_variant = req.os_variant.clone().unwrap_or_else(|| d.default_os_variant.clone());
         self.profiles.get(&os_variant)?;
         let memory_mib = req.memory_mib.unwrap_or(d.default_memory_mib);
@@ -115,7 +140,7 @@ impl Ops {
             (Some(k), initrd) => Boot::Kernel {
                 kernel: self.confine("kernel", k, &self.kernel_dirs())?,
                 initrd: initrd.as_deref().map(|i| self.confine("initrd", i, &self.kernel_dirs())).transpose()?,
-                cmdline: req.cmdline.clone(),
+                cmdline: req.cmdline.as_deref().map(check_cmdline).transpose()?,
             },
             (None, Some(_)) => return Err(OpsError::invalid("initrd", "an initrd needs a kernel; pass kernel too")),
             (None, None) => Boot::Disk,
@@ -158,8 +183,6 @@ impl Ops {
             uefi: None,
             install_boot: false,
         };
-        let paths = self.paths(&name);
-        let lock = self.lock(name.as_str(), &paths).await?;
         self.make_vm_dir(&name, &paths)?;
         let mut guard = CreateGuard::new(&paths);
         store::begin_create(&paths, &plan.file_paths()).map_err(OpsError::io("cannot write", paths.creating()))?;

@@ -335,7 +335,7 @@ impl Ops {
                 files.extend(std::fs::read_to_string(paths.creating()).unwrap_or_default().lines().map(PathBuf::from));
                 files.sort();
                 files.dedup();
-                files.into_iter().filter(|p| p.starts_with(&self.cfg.vm.disk_path) && p.exists()).collect()
+                files.into_iter().filter(|p| p.starts_with(&self.cfg.vm.disk_path)).collect()
             }
         };
         for f in files.iter().filter(|_| !keep) {

@@ -16,6 +16,12 @@ use crate::state::VmState;
 
 /// How long each key is held by default, in ms (QEMU's own default is 100).
 pub const DEFAULT_HOLD_MS: u32 = 50;
+/// Most key presses (combos or typed characters) in one call.
+pub const MAX_KEY_PRESSES: usize = 512;
+/// Longest time one call may hold keys down in all (presses × hold).
+pub const MAX_PRESS_TIME: Duration = Duration::from_secs(60);
+/// Presses sent over one monitor connection before it is let go.
+const PRESSES_PER_CONNECTION: usize = 32;
 
 /// One running VM's VNC endpoint (`get_vnc_ports`).
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -56,6 +62,17 @@ pub struct Screenshot {
 
 fn display_err(name: &str) -> impl FnOnce(DisplayError) -> OpsError + '_ {
     move |source| OpsError::Display { name: name.into(), source }
+}
+
+/// Refuses more than [`MAX_KEY_PRESSES`] presses in one call, before any work.
+fn too_many_presses(field: &str, n: usize) -> Result<(), OpsError> {
+    if n > MAX_KEY_PRESSES {
+        return Err(OpsError::invalid(
+            field,
+            format!("{n} key presses in one call; at most {MAX_KEY_PRESSES}: split the input into several calls"),
+        ));
+    }
+    Ok(())
 }
 
 impl Ops {
@@ -148,6 +165,7 @@ impl Ops {
     /// # Errors
     /// An unknown key name (nothing is sent then), not running, or QMP failed.
     pub async fn send_keys(&self, name: &str, combos: &[String], hold_ms: Option<u32>) -> Result<usize, OpsError> {
+        too_many_presses("keys", combos.len())?;
         let parsed = combos
             .iter()
             .map(|c| keys::parse_combo(c))
@@ -162,6 +180,7 @@ impl Ops {
     /// # Errors
     /// A character that cannot be typed (nothing is sent then), not running, or QMP failed.
     pub async fn type_text(&self, name: &str, text: &str, hold_ms: Option<u32>) -> Result<usize, OpsError> {
+        too_many_presses("text", text.chars().count())?;
         let parsed = keys::text_to_keys(text).map_err(|e| display_err(name)(e.into()))?;
         self.press(name, parsed, hold_ms).await
     }
@@ -172,15 +191,31 @@ impl Ops {
         presses: Vec<Vec<crate::qmp::extra::KeyValue>>,
         hold_ms: Option<u32>,
     ) -> Result<usize, OpsError> {
-        let vm = self.active(name)?;
-        self.require_display(&vm)?;
-        let q = self.qmp(&vm).await?;
         let hold = hold_ms.unwrap_or(DEFAULT_HOLD_MS).clamp(1, 10_000);
         let n = presses.len();
-        for keys in presses {
-            q.execute(SendKey { keys, hold_time: Some(hold) }, DEFAULT_TIMEOUT)
-                .await
-                .map_err(|source| OpsError::Qmp { name: name.into(), what: "send-key failed", source })?;
+        too_many_presses("keys", n)?;
+        let held_ms = u64::from(hold) * n as u64;
+        if held_ms > MAX_PRESS_TIME.as_millis() as u64 {
+            return Err(OpsError::invalid(
+                "hold_ms",
+                format!(
+                    "{n} presses of {hold} ms hold the keyboard {} s; at most {} s per call: fewer keys or a shorter hold",
+                    held_ms / 1000,
+                    MAX_PRESS_TIME.as_secs()
+                ),
+            ));
+        }
+        let vm = self.active(name)?;
+        self.require_display(&vm)?;
+        // The monitor serves one client at a time: let go of it between batches, so a
+        // long input never keeps other calls on this VM waiting for long.
+        for batch in presses.chunks(PRESSES_PER_CONNECTION) {
+            let q = self.qmp(&vm).await?;
+            for keys in batch {
+                q.execute(SendKey { keys: keys.clone(), hold_time: Some(hold) }, DEFAULT_TIMEOUT)
+                    .await
+                    .map_err(|source| OpsError::Qmp { name: name.into(), what: "send-key failed", source })?;
+            }
         }
         // QEMU queues the releases behind timers; wait until the last one has gone out,
         // so a caller that looks at the screen next sees the effect.

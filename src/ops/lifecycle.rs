@@ -23,6 +23,30 @@ const PRESS_INTERVAL: Duration = Duration::from_secs(3);
 /// Time each forcing step (QMP quit, SIGTERM, SIGKILL) gets before the next.
 const FORCE_STEP: Duration = Duration::from_secs(10);
 
+/// How long a live view waits for QEMU's monitor before calling it unresponsive.
+const LIVE_PROBE: Duration = Duration::from_secs(2);
+
+/// What QEMU's command monitor said when asked for its status.
+enum Probe {
+    /// It answered: running or paused.
+    Answered(VmState),
+    /// It accepted the connection (or the command) but did not answer in time.
+    Silent,
+    /// Nothing listens (QEMU is exiting, or the socket is gone).
+    Unreachable,
+}
+
+async fn probe(sock: &std::path::Path) -> Probe {
+    match Qmp::connect(sock, LIVE_PROBE).await {
+        Ok(q) => match q.execute(qmp::query_status {}, LIVE_PROBE).await {
+            Ok(st) => Probe::Answered(if st.running { VmState::Running } else { VmState::Paused }),
+            Err(_) => Probe::Silent,
+        },
+        Err(crate::qmp::QmpError::ConnectTimeout { .. }) => Probe::Silent,
+        Err(_) => Probe::Unreachable,
+    }
+}
+
 /// Options of `stop`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StopOptions {
@@ -42,13 +66,28 @@ impl Ops {
         let vm = self.load(name)?;
         let obs = Self::observe(&vm);
         let mut info = Self::info_of(&vm, &obs);
-        if obs.status.state.is_active() && !vm.spec.nics.is_empty() {
+        if !obs.status.state.is_active() {
+            return Ok(info);
+        }
+        match probe(&vm.paths.qmp_sock()).await {
+            Probe::Answered(state) => {
+                info.state = state;
+                info.unresponsive_s = None;
+            }
+            Probe::Silent => {
+                info.unresponsive_s = Some(info.unresponsive_s.unwrap_or(0).max(LIVE_PROBE.as_secs()));
+                return Ok(info);
+            }
+            Probe::Unreachable => {}
+        }
+        if !vm.spec.nics.is_empty() {
             info.ips = Some(self.discover(&vm, false, super::ip::AGENT_SYNC_TIMEOUT_QUICK).await);
         }
         Ok(info)
     }
 
-    /// Like [`Ops::list`], but asks each running QEMU for its status over QMP.
+    /// Like [`Ops::list`], but asks each running QEMU for its status over QMP; a QEMU
+    /// whose monitor stays silent shows how long it has not answered.
     ///
     /// # Errors
     /// See [`Ops::list`].
@@ -56,10 +95,13 @@ impl Ops {
         let mut out = self.list()?;
         for s in out.iter_mut().filter(|s| s.state.is_some_and(VmState::is_active)) {
             let sock = self.paths(&VmName::new(&s.name)?).qmp_sock();
-            if let Ok(q) = Qmp::connect(&sock, DEFAULT_TIMEOUT).await
-                && let Ok(st) = q.status().await
-            {
-                s.state = Some(if st.running { VmState::Running } else { VmState::Paused });
+            match probe(&sock).await {
+                Probe::Answered(state) => {
+                    s.state = Some(state);
+                    s.unresponsive_s = None;
+                }
+                Probe::Silent => s.unresponsive_s = Some(s.unresponsive_s.unwrap_or(0).max(LIVE_PROBE.as_secs())),
+                Probe::Unreachable => {}
             }
         }
         Ok(out)
@@ -70,8 +112,7 @@ impl Ops {
     /// # Errors
     /// [`OpsError::AlreadyRunning`], [`OpsError::StartFailed`] with QEMU's last log lines.
     pub async fn start(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (vm, _lock) = self.load_locked(name).await?;
         let obs = Self::observe(&vm);
         if obs.status.state.is_active() {
             self.ensure_supervised(&vm, &obs).await?;
@@ -92,8 +133,7 @@ impl Ops {
     /// # Errors
     /// [`OpsError::NotRunning`] when there is no QEMU to adopt.
     pub async fn adopt(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (vm, _lock) = self.load_locked(name).await?;
         let obs = Self::observe(&vm);
         if !obs.status.state.is_active() {
             return Err(OpsError::NotRunning { name: name.into(), state: obs.status.state.to_string() });
@@ -167,8 +207,7 @@ impl Ops {
     /// # Errors
     /// The VM could not be stopped even by SIGKILL, or locking failed.
     pub async fn stop(&self, name: &str, opts: StopOptions, progress: ProgressFn<'_>) -> Result<VmInfo, OpsError> {
-        let vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (vm, _lock) = self.load_locked(name).await?;
         self.stop_locked(&vm, opts, progress).await
     }
 

@@ -22,8 +22,7 @@ impl Ops {
     /// # Errors
     /// Path outside the ISO directories, no drive on a running VM, QMP failures.
     pub async fn attach_iso(&self, name: &str, iso: Option<&Path>) -> Result<VmInfo, OpsError> {
-        let mut vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (mut vm, _lock) = self.load_locked(name).await?;
         let iso = iso.map(Path::to_path_buf).or_else(|| self.cfg.vm.default_iso.clone()).ok_or_else(|| {
             OpsError::invalid("iso", "no ISO given and vm.default_iso is not set; `list_isos` shows the ISOs")
         })?;
@@ -81,8 +80,7 @@ impl Ops {
     /// # Errors
     /// No drive, QMP failures.
     pub async fn eject_iso(&self, name: &str) -> Result<VmInfo, OpsError> {
-        let mut vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (mut vm, _lock) = self.load_locked(name).await?;
         let i = vm
             .spec
             .disks

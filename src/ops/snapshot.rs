@@ -222,8 +222,7 @@ impl Ops {
     }
 
     async fn snapshot_job(&self, name: &str, tag: &str, job: Job, progress: ProgressFn<'_>) -> Result<(), OpsError> {
-        let vm = self.load(name)?;
-        let _lock = self.lock(name, &vm.paths).await?;
+        let (vm, _lock) = self.load_locked(name).await?;
         let nodes = Self::snapshot_nodes(&vm)?;
         let exists = Self::snapshots_of(&vm)?.iter().any(|s| s.name == tag);
         match (job, exists) {

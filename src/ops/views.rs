@@ -24,6 +24,10 @@ pub struct VmSummary {
     pub pid: Option<i32>,
     /// QEMU runs but no supervisor watches it; the next operation adopts it.
     pub unsupervised: bool,
+    /// Seconds QEMU's monitor has not answered (a hung or stopped QEMU); absent while it
+    /// answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive_s: Option<u64>,
     /// Definition incomplete; `delete` removes it.
     pub incomplete: bool,
 }
@@ -42,6 +46,10 @@ pub struct VmInfo {
     pub pid: Option<i32>,
     pub supervisor_pid: Option<i32>,
     pub unsupervised: bool,
+    /// Seconds QEMU's monitor has not answered (a hung or stopped QEMU); absent while it
+    /// answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresponsive_s: Option<u64>,
     pub os_variant: String,
     pub vcpus: u32,
     pub memory_mib: u64,

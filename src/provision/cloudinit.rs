@@ -159,23 +159,76 @@ pub fn build(
             u.push_str(&key_list("  "));
         }
     }
+    if req.packages.len() > MAX_PACKAGES {
+        return Err(ProvisionError::invalid(
+            "cloud_init.packages",
+            format!("{} packages given; at most {MAX_PACKAGES} (install more from run_commands)", req.packages.len()),
+        ));
+    }
     if !req.packages.is_empty() {
         u.push_str("packages:\n");
         for p in &req.packages {
-            if p.is_empty() || p.contains(char::is_whitespace) {
-                return Err(ProvisionError::invalid("cloud_init.packages", format!("{p:?} is not a package name")));
-            }
+            check_package(p)?;
             u.push_str(&format!("  - {}\n", q(p)));
         }
+    }
+    if req.run_commands.len() > MAX_RUN_COMMANDS {
+        return Err(ProvisionError::invalid(
+            "cloud_init.run_commands",
+            format!("{} commands given; at most {MAX_RUN_COMMANDS} (put them in one script)", req.run_commands.len()),
+        ));
     }
     if !req.run_commands.is_empty() {
         u.push_str("runcmd:\n");
         for c in &req.run_commands {
+            check_command(c)?;
             u.push_str(&format!("  - {}\n", q(c)));
         }
     }
     let network_config = req.network.as_ref().map(|n| network_config(n, mac)).transpose()?;
     Ok(Seed { meta_data, user_data: u, network_config })
+}
+
+/// Most packages one seed installs.
+pub const MAX_PACKAGES: usize = 256;
+/// Longest package name (with an optional `=version`).
+pub const MAX_PACKAGE_CHARS: usize = 200;
+/// Most first-boot commands.
+pub const MAX_RUN_COMMANDS: usize = 128;
+/// Longest first-boot command.
+pub const MAX_RUN_COMMAND_CHARS: usize = 8192;
+
+/// A package name as apt, dnf and zypper spell them, optionally with `=version`.
+fn check_package(p: &str) -> Result<(), ProvisionError> {
+    let ok = !p.is_empty()
+        && p.chars().count() <= MAX_PACKAGE_CHARS
+        && p.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && p.chars().all(|c| c.is_ascii_alphanumeric() || "+-.:_~=".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::invalid(
+            "cloud_init.packages",
+            format!(
+                "{} is not a package name (letters, digits and + - . : _ ~ =, at most {MAX_PACKAGE_CHARS} characters)",
+                crate::error::quote(p)
+            ),
+        ))
+    }
+}
+
+/// A first-boot command: one line of shell, no NUL.
+fn check_command(c: &str) -> Result<(), ProvisionError> {
+    let reason = if c.trim().is_empty() {
+        "is empty"
+    } else if c.chars().count() > MAX_RUN_COMMAND_CHARS {
+        "is longer than 8192 characters; write a script with write_files or fetch one"
+    } else if c.contains('\0') {
+        "contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(ProvisionError::invalid("cloud_init.run_commands", format!("{} {reason}", crate::error::quote(c))))
 }
 
 #[cfg(test)]
@@ -191,6 +244,33 @@ mod tests {
         let e = build(&req, "i", "vm", None, KeyDirs(None)).unwrap_err().to_string();
 
         assert!(e.starts_with("cloud_init.ssh_keys: more than 64 SSH keys"), "{e}");
+    }
+
+    #[test]
+    fn more_than_256_packages_are_refused() {
+        let req = CloudInitRequest { packages: vec!["nginx".into(); MAX_PACKAGES + 1], ..CloudInitRequest::default() };
+
+        let e = build(&req, "i", "vm", None, KeyDirs(None)).unwrap_err().to_string();
+
+        assert!(e.starts_with("cloud_init.packages: 257 packages given"), "{e}");
+    }
+
+    #[test]
+    fn option_like_package_name_is_refused() {
+        let req = CloudInitRequest { packages: vec!["--force-yes".into()], ..CloudInitRequest::default() };
+
+        let e = build(&req, "i", "vm", None, KeyDirs(None)).unwrap_err().to_string();
+
+        assert!(e.contains("is not a package name"), "{e}");
+    }
+
+    #[test]
+    fn a_huge_command_is_refused_and_not_echoed_whole() {
+        let req = CloudInitRequest { run_commands: vec!["x".repeat(1 << 20)], ..CloudInitRequest::default() };
+
+        let e = build(&req, "i", "vm", None, KeyDirs(None)).unwrap_err().to_string();
+
+        assert!(e.contains("longer than 8192") && e.len() < 500, "{} bytes: {}", e.len(), &e[..100]);
     }
 
     #[test]

@@ -41,12 +41,34 @@ pub enum QmpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("QMP command {command} not sent: an earlier command on this connection never got its answer; reconnect")]
+    Broken { command: &'static str },
 }
 
 /// A negotiated QMP connection.
+///
+/// Commands carry no ids (qapi-qmp 0.15 never negotiates `oob`), so a command whose
+/// answer was not awaited (it timed out, or the call was cancelled) leaves the
+/// connection unusable: qapi would panic on the next command. Such a connection
+/// refuses further commands with [`QmpError::Broken`] instead.
 pub struct Qmp {
     svc: Service,
     pump: tokio::task::JoinHandle<()>,
+    broken: std::sync::atomic::AtomicBool,
+}
+
+/// Marks the connection broken unless the command's answer arrived.
+struct Awaited<'a> {
+    broken: &'a std::sync::atomic::AtomicBool,
+    answered: bool,
+}
+
+impl Drop for Awaited<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.broken.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
 }
 
 impl std::fmt::Debug for Qmp {
@@ -111,7 +133,7 @@ impl Qmp {
                 }
             }
         });
-        Ok(Self { svc, pump })
+        Ok(Self { svc, pump, broken: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Runs one command with a timeout.
@@ -123,8 +145,18 @@ impl Qmp {
         C: qapi::qmp::QmpCommand + qapi::Command,
     {
         let name = C::NAME;
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(QmpError::Broken { command: name });
+        }
         let started = std::time::Instant::now();
-        let res = tokio::time::timeout(timeout, self.svc.execute(cmd)).await;
+        let mut awaited = Awaited { broken: &self.broken, answered: false };
+        let res = tokio::time::timeout(timeout, async {
+            let r = self.svc.execute(cmd).await;
+            awaited.answered = true;
+            r
+        })
+        .await;
+        drop(awaited);
         crate::metrics::observe_qmp(name, started.elapsed());
         match res {
             Err(_) => Err(QmpError::Timeout { command: name, secs: timeout.as_secs() }),
@@ -140,5 +172,45 @@ impl Qmp {
     /// See [`Qmp::execute`].
     pub async fn status(&self) -> Result<qmp::StatusInfo, QmpError> {
         self.execute(qmp::query_status {}, DEFAULT_TIMEOUT).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use super::*;
+
+    /// A monitor that greets, accepts capabilities, and never answers anything else.
+    async fn silent_monitor(path: &Path) {
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let (rd, mut wr) = s.into_split();
+            let greeting = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}"#;
+            wr.write_all(format!("{greeting}\n").as_bytes()).await.unwrap();
+            let mut lines = BufReader::new(rd).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("qmp_capabilities") {
+                    wr.write_all(b"{\"return\": {}}\n").await.unwrap();
+                }
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn a_command_after_a_timed_out_one_is_refused_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("qmp.sock");
+        silent_monitor(&sock).await;
+        let q = Qmp::connect(&sock, Duration::from_secs(30)).await.unwrap();
+        let first = q.execute(qmp::query_status {}, Duration::from_millis(100)).await;
+
+        let second = q.execute(qmp::query_status {}, Duration::from_millis(100)).await;
+
+        assert!(
+            matches!((first, second), (Err(QmpError::Timeout { .. }), Err(QmpError::Broken { .. }))),
+            "a timed-out command must leave the connection refusing further commands"
+        );
     }
 }

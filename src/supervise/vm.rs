@@ -30,6 +30,10 @@ use super::{PrepareError, take_singleton};
 
 /// How long QEMU may take to answer on its event monitor after spawning.
 const QMP_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often the supervisor checks that QEMU's monitor answers.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may take before QEMU counts as unresponsive.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Starts tried when QEMU finds its VNC port taken at bind time.
 const VNC_BIND_ATTEMPTS: u32 = 5;
 /// How often the back-off wait looks for a stop request.
@@ -272,6 +276,7 @@ async fn start_and_follow(
 ) -> Result<Ended, Failed> {
     rec.status.exit = None;
     rec.status.log_tail.clear();
+    rec.status.unresponsive_since_ms = None;
     let paths = rec.paths.clone();
     if let Err(e) = rec.set(VmState::Starting, why, None) {
         return Err(start_failed(ready, &paths, ErrorKind::Unavailable, format!("cannot record the start: {e}")).into());
@@ -311,7 +316,7 @@ async fn start_and_follow(
         c = Qmp::connect_with_events(&events_sock, QMP_CONNECT_TIMEOUT) => Ok(c),
         st = child.wait() => Err(st.ok()),
     };
-    let (qmp, mut events) = match connected {
+    let (qmp, events) = match connected {
         Ok(Ok(c)) => c,
         Ok(Err(_)) => {
             let _ = child.start_kill();
@@ -335,7 +340,17 @@ async fn start_and_follow(
     // begin_run rotated just now: the first check is one period away.
     let every = crate::console::log::ROTATE_CHECK;
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    // The event monitor, dropped while QEMU does not answer (a command without its
+    // answer leaves a connection unusable) and opened again once it greets.
+    let mut monitor = Some((qmp, events));
     let status = loop {
+        let next_event = async {
+            match monitor.as_mut() {
+                Some((_, events)) => events.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             st = child.wait() => break st.ok(),
             _ = rotate.tick() => {
@@ -343,14 +358,30 @@ async fn start_and_follow(
                     tracing::warn!(error = %e, "cannot rotate the serial log");
                 }
             }
-            ev = events.recv() => match ev {
+            _ = ping.tick() => {
+                let answered = match &monitor {
+                    Some((q, _)) => q.execute(qmp::query_status {}, PING_TIMEOUT).await.is_ok(),
+                    None => match Qmp::connect_with_events(&events_sock, PING_TIMEOUT).await {
+                        Ok(m) => {
+                            monitor = Some(m);
+                            true
+                        }
+                        Err(_) => false,
+                    },
+                };
+                if !answered {
+                    monitor = None;
+                }
+                record_responsiveness(rec, answered);
+            }
+            ev = next_event => match ev {
                 Some(ev) => on_event(rec, &mut seen, &ev),
                 // Monitor closed: QEMU is exiting; wait for it.
                 None => break child.wait().await.ok(),
             },
         }
     };
-    drop(qmp);
+    drop(monitor);
     let exit = status.map_or(Exit::Unknown, |s| Exit::Status(exit_info(s)));
     let stop_asked = consume_stop(&paths, qemu.as_ref(), seen.stop_seen);
     Ok(Ended { outcome: policy::classify(&exit, &seen, stop_asked), stop_asked })
@@ -445,6 +476,28 @@ fn on_event(rec: &mut Recorder, seen: &mut Seen, ev: &qmp::Event) {
     };
     if let Err(e) = result {
         tracing::error!(error = %e, "cannot record a transition");
+    }
+}
+
+/// Notes when QEMU's monitor stops or starts answering again (a hung QEMU, or one
+/// stopped with SIGSTOP): the state stays as it was, the status says since when.
+fn record_responsiveness(rec: &mut Recorder, answered: bool) {
+    let change = match (answered, rec.status.unresponsive_since_ms) {
+        (false, None) => {
+            let since = now_ms().saturating_sub(u64::try_from(PING_TIMEOUT.as_millis()).unwrap_or(0));
+            rec.status.unresponsive_since_ms = Some(since);
+            Some("QEMU's monitor stopped answering")
+        }
+        (true, Some(_)) => {
+            rec.status.unresponsive_since_ms = None;
+            Some("QEMU's monitor answers again")
+        }
+        _ => None,
+    };
+    if let Some(what) = change {
+        tracing::warn!("{what}");
+        let _ = rec.flush();
+        rec.event(rec.status.state, rec.status.reason, Some(what.into()));
     }
 }
 

@@ -81,15 +81,38 @@ pub fn entries(dir: &Path) -> Vec<String> {
     v
 }
 
-/// A 1 MiB tmpfs mounted over `dir`, unmounted on drop.
+/// A small tmpfs mounted over `dir`, unmounted on drop.
 pub struct Tmpfs(PathBuf);
 
 impl Tmpfs {
+    /// 1 MiB.
     pub fn mount(dir: &Path) -> Self {
-        let out =
-            Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(dir).output().expect("mount");
+        Self::mount_mib(dir, 1)
+    }
+
+    /// `mib` MiB, `dir` created if needed.
+    pub fn mount_mib(dir: &Path, mib: u32) -> Self {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let size = format!("size={mib}m");
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &size, "tmpfs"]).arg(dir).output().expect("mount");
         assert!(out.status.success(), "mounting a tmpfs needs root: {}", String::from_utf8_lossy(&out.stderr));
         Self(dir.to_path_buf())
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Fills what space is left with one file, so the next write fails with ENOSPC.
+    pub fn fill(&self) {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(self.0.join("filler")).expect("filler");
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let small = [0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.write_all(&[0u8]);
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod agent;
 mod bridged;
+mod consistency;
 mod console;
 mod containment;
 mod display;
