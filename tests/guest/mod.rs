@@ -4,6 +4,7 @@
 mod agent;
 mod bridged;
 mod console;
+mod debian;
 mod display;
 mod lifecycle;
 mod mcp_storage;
