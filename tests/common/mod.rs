@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests; never exported by the library.
 
+pub mod debian;
 pub mod images;
 pub mod mcp;
 pub mod net;

@@ -6,6 +6,7 @@ mod bridged;
 mod consistency;
 mod console;
 mod containment;
+mod debian;
 mod display;
 mod lifecycle;
 mod mcp_storage;
