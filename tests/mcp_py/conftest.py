@@ -84,7 +84,7 @@ def env(tmp_path):
 def fixture_disk() -> Path:
     """The test guest's boot disk (built once, cached by the script)."""
     subprocess.run([str(ROOT / "fixtures" / "build-guests.sh")], check=True, stdout=subprocess.DEVNULL, timeout=900)
-    disk = ROOT / "fixtures" / "cache" / "disk.qcow2"
+    disk = Path(os.environ.get("FIXTURE_DIR", ROOT / "fixtures" / "cache")) / "disk.qcow2"
     assert disk.is_file(), disk
     return disk
 
