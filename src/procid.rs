@@ -49,8 +49,7 @@ fn stat(pid: i32) -> Option<(char, u64)> {
 
 fn cmdline_has(pid: i32, needle: &str) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| b.split(|&c| c == 0).any(|arg| arg.windows(needle.len()).any(|w| w == needle.as_bytes())))
-        .unwrap_or(false)
+        .is_ok_and(|b| b.split(|&c| c == 0).any(|arg| arg.windows(needle.len()).any(|w| w == needle.as_bytes())))
 }
 
 impl ProcIdentity {

@@ -122,8 +122,7 @@ impl Config {
             let t = read(&p)?;
             (ConfigSource::Env(p), Some(t))
         } else if Path::new("config.json").is_file() {
-            let p =
-                std::env::current_dir().map(|d| d.join("config.json")).unwrap_or_else(|_| PathBuf::from("config.json"));
+            let p = std::env::current_dir().map_or_else(|_| PathBuf::from("config.json"), |d| d.join("config.json"));
             let t = read(&p)?;
             (ConfigSource::WorkingDir(p), Some(t))
         } else if Path::new("/etc/kvm-mcp/config.json").is_file() {

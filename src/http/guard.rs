@@ -45,8 +45,10 @@ impl HostGuard {
     /// Why the request must be refused (403), or `None` when it may pass.
     #[must_use]
     pub fn refusal(&self, headers: &HeaderMap, uri: &Uri) -> Option<String> {
-        let host =
-            headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()));
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str));
         match host {
             None => return Some("the request names no Host".into()),
             Some(h) if !self.host_allowed(h) => {

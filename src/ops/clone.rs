@@ -84,7 +84,7 @@ impl Ops {
         let mut src = self.load(&req.source)?;
         let name = VmName::new(&req.name)?;
         let _src_lock = self.lock(&req.source, &src.paths).await?;
-        self.stopped(&src, "cloning")?;
+        Self::stopped(&src, "cloning")?;
         let paths = self.paths(&name);
         let _lock = self.lock(name.as_str(), &paths).await?;
         self.make_vm_dir(&name, &paths)?;
@@ -225,7 +225,7 @@ impl Ops {
     /// VM running, a disk that is not kvm-mcp's own, a disk other VMs are built on.
     pub async fn reset_vm_disk(&self, name: &str) -> Result<VmInfo, OpsError> {
         let (vm, _lock) = self.load_locked(name).await?;
-        self.stopped(&vm, "resetting its disk")?;
+        Self::stopped(&vm, "resetting its disk")?;
         let disks: Vec<&DiskSpec> =
             vm.spec.disks.iter().filter(|d| d.media == Media::Disk && !d.path.starts_with(&vm.paths.state)).collect();
         if disks.is_empty() || disks.iter().any(|d| !d.owned || d.format != DiskFormat::Qcow2) {

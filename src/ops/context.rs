@@ -235,7 +235,7 @@ impl Ops {
     }
 
     /// Refuses when the VM runs: `what` needs it stopped.
-    pub(crate) fn stopped(&self, vm: &Vm, what: &'static str) -> Result<(), OpsError> {
+    pub(crate) fn stopped(vm: &Vm, what: &'static str) -> Result<(), OpsError> {
         let state = Self::observe(vm).status.state;
         if state.is_active() {
             return Err(OpsError::MustBeStopped { name: vm.spec.name.to_string(), state: state.to_string(), what });

@@ -86,12 +86,12 @@ impl Ops {
     /// # Errors
     /// The inspection did not finish within [`crate::storage::FILE_WORK_DEADLINE`].
     pub async fn list_images(&self) -> Result<Vec<ImageEntry>, OpsError> {
-        self.file_work("images", "inspecting the image directories", |ops| ops.list_images_blocking()).await
+        self.file_work("images", "inspecting the image directories", |ops| Ok(ops.list_images_blocking())).await
     }
 
-    fn list_images_blocking(&self) -> Result<Vec<ImageEntry>, OpsError> {
+    fn list_images_blocking(&self) -> Vec<ImageEntry> {
         let usage = self.usage(false);
-        Ok(files_in(&self.image_dirs())
+        files_in(&self.image_dirs())
             .into_iter()
             .filter(|p| !has_ext(p, &["iso", "fd", "json"]))
             .filter_map(|p| storage::inspect(&p).ok())
@@ -104,7 +104,7 @@ impl Ops {
                 actual_size_bytes: i.actual_size_bytes,
                 backing_file: i.backing_file,
             })
-            .collect())
+            .collect()
     }
 
     /// `.iso` files in `storage.iso_dirs` and `vm.disk_path`.

@@ -100,7 +100,7 @@ fn parse_usernet(text: &str) -> HashSet<ActiveForward> {
 
 impl Ops {
     /// Refuses `fwd` if any VM in `specs` already forwards the same host socket.
-    fn check_forward_free(&self, fwd: &PortForward, specs: &[VmSpec]) -> Result<(), OpsError> {
+    fn check_forward_free(fwd: &PortForward, specs: &[VmSpec]) -> Result<(), OpsError> {
         for s in specs {
             for (i, n) in s.nics.iter().enumerate() {
                 if let NetworkMode::User { port_forwards } = &n.mode
@@ -165,7 +165,7 @@ impl Ops {
                 "user" => {
                     for f in &r.port_forwards {
                         f.validate().map_err(|e| OpsError::invalid(&field("port_forwards"), e.to_string()))?;
-                        self.check_forward_free(f, &specs)?;
+                        Self::check_forward_free(f, &specs)?;
                         if planned.iter().any(|p| p.clashes_with(f)) {
                             return Err(OpsError::invalid(
                                 &field("port_forwards"),
@@ -272,7 +272,7 @@ impl Ops {
         let _lock = self.lock(name, &paths).await?;
         let mut vm = self.load(name)?;
         let i = Self::user_nic(&vm, nic)?;
-        self.check_forward_free(&fwd, &self.defined_specs())?;
+        Self::check_forward_free(&fwd, &self.defined_specs())?;
         let obs = Self::observe(&vm);
         let active = obs.status.state.is_active();
         if active {
@@ -421,7 +421,7 @@ impl Ops {
             };
             match (&n.mode, &nl) {
                 (NetworkMode::User { .. }, _) => {
-                    row.note = Some("user-mode NIC: no host-side interface to count".into())
+                    row.note = Some("user-mode NIC: no host-side interface to count".into());
                 }
                 (NetworkMode::Bridge { .. }, None) => row.note = Some("VM is not running".into()),
                 (NetworkMode::Bridge { .. }, Some(nl)) => {

@@ -329,7 +329,7 @@ async fn start_and_follow(
     {
         tracing::warn!(error = %crate::error::chain(&e), "VNC stays closed");
     }
-    let running = qmp.status().await.map(|s| s.running).unwrap_or(true);
+    let running = qmp.status().await.map_or(true, |s| s.running);
     if let Err(e) = rec.set(if running { VmState::Running } else { VmState::Paused }, why, None) {
         drop(qmp);
         return Err(undo(&mut child, ready, &paths, &format!("cannot record that QEMU runs: {e}")).await.into());
@@ -530,7 +530,7 @@ async fn watch_adopted(rec: &mut Recorder, qemu: &ProcIdentity, pidfd: &PidFd) -
     let mut seen = Seen::default();
     let conn: Result<_, QmpError> = Qmp::connect_with_events(&paths.events_sock(), Duration::from_secs(10)).await;
     if let Ok((qmp, mut events)) = conn {
-        let running = qmp.status().await.map(|s| s.running).unwrap_or(true);
+        let running = qmp.status().await.map_or(true, |s| s.running);
         let st = if running { VmState::Running } else { VmState::Paused };
         rec.status.state = st;
         rec.event(st, Reason::HostRequest, Some("adopted by a new supervisor".into()));

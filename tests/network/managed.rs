@@ -137,7 +137,7 @@ fn start_with_a_forward_on_a_held_port_names_the_port() {
         let held = TcpListener::bind("127.0.0.1:2222").expect("hold port 2222");
         let env = TestEnv::new();
         let req = CreateRequest { port_forwards: vec![PortForward::tcp(2222, 22)], start: true, ..env.disk_vm("held") };
-        let msg = env.ops.create(req).await.map(|_| String::new()).unwrap_or_else(|e| e.to_string());
+        let msg = env.ops.create(req).await.map_or_else(|e| e.to_string(), |_| String::new());
         drop(held);
         msg
     });
