@@ -27,7 +27,7 @@ use std::time::Duration;
 use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
-pub use args::{CreateVmArgs, DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
+pub use args::{DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
 pub use notify::Level;
 pub use reply::{Reply, fail, out};
 pub use resources::{VM_PREFIX, VMS_URI};

@@ -53,7 +53,7 @@ impl KvmMcp {
 
     /// List the .iso files in the server's ISO directories, with their size and the
     /// VMs that have each in a CD-ROM drive. These are what `attach_iso` and an
-    /// install `disk_source` of `create_vm` accept.
+    /// install `disk` of `create_vm` accepts.
     #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<IsoList>())]
     async fn list_isos(&self) -> ToolResult<IsoList> {
         let isos = self.ops().list_isos().map_err(fail)?;

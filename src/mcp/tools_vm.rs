@@ -8,7 +8,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
-use super::args::{CreateVmArgs, DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, VmList, VmNameArgs, VmResult};
+use super::args::{DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, VmList, VmNameArgs, VmResult};
 use super::notify::{Forward, LongCall};
 use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
@@ -59,9 +59,9 @@ impl KvmMcp {
 
     /// Define a new VM. Every argument is optional: with none, the VM gets the
     /// server's configured defaults (name, memory, vCPUs, OS profile, network). It
-    /// needs something to boot: `disk` (an existing image), `disk_source` (a new
-    /// overlay on a master image, an install ISO, or a blank disk), `kernel`, or the
-    /// configured default master image. Pass
+    /// needs something to boot: `disk` (an existing image, or a new overlay on a
+    /// master image, an install ISO, or a blank disk), `kernel`, or the configured
+    /// default master image. Pass
     /// `start: true` to start it too. Does not start it otherwise.
     #[tool(
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -69,12 +69,11 @@ impl KvmMcp {
     )]
     async fn create_vm(
         &self,
-        Parameters(a): Parameters<CreateVmArgs>,
+        Parameters(req): Parameters<CreateRequest>,
         ctx: RequestContext<RoleServer>,
     ) -> ToolResult<VmResult> {
-        let name = a.name.clone().unwrap_or_else(|| self.ops().config().vm.default_name.clone());
-        let start = a.start;
-        let req = CreateRequest::try_from(a).map_err(fail)?;
+        let name = req.name.clone().unwrap_or_else(|| self.ops().config().vm.default_name.clone());
+        let start = req.start;
         let call = LongCall {
             tool: "create_vm",
             vm: &name,

@@ -19,36 +19,81 @@ use crate::spec::{Boot, RestartPolicy, SPEC_VERSION, VmSpec};
 use crate::state::now_ms;
 use crate::store;
 
-/// Everything `create` accepts; unset fields come from `config.json`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Arguments of `create_vm` (and of `vm create`, whose flags fill the same fields).
+/// Every field is optional: anything left out comes from the server's `config.json`
+/// defaults (name, memory, vCPUs, OS profile, network).
+///
+/// The doc comments below are the manual a model reads: schemars turns them into the
+/// `description`s of the tool's input schema.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateRequest {
+    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
+    /// not starting with '.' or '-'. Defaults to the configured default name.
+    #[serde(default)]
     pub name: Option<String>,
+    /// Memory in MiB (for example 2048 for 2 GiB). Defaults to the configured value.
+    #[serde(default)]
     pub memory_mib: Option<u64>,
+    /// Number of virtual CPUs. Defaults to the configured value.
+    #[serde(default)]
     pub vcpus: Option<u32>,
+    /// QEMU profile for the guest OS (machine type, firmware, disk and NIC models).
+    /// `list_profiles` shows the choices. Defaults to the configured profile.
+    #[serde(default)]
     pub os_variant: Option<String>,
+    /// The VM's disk: the absolute path of an existing image (qcow2 or raw) inside an
+    /// image directory, used in place (not copied); or a new disk by kind:
+    /// `{"type": "master", "image": "debian.qcow2"}` (an overlay on a master image),
+    /// `{"type": "install", "iso": "installer.iso"}` (a blank disk plus an installer
+    /// ISO), `{"type": "blank"}`. When neither this nor `kernel` is given, the
+    /// configured default master image (if any) is used. (`disk_source` is accepted as
+    /// another name for this field.)
+    #[serde(default, alias = "disk_source")]
+    #[schemars(with = "Option<super::disks::DiskSourceWire>")]
     pub disk: Option<DiskSource>,
+    /// A Linux kernel on the server (file name or path inside its kernel directories,
+    /// by default its image directories), to boot directly instead of from a disk.
+    /// Use with `initrd` and `cmdline`.
+    #[serde(default)]
     pub kernel: Option<PathBuf>,
+    /// An initrd for `kernel`, from the same directories.
+    #[serde(default)]
     pub initrd: Option<PathBuf>,
+    /// Kernel command line for `kernel`, for example "console=ttyS0".
+    #[serde(default)]
     pub cmdline: Option<String>,
-    /// One NIC: `"user"`, `"none"` or a bridge name (default `vm.default_network`).
+    /// Network: "user" (NAT through QEMU, no setup needed), "none", or the name of a
+    /// host bridge to attach a tap device to. Defaults to the configured network.
+    #[serde(default)]
     pub network: Option<String>,
-    /// Port forwards of that NIC when it is `"user"`.
+    /// Host ports forwarded into the guest, for the single NIC of `network` "user"
+    /// (for example `[{"host_port": 2222, "guest_port": 22}]` to reach SSH at
+    /// 127.0.0.1:2222). With `nics`, give each NIC its own `port_forwards` instead.
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
-    /// Several NICs, each on its own bridge or user mode; instead of `network`.
+    /// Several NICs, in order (at most 8), instead of the one NIC `network` gives:
+    /// each has a `network` ("user" or a host bridge name) and optional `mac`,
+    /// `model` and `port_forwards`. Do not combine with `network` or `port_forwards`.
     #[serde(default)]
     pub nics: Vec<NicRequest>,
+    /// What to do when the VM's QEMU exits on its own: "never" (default),
+    /// "on-failure" (restart after a crash) or "always" (also after a guest poweroff).
+    #[serde(default)]
     pub restart_policy: Option<RestartPolicy>,
-    /// Start it once defined.
+    /// Start the VM right after defining it.
     #[serde(default)]
     pub start: bool,
-    /// Size of a new disk (overlay, blank, install) in GiB; `vm.default_disk_size` if unset.
+    /// Size in GiB of a new disk (master overlay, install or blank); an overlay is
+    /// grown to it. Defaults to the configured default disk size.
     #[serde(default)]
     pub disk_size_gib: Option<u64>,
-    /// A cloud-init NoCloud seed disk with these settings.
+    /// Give the guest a cloud-init NoCloud seed disk with these settings (user, SSH
+    /// keys, packages, first-boot commands, network). For cloud images.
     #[serde(default)]
     pub cloud_init: Option<crate::provision::cloudinit::CloudInitRequest>,
-    /// Ignition overrides of `vm.ignition.*` (Fedora CoreOS profiles get a config anyway).
+    /// Overrides of the configured Ignition settings, for Fedora CoreOS profiles
+    /// (which get an Ignition config anyway).
     #[serde(default)]
     pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
 }

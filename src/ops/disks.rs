@@ -19,9 +19,10 @@ use crate::storage::{self, AllowedDirs, CreateOptions, HostFile, ImageFormat, Im
 /// Bytes in a GiB.
 pub(crate) const GIB: u64 = 1 << 30;
 
-/// Where a new VM's disk comes from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Where a new VM's disk comes from. On the wire (MCP, `--json`) either the path of an
+/// existing image, or an object whose `type` picks the kind ([`DiskSourceWire`]).
+#[derive(Debug, Clone, Serialize)]
+#[serde(into = "DiskSourceWire")]
 pub enum DiskSource {
     /// Use this existing image as it is (qcow2 or raw); it must lie in an image directory.
     Existing(PathBuf),
@@ -34,6 +35,89 @@ pub enum DiskSource {
     Install(Option<PathBuf>),
     /// A blank disk of `disk_size_gib`.
     Blank,
+}
+
+/// The disk of a new VM as callers write it: an image path, or a kind of new disk.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum DiskSourceWire {
+    /// Absolute path of an existing disk image (qcow2 or raw) inside an image
+    /// directory (`list_images` shows them), used in place, not copied.
+    Path(PathBuf),
+    /// A new disk, or an existing image, by kind.
+    Kind(DiskKind),
+}
+
+/// A disk of a new VM by kind (`type` picks it).
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DiskKind {
+    /// Use an existing image file as it is (same as giving its path).
+    Existing {
+        /// Absolute path of the image (qcow2 or raw), inside an image directory.
+        path: PathBuf,
+    },
+    /// A new qcow2 overlay on a master image; the master stays unchanged.
+    Master {
+        /// File name or absolute path of the master image inside the image
+        /// directories (`list_images` shows them). Defaults to the configured default
+        /// master image.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<PathBuf>,
+    },
+    /// A blank disk plus an installer ISO in a CD-ROM drive that boots first until
+    /// the installer reboots or powers off the VM.
+    Install {
+        /// File name or absolute path of the ISO inside the ISO directories
+        /// (`list_isos` shows them). Defaults to the configured default ISO.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        iso: Option<PathBuf>,
+    },
+    /// A blank disk of `disk_size_gib`.
+    Blank,
+}
+
+impl From<DiskKind> for DiskSource {
+    fn from(k: DiskKind) -> Self {
+        match k {
+            DiskKind::Existing { path } => Self::Existing(path),
+            DiskKind::Master { image } => Self::Master(image),
+            DiskKind::Install { iso } => Self::Install(iso),
+            DiskKind::Blank => Self::Blank,
+        }
+    }
+}
+
+impl From<DiskSource> for DiskSourceWire {
+    fn from(s: DiskSource) -> Self {
+        match s {
+            DiskSource::Existing(path) => Self::Path(path),
+            DiskSource::Master(image) => Self::Kind(DiskKind::Master { image }),
+            DiskSource::Install(iso) => Self::Kind(DiskKind::Install { iso }),
+            DiskSource::Blank => Self::Kind(DiskKind::Blank),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DiskSource {
+    /// A string is an existing image's path; an object is a [`DiskKind`], whose own
+    /// errors (an unknown `type`, a misspelt field) reach the caller unchanged.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = DiskSource;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(r#"an image path, or an object with "type": "master", "install", "blank" or "existing""#)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DiskSource, E> {
+                Ok(DiskSource::Existing(PathBuf::from(v)))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<DiskSource, A::Error> {
+                DiskKind::deserialize(serde::de::value::MapAccessDeserializer::new(m)).map(DiskSource::from)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Options of `delete_with`.

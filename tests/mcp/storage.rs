@@ -58,8 +58,10 @@ async fn bad_input_gives_useful_tool_errors() {
     }
     let both = json!({ "name": "b", "disk": "/x.qcow2", "disk_source": { "type": "blank" } });
     let msg = err(&client, "create_vm", both).await;
-    assert!(msg.contains("disk_source"), "{msg}");
-    ok(&client, "create_vm", json!({ "name": "v", "disk_source": { "type": "blank" }, "disk_size_gib": 1 })).await;
+    assert!(msg.contains("duplicate field `disk`"), "{msg}");
+    let msg = err(&client, "create_vm", json!({ "name": "b", "disk": { "type": "floppy" } })).await;
+    assert!(msg.contains("floppy") && msg.contains("master"), "{msg}");
+    ok(&client, "create_vm", json!({ "name": "v", "disk": { "type": "blank" }, "disk_size_gib": 1 })).await;
     let msg = err(&client, "attach_iso", json!({ "name": "v", "iso": "/etc/passwd" })).await;
     assert!(msg.contains("/etc/passwd") || msg.contains("iso"), "{msg}");
     let msg = err(&client, "resize_disk", json!({ "name": "v", "size_gib": 0 })).await;
