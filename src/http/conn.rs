@@ -210,6 +210,11 @@ impl<S> axum_server::accept::Accept<TcpStream, S> for ConnAcceptor {
         let Some(slot) = self.peers.take(ip) else {
             return ready(Err(io::Error::new(io::ErrorKind::ConnectionRefused, "too many connections from this peer")));
         };
+        // Small writes (an SSE event, a response head) go out at once instead of
+        // waiting up to 40 ms for the peer's delayed ACK.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(peer = %ip, "cannot set TCP_NODELAY: {e}");
+        }
         let conn = Arc::new(ConnState::new(self.peers.limits));
         let sleep = Box::pin(tokio::time::sleep_until(Instant::now() + self.peers.limits.header_timeout));
         ready(Ok((Watched { io: stream, conn: conn.clone(), sleep, slot }, Tracked { inner: service, conn })))

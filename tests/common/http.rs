@@ -40,7 +40,9 @@ impl Server {
         std::fs::write(&config, text.to_string()).expect("write config");
         let log = dir.join("server.log");
         let stderr = std::fs::File::create(&log).expect("create server log");
-        let child = Command::new(env!("CARGO_BIN_EXE_kvm-mcp"))
+        // KVM_MCP_BIN runs the tests against another build (say, an older one).
+        let bin = std::env::var_os("KVM_MCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_kvm-mcp").into());
+        let child = Command::new(bin)
             .arg("--config")
             .arg(&config)
             .args(["serve", "--http", "127.0.0.1:0"])
