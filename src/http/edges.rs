@@ -62,7 +62,8 @@ fn check_message(body: &[u8]) -> Option<Response> {
     };
     if let Value::Array(items) = &value {
         let msg = format!(
-            "Invalid Request: JSON-RPC batches are not supported (got an array of {} messages); send one message per request",
+            "Invalid Request: JSON-RPC batches are not supported (the body is an array of length {}); \
+             send one message per request",
             items.len()
         );
         return Some(rpc_error(StatusCode::BAD_REQUEST, Value::Null, INVALID_REQUEST, msg));
