@@ -8,6 +8,7 @@ mod cli;
 mod common;
 mod guest;
 mod host;
+mod http;
 mod mcp;
 mod network;
 mod storage;

@@ -26,7 +26,7 @@ pub use guest::{
 pub use logging::{DEFAULT_LOG_KEEP_FILES, DEFAULT_LOG_MAX_BYTES, LogSettings};
 pub use network::{DEFAULT_LEASE_TIME_S, DhcpSettings, NetworkSettings};
 pub use qemu::{AccelChoice, DEFAULT_STOP_TIMEOUT_S, QemuSettings};
-pub use server::{RateLimit, ServerSettings, TlsSettings, TokenSource};
+pub use server::{ConnectionLimits, RateLimit, RateLimits, ServerSettings, TlsSettings, TokenSource};
 pub use storage::{DEFAULT_OVMF_DIR, StorageSettings};
 pub use vm::{IgnitionDefaults, MAX_DISK_SIZE_GIB, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, VmDefaults};
 

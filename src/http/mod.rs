@@ -1,10 +1,15 @@
-//! The Streamable HTTP front end: rmcp's `StreamableHttpService` at `/mcp`, `/healthz`
-//! and Prometheus `/metrics`, behind one gate that checks Host/Origin (403), the bearer
-//! token (401) and the caller's rate (429 with `Retry-After`), in that order. TLS with
-//! rustls (ring) when `server.tls` is set. A shutdown signal stops accepting, lets
-//! in-flight tool calls finish (up to `server.drain_timeout_s`), then closes sessions.
+//! The Streamable HTTP front end: rmcp's `StreamableHttpService` at `/mcp` (behind a
+//! thin layer that fixes its edges, [`edges`]), `/healthz` and Prometheus `/metrics`,
+//! behind one gate that checks Host/Origin (403), the bearer token (401) and the rate
+//! of the caller's session and of the caller (429 with `Retry-After`), in that order.
+//! Below HTTP, [`conn`] caps connections per peer address and closes connections that
+//! are slow to send headers or idle. TLS with rustls (ring) when `server.tls` is set. A
+//! shutdown signal stops accepting, lets in-flight tool calls finish (up to
+//! `server.drain_timeout_s`), then closes sessions.
 
 mod auth;
+mod conn;
+mod edges;
 mod guard;
 mod ratelimit;
 
@@ -17,7 +22,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{any_service, get};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio_util::sync::CancellationToken;
@@ -87,7 +92,11 @@ pub struct HttpOptions {
 struct Gate {
     tokens: Option<Tokens>,
     guard: HostGuard,
-    limiter: Limiter,
+    /// One bucket per live MCP session, and per address for failed authentications.
+    session_limiter: Limiter,
+    /// One bucket per client: the token it authenticated with, else its address.
+    client_limiter: Limiter,
+    sessions: Arc<LocalSessionManager>,
     shared: Arc<Shared>,
 }
 
@@ -117,13 +126,13 @@ async fn gate(
         return next.run(req).await;
     }
     let now = Instant::now();
-    let key = match &g.tokens {
-        None => format!("addr:{}", peer.ip()),
+    let client = match &g.tokens {
+        None => format!("addr:{}", peer.ip().to_canonical()),
         Some(tokens) => match tokens.check(req.headers()) {
             Some(i) => format!("token:{i}"),
             None => {
                 // Failed attempts are limited per address, so guessing is slow too.
-                if let Err(wait) = g.limiter.check(&format!("fail:{}", peer.ip()), now) {
+                if let Err(wait) = g.session_limiter.check(&format!("fail:{}", peer.ip().to_canonical()), now) {
                     return too_many(wait);
                 }
                 let mut r = refuse(
@@ -135,7 +144,15 @@ async fn gate(
             }
         },
     };
-    if let Err(wait) = g.limiter.check(&key, now) {
+    // A session's requests draw from its own bucket, so agents sharing a token or an
+    // address do not starve each other; every request also draws from its client's
+    // bucket, so opening sessions is no way around the limit.
+    if let Some(id) = edges::live_session(&g.sessions, req.headers()).await
+        && let Err(wait) = g.session_limiter.check(&format!("session:{id}"), now)
+    {
+        return too_many(wait);
+    }
+    if let Err(wait) = g.client_limiter.check(&client, now) {
         return too_many(wait);
     }
     next.run(req).await
@@ -177,20 +194,22 @@ pub async fn serve(shared: Arc<Shared>, opts: HttpOptions, shutdown: Cancellatio
         // Host and Origin are checked by our gate, for every route, with our config keys.
         .disable_allowed_hosts()
         .with_cancellation_token(sessions_ct.clone());
+    let max_body_bytes = mcp_config.max_request_body_bytes;
     let factory_shared = shared.clone();
-    let mcp = StreamableHttpService::new(
-        move || Ok(KvmMcp::new(factory_shared.clone())),
-        Arc::new(LocalSessionManager::default()),
-        mcp_config,
-    );
+    let sessions = Arc::new(LocalSessionManager::default());
+    let mcp = StreamableHttpService::new(move || Ok(KvmMcp::new(factory_shared.clone())), sessions.clone(), mcp_config);
+    let edges_state = Arc::new(edges::Edges { sessions: sessions.clone(), max_body_bytes });
     let gate_state = Arc::new(Gate {
         tokens,
         guard: HostGuard::new(&settings.allowed_hosts, &settings.allowed_origins),
-        limiter: Limiter::new(settings.rate_limit),
+        session_limiter: Limiter::new(settings.rate_limit.session),
+        client_limiter: Limiter::new(settings.rate_limit.client),
+        sessions,
         shared: shared.clone(),
     });
+    let mcp_route = any_service(mcp).layer(axum::middleware::from_fn_with_state(edges_state, edges::mcp_edges));
     let app = axum::Router::new()
-        .nest_service("/mcp", mcp)
+        .route("/mcp", mcp_route)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(gate_state.clone())
@@ -214,15 +233,22 @@ pub async fn serve(shared: Arc<Shared>, opts: HttpOptions, shutdown: Cancellatio
         drain_shared.inflight.drain(drain).await;
         sessions_ct.cancel();
     });
+    let limits = conn::ConnLimits::from_settings(&settings.connections);
+    let acceptor = conn::ConnAcceptor::new(limits);
     let served = match &settings.tls {
         Some(tls) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.cert, &tls.key)
                 .await
                 .map_err(|source| HttpError::Tls { cert: tls.cert.clone(), key: tls.key.clone(), source })?;
-            axum_server::bind_rustls(addr, config).handle(handle).serve(make).await
+            // The connection limits sit under TLS: the handshake counts against the
+            // header timeout too.
+            let tls_acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                .handshake_timeout(limits.header_timeout)
+                .acceptor(acceptor);
+            axum_server::bind(addr).acceptor(tls_acceptor).handle(handle).serve(make).await
         }
-        None => axum_server::bind(addr).handle(handle).serve(make).await,
+        None => axum_server::bind(addr).acceptor(acceptor).handle(handle).serve(make).await,
     };
     served.map_err(|source| HttpError::Serve { addr, source })?;
     tracing::info!("HTTP server stopped");

@@ -1,6 +1,7 @@
-//! A token bucket per caller (a token's index, or a client address when there is no
-//! token): each holds up to `burst` requests and refills at `per_second`. An empty
-//! bucket answers with how long until the next request would be allowed.
+//! Token buckets keyed by a string the caller picks (`session:<id>`, `token:<index>`,
+//! `addr:<ip>`, `fail:<ip>`): each holds up to `burst` requests and refills at
+//! `per_second`. An empty bucket answers with how long until the next request would be
+//! allowed. Buckets idle for ten minutes are forgotten once the table grows.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

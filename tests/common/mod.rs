@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests; never exported by the library.
 
 pub mod debian;
+pub mod http;
 pub mod images;
 pub mod mcp;
 pub mod net;

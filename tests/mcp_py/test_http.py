@@ -86,7 +86,7 @@ def test_healthz_needs_no_token(henv, http_server):
 
 
 def test_over_the_rate_is_429_with_retry_after(tmp_path, http_server):
-    env = make_env(tmp_path, rate_limit={"per_second": 1, "burst": 3})
+    env = make_env(tmp_path, rate_limit={"client_per_second": 1, "client_burst": 3})
     url = http_server(env).url
     with httpx2.Client(headers=AUTH, timeout=DEADLINE_S) as c:
         statuses = [c.get(f"{url}/metrics") for _ in range(6)]
