@@ -16,7 +16,7 @@ use crate::spec::RestartPolicy;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmNameArgs {
-    /// The VM's name, as shown by `list_vms` (for example "web1").
+    /// The VM's name.
     pub name: String,
 }
 
@@ -24,8 +24,8 @@ pub struct VmNameArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListVmsArgs {
-    /// Ask each running QEMU for its state over its monitor instead of reading the
-    /// recorded status. Slower; use it only when the recorded state looks wrong.
+    /// Ask each running QEMU for its state instead of reading the recorded one. Slower; for when the recorded
+    /// state looks wrong.
     #[serde(default)]
     pub no_cache: bool,
 }
@@ -35,59 +35,45 @@ pub struct ListVmsArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVmArgs {
-    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
-    /// not starting with '.'. Defaults to the configured default name.
+    /// Name: 1-13 letters, digits, '-', '_' or '.', not starting with '.'.
     pub name: Option<String>,
-    /// Memory in MiB (for example 2048 for 2 GiB). Defaults to the configured value.
+    /// Memory in MiB.
     pub memory_mib: Option<u64>,
-    /// Number of virtual CPUs. Defaults to the configured value.
+    /// Number of vCPUs.
     pub vcpus: Option<u32>,
-    /// QEMU profile for the guest OS (machine type, firmware, disk and NIC models).
-    /// `list_profiles` shows the choices. Defaults to the configured profile.
+    /// QEMU profile for the guest OS, from `list_profiles`.
     pub os_variant: Option<String>,
-    /// Absolute path of an existing disk image (qcow2 or raw) on the server to boot
-    /// from. The VM uses the file in place; it is not copied. It must lie in an image
-    /// directory (`list_images` shows them). Give this or `disk_source`, not both.
+    /// An existing disk image (qcow2 or raw) in an image directory (`list_images`), used in place. Not with
+    /// `disk_source`.
     pub disk: Option<PathBuf>,
-    /// Where a new disk comes from, instead of `disk`: an overlay on a master image,
-    /// a blank disk plus an installer ISO, a blank disk, or an existing image. When
-    /// neither this nor `disk` nor `kernel` is given, the configured default master
-    /// image (if any) is used.
+    /// Where a new disk comes from, instead of `disk`.
     pub disk_source: Option<DiskSourceArg>,
-    /// Size in GiB of a new disk (master overlay, install or blank); an overlay is
-    /// grown to it. Defaults to the configured default disk size.
+    /// Size in GiB of a new disk; an overlay grows to it.
     pub disk_size_gib: Option<u64>,
-    /// Give the guest a cloud-init NoCloud seed disk with these settings (user, SSH
-    /// keys, packages, first-boot commands, network). For cloud images.
+    /// A cloud-init NoCloud seed for cloud images.
     pub cloud_init: Option<CloudInitRequest>,
-    /// Overrides of the configured Ignition settings, for Fedora CoreOS profiles
-    /// (which get an Ignition config anyway).
+    /// Ignition overrides for Fedora CoreOS profiles.
     pub ignition: Option<IgnitionRequest>,
-    /// A Linux kernel on the server (file name or path inside its kernel directories,
-    /// by default its image directories), to boot directly instead of from a disk.
-    /// Use with `initrd` and `cmdline`.
+    /// A Linux kernel in the kernel (default: image) directories to boot instead of a disk, with `initrd` and
+    /// `cmdline`.
     pub kernel: Option<PathBuf>,
-    /// An initrd for `kernel`, from the same directories.
+    /// An initrd for `kernel`.
     pub initrd: Option<PathBuf>,
-    /// Kernel command line for `kernel`, for example "console=ttyS0".
+    /// Kernel command line, for example "console=ttyS0".
     pub cmdline: Option<String>,
-    /// Network: "user" (NAT through QEMU, no setup needed), "none", or the name of a
-    /// host bridge to attach a tap device to. Defaults to the configured network.
+    /// "user" (QEMU's NAT), "none", or a host bridge name.
     pub network: Option<String>,
-    /// What to do when the VM's QEMU exits on its own: "never" (default),
-    /// "on-failure" (restart after a crash) or "always" (also after a guest poweroff).
+    /// When QEMU exits on its own: "never" (default), "on-failure" (restart after a crash) or "always" (also
+    /// after a guest poweroff).
     pub restart_policy: Option<RestartPolicy>,
-    /// Start the VM right after defining it.
+    /// Start it right away.
     #[serde(default)]
     pub start: bool,
-    /// Host ports forwarded into the guest, for the single NIC of `network` "user"
-    /// (for example `[{"host_port": 2222, "guest_port": 22}]` to reach SSH at
-    /// 127.0.0.1:2222). With `nics`, give each NIC its own `port_forwards` instead.
+    /// Host ports forwarded into the guest on a "user" `network`, for example [{"host_port": 2222,
+    /// "guest_port": 22}] for SSH at 127.0.0.1:2222.
     #[serde(default)]
     pub port_forwards: Vec<crate::ids::PortForward>,
-    /// Several NICs, in order (at most 8), instead of the one NIC `network` gives:
-    /// each has a `network` ("user" or a host bridge name) and optional `mac`,
-    /// `model` and `port_forwards`. Do not combine with `network` or `port_forwards`.
+    /// Up to 8 NICs instead of `network` and `port_forwards`.
     #[serde(default)]
     pub nics: Vec<crate::ops::NicRequest>,
 }
@@ -96,28 +82,24 @@ pub struct CreateVmArgs {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiskSourceArg {
-    /// Use an existing image file as it is (same as the `disk` argument).
+    /// An existing image, used in place.
     Existing {
-        /// Absolute path of the image (qcow2 or raw), inside an image directory.
+        /// Absolute path of the image in an image directory.
         path: PathBuf,
     },
-    /// A new qcow2 overlay on a master image; the master stays unchanged.
+    /// A new overlay on a master image.
     Master {
-        /// File name or absolute path of the master image inside the image
-        /// directories (`list_images` shows them). Defaults to the configured default
-        /// master image.
+        /// Master image name or path (`list_images`); default: the configured one.
         #[serde(default)]
         image: Option<PathBuf>,
     },
-    /// A blank disk plus an installer ISO in a CD-ROM drive that boots first until
-    /// the installer reboots or powers off the VM.
+    /// A blank disk plus an installer ISO that boots first.
     Install {
-        /// File name or absolute path of the ISO inside the ISO directories
-        /// (`list_isos` shows them). Defaults to the configured default ISO.
+        /// ISO name or path (`list_isos`); default: the configured one.
         #[serde(default)]
         iso: Option<PathBuf>,
     },
-    /// A blank disk of `disk_size_gib`.
+    /// A blank disk.
     Blank,
 }
 
@@ -168,12 +150,10 @@ impl TryFrom<CreateVmArgs> for CreateRequest {
 pub struct StopVmArgs {
     /// The VM's name.
     pub name: String,
-    /// Skip the graceful shutdown: end QEMU at once (like pulling the power cord).
-    /// The guest loses unsaved data. Default false.
+    /// End QEMU at once, like pulling the power cord; the guest loses unsaved data.
     #[serde(default)]
     pub force: bool,
-    /// Seconds to keep pressing the ACPI power button and waiting for the guest to
-    /// power off before forcing it. Defaults to the server's configured stop timeout.
+    /// Seconds to wait for a graceful poweroff before forcing it; default: the server's stop timeout.
     pub timeout_s: Option<u64>,
 }
 
@@ -183,13 +163,10 @@ pub struct StopVmArgs {
 pub struct DeleteVmArgs {
     /// The VM's name.
     pub name: String,
-    /// Delete it even if it is running, by forcing it off first. Default false: a
-    /// running VM is refused.
+    /// Force a running VM off first instead of refusing.
     #[serde(default)]
     pub force: bool,
-    /// Leave the disk images kvm-mcp created for this VM (overlays, blank disks) on
-    /// disk instead of removing them. Default false. Images the VM was given with
-    /// `disk` are never removed.
+    /// Keep the disk images kvm-mcp created for it. Images given with `disk` are never removed.
     #[serde(default)]
     pub keep_disks: bool,
 }
@@ -201,11 +178,42 @@ pub struct VmList {
     pub vms: Vec<VmSummary>,
 }
 
-/// The VM a lifecycle tool acted on, as it is now.
+/// One VM's whole record (`get_vm`).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VmResult {
     /// The VM's definition and current status.
     pub vm: VmInfo,
+}
+
+/// A VM after a tool changed it, in short; `get_vm` shows the whole record.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VmChanged {
+    /// The VM's name.
+    pub name: String,
+    /// Its state now: shutoff, starting, running, paused, shutting-down or crashed.
+    pub state: String,
+    /// Why it is in that state, for example `start`, `host_request`, `guest_poweroff`.
+    pub reason: String,
+    /// More about the reason, when there is more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// What this call changed, in a few words.
+    pub changed: String,
+}
+
+impl VmChanged {
+    /// `vm` as it is after `changed`.
+    pub fn new(vm: &VmInfo, changed: impl Into<String>) -> Self {
+        let reason =
+            serde_json::to_value(vm.reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        Self {
+            name: vm.name.clone(),
+            state: vm.state.as_str().to_owned(),
+            reason,
+            detail: vm.detail.clone(),
+            changed: changed.into(),
+        }
+    }
 }
 
 /// What `delete_vm` removed.
