@@ -59,18 +59,18 @@ fn loopback() -> Ipv4Addr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
-    /// `tcp` (default) or `udp`.
+    /// "tcp" (default) or "udp".
     #[serde(default)]
     pub protocol: Protocol,
-    /// Host address to listen on; loopback unless given (`0.0.0.0` for every address).
+    /// Host IPv4 address; default 127.0.0.1, 0.0.0.0 for all.
     #[serde(default = "loopback")]
     pub host_addr: Ipv4Addr,
-    /// Host port to listen on (1-65535).
+    /// Host port.
     pub host_port: u16,
-    /// Guest address; QEMU's default (the first address its DHCP hands out) if absent.
+    /// Guest address; default: the first one QEMU's DHCP hands out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_addr: Option<Ipv4Addr>,
-    /// Guest port (1-65535).
+    /// Guest port.
     pub guest_port: u16,
 }
 

@@ -13,7 +13,7 @@ use crate::ops::{ProfileInfo, VmInfo, VmSummary};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmNameArgs {
-    /// The VM's name, as shown by `list_vms` (for example "web1").
+    /// The VM's name.
     pub name: String,
 }
 
@@ -21,8 +21,8 @@ pub struct VmNameArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListVmsArgs {
-    /// Ask each running QEMU for its state over its monitor instead of reading the
-    /// recorded status. Slower; use it only when the recorded state looks wrong.
+    /// Ask each running QEMU for its state instead of reading the recorded one. Slower; for when the recorded
+    /// state looks wrong.
     #[serde(default)]
     pub no_cache: bool,
 }
@@ -33,12 +33,10 @@ pub struct ListVmsArgs {
 pub struct StopVmArgs {
     /// The VM's name.
     pub name: String,
-    /// Skip the graceful shutdown: end QEMU at once (like pulling the power cord).
-    /// The guest loses unsaved data. Default false.
+    /// End QEMU at once, like pulling the power cord; the guest loses unsaved data.
     #[serde(default)]
     pub force: bool,
-    /// Seconds to keep pressing the ACPI power button and waiting for the guest to
-    /// power off before forcing it. Defaults to the server's configured stop timeout.
+    /// Seconds to wait for a graceful poweroff before forcing it; default: the server's stop timeout.
     pub timeout_s: Option<u64>,
 }
 
@@ -48,13 +46,10 @@ pub struct StopVmArgs {
 pub struct DeleteVmArgs {
     /// The VM's name.
     pub name: String,
-    /// Delete it even if it is running, by forcing it off first. Default false: a
-    /// running VM is refused.
+    /// Force a running VM off first instead of refusing.
     #[serde(default)]
     pub force: bool,
-    /// Leave the disk images kvm-mcp created for this VM (overlays, blank disks) on
-    /// disk instead of removing them. Default false. Images the VM was given with
-    /// `disk` are never removed.
+    /// Keep the disk images kvm-mcp created for it. Images given with `disk` are never removed.
     #[serde(default)]
     pub keep_disks: bool,
 }
@@ -66,11 +61,42 @@ pub struct VmList {
     pub vms: Vec<VmSummary>,
 }
 
-/// The VM a lifecycle tool acted on, as it is now.
+/// One VM's whole record (`get_vm`).
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VmResult {
     /// The VM's definition and current status.
     pub vm: VmInfo,
+}
+
+/// A VM after a tool changed it, in short; `get_vm` shows the whole record.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VmChanged {
+    /// The VM's name.
+    pub name: String,
+    /// Its state now: shutoff, starting, running, paused, shutting-down or crashed.
+    pub state: String,
+    /// Why it is in that state, for example `start`, `host_request`, `guest_poweroff`.
+    pub reason: String,
+    /// More about the reason, when there is more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// What this call changed, in a few words.
+    pub changed: String,
+}
+
+impl VmChanged {
+    /// `vm` as it is after `changed`.
+    pub fn new(vm: &VmInfo, changed: impl Into<String>) -> Self {
+        let reason =
+            serde_json::to_value(vm.reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        Self {
+            name: vm.name.clone(),
+            state: vm.state.as_str().to_owned(),
+            reason,
+            detail: vm.detail.clone(),
+            changed: changed.into(),
+        }
+    }
 }
 
 /// What `delete_vm` removed.

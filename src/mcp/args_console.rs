@@ -10,15 +10,13 @@ use crate::ops::VncPort;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleLogArgs {
-    /// The VM's name, as shown by `list_vms`. The VM may be running or stopped.
+    /// The VM's name.
     pub name: String,
-    /// Return the last this many lines of the serial console log. Default 50. Ignored
-    /// when `since_offset` is given.
+    /// How many last lines to return; default 50.
     pub lines: Option<usize>,
-    /// Return everything from this absolute byte offset of the log instead of the
-    /// last lines: pass the `next_offset` of a previous call to read only what is new.
+    /// Byte offset to read from instead: a previous `next_offset`.
     pub since_offset: Option<u64>,
-    /// Most bytes of log text to return. Default and maximum 262144 (256 KiB).
+    /// Most bytes to return; default and maximum 262144.
     pub max_bytes: Option<usize>,
 }
 
@@ -26,16 +24,14 @@ pub struct ConsoleLogArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitConsoleArgs {
-    /// The VM's name, as shown by `list_vms`.
+    /// The VM's name.
     pub name: String,
-    /// Regular expression (Rust regex syntax) matched against each line of the serial
-    /// console, for example "login:" or "Reached target .*Multi-User".
+    /// Regular expression (Rust syntax) for one line, for example "login:".
     pub pattern: String,
-    /// Seconds to wait before giving up. Default 60, at most 3600.
+    /// Seconds to wait; default 60, at most 3600.
     pub timeout_s: Option<u64>,
-    /// Absolute byte offset of the log to start looking from (a previous
-    /// `next_offset`). Default: the start of the VM's current run, so a line printed
-    /// before this call counts too.
+    /// Byte offset to look from (a previous `next_offset`); default: the start of the current run, so earlier
+    /// lines count.
     pub since_offset: Option<u64>,
 }
 
@@ -43,12 +39,11 @@ pub struct WaitConsoleArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendKeysArgs {
-    /// The VM's name; it must be running and have a graphical display.
+    /// The VM's name.
     pub name: String,
-    /// Key combinations pressed one after another, each a QEMU key name or several
-    /// joined by '-' and pressed together: for example ["ctrl-alt-delete"] (reboots
-    /// most guests) or ["alt-f2", "ret"]. Names: a-z, 0-9, f1-f12, ret, esc, spc,
-    /// tab, backspace, up, down, left, right, ctrl, alt, shift, meta_l, delete, …
+    /// QEMU key names, several joined by '-' pressed together: for example ["ctrl-alt-delete"] or ["alt-f2",
+    /// "ret"]. Names: a-z, 0-9, f1-f12, ret, esc, spc, tab, backspace, up, down, left, right, ctrl, alt, shift,
+    /// delete, ….
     pub keys: Vec<String>,
 }
 
@@ -56,10 +51,9 @@ pub struct SendKeysArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TypeTextArgs {
-    /// The VM's name; it must be running and have a graphical display.
+    /// The VM's name.
     pub name: String,
-    /// Text typed on the VM's keyboard (US layout): printable ASCII, "\n" for Enter
-    /// and "\t" for Tab. It goes to the graphical console, not the serial one.
+    /// Printable ASCII, "\n" for Enter, "\t" for Tab.
     pub text: String,
 }
 
@@ -67,22 +61,19 @@ pub struct TypeTextArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestExecArgs {
-    /// The VM's name; it must be running with the QEMU guest agent (qemu-ga) in the guest.
+    /// The VM's name.
     pub name: String,
-    /// Program to run in the guest, for example "/bin/sh" or "uname" (looked up in
-    /// the guest's PATH when not absolute). No shell is involved: to run a shell
-    /// line, use command "/bin/sh" with args ["-c", "…"].
+    /// Program to run, for example "uname" (searched in PATH). No shell: for a shell line use "/bin/sh" with
+    /// args ["-c", "…"].
     pub command: String,
-    /// Arguments passed to the program. Default none.
+    /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Text fed to the program's standard input. Default none.
+    /// Text for its standard input.
     pub stdin: Option<String>,
-    /// Seconds the program may run before it is killed (reported with
-    /// `timed_out`). Default 60, at most 3600.
+    /// Seconds before it is killed; default 60, at most 3600.
     pub timeout_s: Option<u64>,
-    /// Cap on the bytes kept of each of stdout and stderr. Default and maximum: the
-    /// server's `agent.exec_output_max_bytes`.
+    /// Bytes kept of stdout and of stderr; default and maximum from the server's config.
     pub output_max_bytes: Option<u64>,
 }
 
@@ -90,12 +81,11 @@ pub struct GuestExecArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestFileReadArgs {
-    /// The VM's name; it must be running with the QEMU guest agent in the guest.
+    /// The VM's name.
     pub name: String,
-    /// Absolute path of the file inside the guest, for example "/etc/os-release".
+    /// Absolute path in the guest.
     pub path: String,
-    /// Most bytes to read; a larger file is refused. Default and maximum: the
-    /// server's `agent.file_max_bytes`.
+    /// Refuse files larger than this; default and maximum from the server's config.
     pub max_bytes: Option<u64>,
 }
 
@@ -103,16 +93,15 @@ pub struct GuestFileReadArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestFileWriteArgs {
-    /// The VM's name; it must be running with the QEMU guest agent in the guest.
+    /// The VM's name.
     pub name: String,
-    /// Absolute path of the file inside the guest. It is created, or replaced
-    /// unless `append` is true.
+    /// Absolute path in the guest.
     pub path: String,
-    /// The new content as text (written as UTF-8).
+    /// The content as text.
     pub content: Option<String>,
-    /// The new content as base64, for binary data.
+    /// The content as base64, for binary data.
     pub content_base64: Option<String>,
-    /// Add to the end of the file instead of replacing it. Default false.
+    /// Append instead of replacing.
     #[serde(default)]
     pub append: bool,
 }
@@ -121,9 +110,9 @@ pub struct GuestFileWriteArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmStatsArgs {
-    /// The VM's name; it must be running.
+    /// The VM's name.
     pub name: String,
-    /// Milliseconds over which CPU use is sampled. Default 500, between 50 and 10000.
+    /// CPU sampling interval; default 500, 50 to 10000.
     pub interval_ms: Option<u64>,
 }
 

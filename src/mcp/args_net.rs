@@ -13,14 +13,11 @@ use crate::ops::{NicStats, PortForwardInfo};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetVmIpArgs {
-    /// The VM's name, as shown by `list_vms` (for example "web1"). It must be running.
+    /// The VM's name.
     pub name: String,
-    /// Seconds to wait for the guest to get an address (useful right after
-    /// `start_vm`, while it boots). Default 0: answer at once with what is known.
+    /// Seconds to wait for an address while the guest boots; default 0.
     pub wait_s: Option<u64>,
-    /// Ask every source (guest agent, DHCP leases, neighbour table, user-mode DHCP)
-    /// instead of stopping at the first one that knows an address for each NIC.
-    /// Default false.
+    /// Ask every source (agent, DHCP leases, neighbour table, user-mode DHCP), not just the first that knows.
     #[serde(default)]
     pub all_sources: bool,
 }
@@ -29,21 +26,17 @@ pub struct GetVmIpArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPortForwardArgs {
-    /// The VM's name. It may be running (the forward works at once) or stopped (it
-    /// works from the next start); either way it is kept in the VM's definition.
+    /// The VM's name.
     pub name: String,
-    /// Host port to listen on, 1-65535 (for example 2222). Must not be used by
-    /// another VM's forward or another program.
+    /// Host port to listen on, for example 2222.
     pub host_port: u16,
-    /// Port in the guest that connections are forwarded to, 1-65535 (for example 22).
+    /// Guest port, for example 22.
     pub guest_port: u16,
-    /// "tcp" (default) or "udp".
+    /// Default "tcp".
     pub protocol: Option<Protocol>,
-    /// Host IPv4 address to listen on. Default "127.0.0.1" (this host only); give
-    /// "0.0.0.0" to listen on every address.
+    /// Host IPv4 address to listen on; default "127.0.0.1", "0.0.0.0" for all.
     pub host_address: Option<Ipv4Addr>,
-    /// Index of the user-mode NIC (0 = the VM's first NIC) to add it to. Default: the
-    /// first user-mode NIC. Port forwards need a NIC on network "user".
+    /// Index of the "user" NIC; default: the first.
     pub nic: Option<usize>,
 }
 
@@ -66,14 +59,13 @@ impl AddPortForwardArgs {
 pub struct RemovePortForwardArgs {
     /// The VM's name.
     pub name: String,
-    /// Host port of the forward to remove, as `list_port_forwards` shows it.
+    /// Host port of the forward.
     pub host_port: u16,
-    /// "tcp" (default) or "udp".
+    /// Default "tcp".
     pub protocol: Option<Protocol>,
-    /// Host address of the forward; needed only when two forwards use the same port
-    /// on different addresses. Default: any address.
+    /// Host address, when two forwards share the port.
     pub host_address: Option<Ipv4Addr>,
-    /// Index of the NIC to look on. Default: every user-mode NIC.
+    /// NIC index; default: every "user" NIC.
     pub nic: Option<usize>,
 }
 

@@ -12,10 +12,9 @@ use crate::ops::{CloneRequest, ImageEntry, IsoEntry, SnapshotEntry};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachIsoArgs {
-    /// The VM's name, as shown by `list_vms`.
+    /// The VM's name.
     pub name: String,
-    /// File name or absolute path of the ISO, inside the server's ISO directories
-    /// (`list_isos` shows the ISOs there). Defaults to the configured default ISO.
+    /// ISO name or path (`list_isos`); default: the configured one.
     pub iso: Option<PathBuf>,
 }
 
@@ -28,12 +27,9 @@ pub type CloneVmArgs = CloneRequest;
 pub struct ResizeDiskArgs {
     /// The VM's name.
     pub name: String,
-    /// New size of the disk in GiB (1 GiB = 2^30 bytes). Disks only grow: a size
-    /// below the current one is refused. The guest still has to grow its partition
-    /// and file system.
+    /// New size in GiB; never below the current one.
     pub size_gib: u64,
-    /// Index of the disk in the VM's disk list as `get_vm` shows it, counting from
-    /// 0. Defaults to the first disk.
+    /// Index in the VM's disk list (`get_vm`); default 0.
     pub disk: Option<usize>,
 }
 
@@ -43,8 +39,7 @@ pub struct ResizeDiskArgs {
 pub struct SnapshotArgs {
     /// The VM's name.
     pub name: String,
-    /// The snapshot's name (for example "before-upgrade"); `list_snapshots` shows
-    /// the existing ones.
+    /// The snapshot's name, for example "before-upgrade".
     pub snapshot: String,
 }
 

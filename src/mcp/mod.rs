@@ -12,9 +12,12 @@ mod args_console;
 mod args_net;
 mod args_storage;
 mod notify;
+mod params;
 mod reply;
 mod resources;
+mod schema;
 mod server;
+mod stdio;
 mod tools_console;
 mod tools_host;
 mod tools_net;
@@ -32,6 +35,7 @@ pub use notify::Level;
 pub use reply::{Reply, fail, out};
 pub use resources::{VM_PREFIX, VMS_URI};
 pub use server::{InFlight, KvmMcp, SUPPORTED_PROTOCOL_VERSIONS, Shared};
+pub use stdio::{MAX_LINE, Stdio};
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -54,7 +58,7 @@ pub async fn serve_stdio(
 ) -> Result<(), McpServeError> {
     let server = KvmMcp::new(shared.clone());
     let running = tokio::select! {
-        r = server.serve(rmcp::transport::stdio()) => r.map_err(|e| McpServeError::Start(Box::new(e)))?,
+        r = server.serve(stdio::Stdio::new(tokio::io::stdin(), tokio::io::stdout())) => r.map_err(|e| McpServeError::Start(Box::new(e)))?,
         () = shutdown.cancelled() => return Ok(()),
     };
     let session_ct = running.cancellation_token();

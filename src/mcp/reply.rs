@@ -49,6 +49,18 @@ pub fn out<T: JsonSchema + 'static>() -> Arc<JsonObject> {
     schema_for_output::<T>()
 }
 
+/// The `outputSchema` of a tool whose result is one large record under `key` (`get_vm`):
+/// the record's own schema would be most of the tool list, so only its shape is given.
+#[must_use]
+pub fn out_record(key: &str) -> Arc<JsonObject> {
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": { key: { "type": "object" } },
+        "required": [key],
+    });
+    Arc::new(schema.as_object().cloned().unwrap_or_default())
+}
+
 /// The text of a failed tool call: what went wrong and what to do, causes joined.
 #[must_use]
 #[allow(clippy::needless_pass_by_value)] // used as `.map_err(fail)`

@@ -21,13 +21,60 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tokio::sync::Notify;
 
 use super::notify::{self, Level};
+use super::{params, schema};
 use crate::metrics::{self, CallOutcome};
 use crate::ops::{Ops, VmSetWatcher};
 
-/// The protocol revisions this server speaks. A client asking for another one is
-/// answered with the newest of these.
-pub static SUPPORTED_PROTOCOL_VERSIONS: [ProtocolVersion; 2] =
-    [ProtocolVersion::V_2025_06_18, ProtocolVersion::V_2025_11_25];
+/// The protocol revisions this server speaks, each with its own wire (see [`Wire`]).
+/// A client asking for another one is answered with the newest of these.
+pub static SUPPORTED_PROTOCOL_VERSIONS: [ProtocolVersion; 4] = [
+    ProtocolVersion::V_2024_11_05,
+    ProtocolVersion::V_2025_03_26,
+    ProtocolVersion::V_2025_06_18,
+    ProtocolVersion::V_2025_11_25,
+];
+
+/// What a session's protocol revision has on the wire, for the items that came later.
+#[derive(Debug, Clone, Copy)]
+struct Wire {
+    /// `outputSchema`, `structuredContent` and `title` (2025-06-18).
+    structured: bool,
+    /// Tool `annotations` (2025-03-26).
+    annotations: bool,
+}
+
+impl Wire {
+    fn of(context: &RequestContext<RoleServer>) -> Self {
+        // Revision names are dates, so they order as strings.
+        let version = context.peer.peer_info().map(|i| i.protocol_version.clone());
+        let at_least = |v: &ProtocolVersion| version.as_ref().is_none_or(|n| n.as_str() >= v.as_str());
+        Self {
+            structured: at_least(&ProtocolVersion::V_2025_06_18),
+            annotations: at_least(&ProtocolVersion::V_2025_03_26),
+        }
+    }
+
+    fn tool(self, mut tool: Tool) -> Tool {
+        if !self.structured {
+            tool.title = None;
+            tool.output_schema = None;
+        }
+        if !self.annotations {
+            tool.annotations = None;
+        }
+        tool
+    }
+
+    /// Before structured output, the result's JSON goes into `content` as text.
+    fn result(self, mut result: CallToolResult) -> CallToolResult {
+        if !self.structured
+            && let Some(value) = result.structured_content.take()
+        {
+            result.content.push(ContentBlock::text(value.to_string()));
+        }
+        result
+    }
+}
 
 /// Time given to the last responses to be written before sessions close on shutdown.
 const RESPONSE_FLUSH_GRACE: Duration = Duration::from_millis(500);
@@ -208,9 +255,13 @@ fn unwrap_tool_docs(tool: &mut Tool) {
     if let Some(d) = &tool.description {
         tool.description = Some(unwrap_doc(d).into());
     }
-    unwrap_descriptions(Arc::make_mut(&mut tool.input_schema));
-    if let Some(schema) = &mut tool.output_schema {
-        unwrap_descriptions(Arc::make_mut(schema));
+    let input = Arc::make_mut(&mut tool.input_schema);
+    unwrap_descriptions(input);
+    schema::standardise(input, schema::Side::Input);
+    if let Some(output) = &mut tool.output_schema {
+        let output = Arc::make_mut(output);
+        unwrap_descriptions(output);
+        schema::standardise(output, schema::Side::Output);
     }
 }
 
@@ -261,7 +312,16 @@ impl ServerHandler for KvmMcp {
         }
         let started = Instant::now();
         let ct = context.ct.clone();
-        let result = self.shared.tools.call(ToolCallContext::new(self, request, context)).await;
+        let wire = Wire::of(&context);
+        let result = match self.shared.tools.call(ToolCallContext::new(self, request, context)).await {
+            // Wrong arguments are the model's to fix: it sees tool errors, not protocol errors.
+            Err(e) => params::into_tool_error(e).map(|r| wire.result(r).into()),
+            Ok(CallToolResponse::Complete(mut r)) => {
+                params::clip_error_text(&mut r);
+                Ok(CallToolResponse::Complete(wire.result(r)))
+            }
+            other => other,
+        };
         let outcome = outcome_of(&result, ct.is_cancelled());
         let elapsed = started.elapsed();
         metrics::observe_tool_call(&name, outcome, elapsed);
@@ -272,9 +332,11 @@ impl ServerHandler for KvmMcp {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<rmcp::model::ListToolsResult, McpError> {
-        Ok(rmcp::model::ListToolsResult::with_all_items(self.shared.tools.list_all()))
+        let wire = Wire::of(&context);
+        let tools = self.shared.tools.list_all().into_iter().map(|t| wire.tool(t)).collect();
+        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
     }
 
     fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
@@ -317,17 +379,25 @@ impl ServerHandler for KvmMcp {
     async fn list_resources(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        super::resources::list(self.ops())
+        let mut list = super::resources::list(self.ops())?;
+        if !Wire::of(&context).structured {
+            list.resources.iter_mut().for_each(|r| r.title = None);
+        }
+        Ok(list)
     }
 
     async fn list_resource_templates(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        Ok(super::resources::templates())
+        let mut list = super::resources::templates();
+        if !Wire::of(&context).structured {
+            list.resource_templates.iter_mut().for_each(|r| r.title = None);
+        }
+        Ok(list)
     }
 
     async fn read_resource(

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
+use super::params::Parameters;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use rmcp::handler::server::tool::IntoCallToolResult;
-use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{CallToolResponse, CallToolResult, ContentBlock};
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
@@ -65,10 +65,9 @@ fn exec_summary(r: &ExecResult) -> String {
 
 #[tool_router(router = console_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// Read a VM's serial console log, running or stopped: the last `lines` lines (50
-    /// by default), or everything from `since_offset`. Pass the returned `next_offset`
-    /// as `since_offset` next time to read only what is new.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleLog>())]
+    /// Read a VM's serial console log: the last `lines` lines, or what follows `since_offset` (pass the
+    /// returned `next_offset` to read only what is new).
+    #[tool(title = "Read serial console log", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleLog>())]
     async fn get_console_log(&self, Parameters(a): Parameters<ConsoleLogArgs>) -> ToolResult<ConsoleLog> {
         let q = ConsoleQuery { lines: a.lines, since_offset: a.since_offset, max_bytes: a.max_bytes };
         let log = self.ops().get_console_log(&a.name, q).map_err(fail)?;
@@ -82,11 +81,9 @@ impl KvmMcp {
         Ok(Reply::new(log, summary))
     }
 
-    /// Wait until a line of a VM's serial console matches the regular expression
-    /// `pattern`, and return that line. Looks from the start of the current run unless
-    /// `since_offset` is given, so a line printed before the call counts. Fails on the
-    /// timeout or when the VM stops, showing the console's last lines.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleMatch>())]
+    /// Wait until a line of a VM's serial console matches `pattern` and return it. Fails on timeout or when the
+    /// VM stops, showing the last lines.
+    #[tool(title = "Wait for console output", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleMatch>())]
     async fn wait_for_console(
         &self,
         Parameters(a): Parameters<WaitConsoleArgs>,
@@ -112,9 +109,8 @@ impl KvmMcp {
         Ok(Reply::new(m, summary))
     }
 
-    /// List the VNC endpoints (host, port, display) of every running VM that has a
-    /// graphical display. `get_vnc_info` gives one VM's password.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncPortList>())]
+    /// List the VNC endpoints (host, port, display) of the running VMs that have one.
+    #[tool(title = "List VNC displays", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncPortList>())]
     async fn get_vnc_ports(&self) -> ToolResult<VncPortList> {
         let vnc = self.ops().get_vnc_ports().map_err(fail)?;
         let summary = if vnc.is_empty() {
@@ -126,27 +122,24 @@ impl KvmMcp {
         Ok(Reply::new(VncPortList { vnc }, summary))
     }
 
-    /// One running VM's VNC endpoint, its password for this run (it changes at every
-    /// start), a `vnc://` URI for a viewer and how many clients are connected.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncInfo>())]
+    /// A running VM's VNC endpoint, its password for this run, a `vnc://` URI and the connected clients.
+    #[tool(title = "Get VNC display", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncInfo>())]
     async fn get_vnc_info(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VncInfo> {
         let v = self.ops().get_vnc_info(&a.name).await.map_err(fail)?;
         let summary = format!("VM {:?}: {} ({} clients connected)", v.name, v.uri, v.clients);
         Ok(Reply::new(v, summary))
     }
 
-    /// Take a screenshot of a running VM's graphical display. Returns the PNG image
-    /// and its width and height in pixels.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ScreenshotInfo>())]
+    /// Take a PNG screenshot of a running VM's display.
+    #[tool(title = "Take screenshot", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ScreenshotInfo>())]
     async fn screenshot_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> Result<ImageReply, String> {
         let s = self.ops().screenshot(&a.name).await.map_err(fail)?;
         Ok(ImageReply { info: ScreenshotInfo { width: s.width, height: s.height, bytes: s.bytes }, png: s.png })
     }
 
-    /// Press key combinations on a running VM's keyboard, one after another, for
-    /// example ["ctrl-alt-delete"] (which reboots most guests) or ["alt-f2", "ret"].
-    /// An unknown key name sends nothing.
+    /// Press key combinations on a running VM's keyboard, one after another.
     #[tool(
+        title = "Send key presses",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<KeysSent>()
     )]
@@ -161,10 +154,9 @@ impl KvmMcp {
         Ok(Reply::new(KeysSent { presses }, summary))
     }
 
-    /// Type text on a running VM's keyboard (US layout; printable ASCII, newline for
-    /// Enter, tab). The keyboard drives the graphical console, not the serial one. A
-    /// character that cannot be typed sends nothing.
+    /// Type text on a running VM's keyboard (graphical console, US layout).
     #[tool(
+        title = "Type text",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<KeysSent>()
     )]
@@ -174,8 +166,8 @@ impl KvmMcp {
         Ok(Reply::new(KeysSent { presses }, summary))
     }
 
-    /// Check that the QEMU guest agent inside a running VM answers, and how fast.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<GuestPong>())]
+    /// Check that a running VM's guest agent answers, and how fast.
+    #[tool(title = "Ping guest agent", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<GuestPong>())]
     async fn guest_ping(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<GuestPong> {
         let rtt = self.ops().guest_ping(&a.name).await.map_err(fail)?;
         let round_trip_ms = rtt.as_secs_f64() * 1e3;
@@ -183,9 +175,8 @@ impl KvmMcp {
         Ok(Reply::new(GuestPong { round_trip_ms }, summary))
     }
 
-    /// Facts about a running guest from its guest agent: agent version, OS, hostname
-    /// and network interfaces with their IP addresses.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<GuestInfo>())]
+    /// A running guest's agent version, OS, hostname and network interfaces, from its guest agent.
+    #[tool(title = "Get guest OS info", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<GuestInfo>())]
     async fn guest_info(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<GuestInfo> {
         let g = self.ops().guest_info(&a.name).await.map_err(fail)?;
         let summary = format!(
@@ -197,10 +188,10 @@ impl KvmMcp {
         Ok(Reply::new(g, summary))
     }
 
-    /// Run a program inside a running VM through its guest agent and return its exit
-    /// code, stdout and stderr. It is killed after `timeout_s` (default 60) or when
-    /// the call is cancelled. No shell: use command "/bin/sh" with args ["-c", "…"].
+    /// Run a program in a running VM through its guest agent; returns exit code, stdout and stderr. It is
+    /// killed after `timeout_s` or when the call is cancelled.
     #[tool(
+        title = "Run command in guest",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<ExecResult>()
     )]
@@ -232,9 +223,8 @@ impl KvmMcp {
         Ok(Reply::new(r, summary))
     }
 
-    /// Read a file inside a running VM through its guest agent. The content comes back
-    /// as `text` when it is UTF-8, otherwise as `base64`.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<FileData>())]
+    /// Read a file in a running VM through its guest agent: `text` when UTF-8, else `base64`.
+    #[tool(title = "Read guest file", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<FileData>())]
     async fn guest_file_read(&self, Parameters(a): Parameters<GuestFileReadArgs>) -> ToolResult<FileData> {
         let f = self.ops().guest_file_read(&a.name, &a.path, a.max_bytes).await.map_err(fail)?;
         let kind = if f.text.is_some() { "text" } else { "binary, as base64" };
@@ -242,10 +232,10 @@ impl KvmMcp {
         Ok(Reply::new(f, summary))
     }
 
-    /// Write a file inside a running VM through its guest agent: created, or replaced
-    /// unless `append` is true. Give the content as `content` (text) or
-    /// `content_base64` (binary).
+    /// Write a file in a running VM through its guest agent: created, replaced, or appended to with `append:
+    /// true`.
     #[tool(
+        title = "Write guest file",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<FileWritten>()
     )]
@@ -273,9 +263,8 @@ impl KvmMcp {
         Ok(Reply::new(FileWritten { path: a.path, bytes_written, appended: a.append }, summary))
     }
 
-    /// Figures of a running VM: CPU use sampled over `interval_ms` (per vCPU too),
-    /// memory, per-disk I/O counters and per-NIC traffic counters.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmStats>())]
+    /// A running VM's CPU use over `interval_ms` (per vCPU too), memory, per-disk I/O and per-NIC traffic.
+    #[tool(title = "Get VM statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmStats>())]
     async fn vm_stats(&self, Parameters(a): Parameters<VmStatsArgs>) -> ToolResult<VmStats> {
         let s = self.ops().vm_stats(&a.name, a.interval_ms.map(Duration::from_millis)).await.map_err(fail)?;
         let summary = format!(
@@ -289,9 +278,8 @@ impl KvmMcp {
         Ok(Reply::new(s, summary))
     }
 
-    /// Host figures: CPU use, load average, memory, and free space of the file system
-    /// where VM disks live.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<HostStats>())]
+    /// Host CPU use, load, memory, and free space where VM disks live.
+    #[tool(title = "Get host statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<HostStats>())]
     async fn host_stats(&self) -> ToolResult<HostStats> {
         let h = self.ops().host_stats().await.map_err(fail)?;
         let summary = format!(

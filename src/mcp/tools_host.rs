@@ -9,9 +9,9 @@ use crate::ops::HostInfo;
 
 #[tool_router(router = host_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// Facts about this host: the accelerator VMs get (kvm or tcg) and why, the QEMU
-    /// version, CPUs, memory, free disk space, and how many VMs are defined and running.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<HostInfo>())]
+    /// This host: accelerator (kvm or tcg) and why, QEMU version, CPUs, memory, free disk space, VMs defined
+    /// and running.
+    #[tool(title = "Get host info", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<HostInfo>())]
     async fn host_info(&self) -> Result<Reply<HostInfo>, String> {
         let h = self.ops().host_info().await.map_err(fail)?;
         let accel = h.accel.map_or("none usable", |a| a.as_str());
@@ -22,10 +22,9 @@ impl KvmMcp {
         Ok(Reply::new(h, summary))
     }
 
-    /// List the QEMU profiles, the values `create_vm` accepts as `os_variant`: each
-    /// sets the machine type, firmware, disk bus, NIC model and display for one kind
-    /// of guest OS.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ProfileList>())]
+    /// List the QEMU profiles, the `os_variant` values of `create_vm`: machine, firmware, disk bus, NIC model
+    /// and display for a kind of guest OS.
+    #[tool(title = "List OS profiles", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ProfileList>())]
     async fn list_profiles(&self) -> Result<Reply<ProfileList>, String> {
         let profiles = self.ops().list_profiles();
         let names: Vec<&str> = profiles.iter().map(|p| p.name.as_str()).collect();

@@ -2,7 +2,7 @@
 //! per-NIC traffic counters. `get_vm_ip` can wait for an address, reporting progress
 //! and stopping when the caller cancels.
 
-use rmcp::handler::server::wrapper::Parameters;
+use super::params::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
@@ -44,12 +44,10 @@ fn ips_summary(ips: &VmIps) -> String {
 
 #[tool_router(router = net_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// Find a running VM's IP addresses, per NIC, each with its source (guest agent,
-    /// DHCP lease, neighbour table, or the address QEMU's user-mode DHCP hands out)
-    /// and age. `ip` is the best one to connect to. A user-mode ("user") NIC is not
-    /// reachable at its address from the host: use `add_port_forward` instead. With
-    /// `wait_s`, waits (with progress) for an address to appear while the guest boots.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
+    /// A running VM's IP addresses per NIC, with source and age; `ip` is the one to connect to. A "user" NIC is
+    /// not reachable from the host: use `add_port_forward`. `wait_s` waits for an address while the guest
+    /// boots.
+    #[tool(title = "Get VM IP addresses", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
     async fn get_vm_ip(
         &self,
         Parameters(a): Parameters<GetVmIpArgs>,
@@ -69,11 +67,10 @@ impl KvmMcp {
         Ok(Reply::new(ips, summary))
     }
 
-    /// Forward a host port to a port in the guest, on a user-mode ("user") NIC: for
-    /// example host 127.0.0.1:2222 to guest port 22 for SSH. Works at once on a
-    /// running VM and is kept in the VM's definition for later starts. Returns every
-    /// forward of the VM.
+    /// Forward a host port to a guest port on a "user" NIC (for example 127.0.0.1:2222 to 22 for SSH), at once
+    /// if the VM runs and kept for later starts. Returns the VM's forwards.
     #[tool(
+        title = "Add port forward",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<ForwardList>()
     )]
@@ -89,10 +86,10 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// Remove a port forward of a VM, named by its host port (plus protocol, and the
-    /// host address when two forwards share a port). Takes effect at once on a
-    /// running VM and in its definition. Returns the forwards left.
+    /// Remove a port forward named by its host port (plus protocol and address when two share it), at once and
+    /// in the definition. Returns the forwards left.
     #[tool(
+        title = "Remove port forward",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<ForwardList>()
     )]
@@ -108,19 +105,17 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// List a VM's port forwards (host address and port to guest port, per user-mode
-    /// NIC), each marked active when QEMU is listening on it now.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ForwardList>())]
+    /// List a VM's port forwards, each marked active when QEMU listens on it now.
+    #[tool(title = "List port forwards", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ForwardList>())]
     async fn list_port_forwards(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<ForwardList> {
         let forwards = self.ops().list_port_forwards(&a.name).await.map_err(fail)?;
         let summary = forwards_summary(&a.name, &forwards);
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// Show a VM's NICs (index, MAC, network) with traffic counters (bytes, packets,
-    /// errors, drops) for bridged NICs of a running VM. The counters are the host
-    /// tap's view: what the guest sends is `rx_*`, what it receives is `tx_*`.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<NicStatsList>())]
+    /// A VM's NICs (index, MAC, network) with traffic counters for bridged NICs of a running VM, as the host
+    /// tap counts them: the guest's sends are `rx_*`.
+    #[tool(title = "Get NIC statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<NicStatsList>())]
     async fn nic_stats(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<NicStatsList> {
         let nics = self.ops().nic_stats(&a.name).await.map_err(fail)?;
         let counted = nics.iter().filter(|n| n.stats.is_some()).count();

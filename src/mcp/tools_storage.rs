@@ -3,11 +3,11 @@
 //! and formats a [`Reply`]; the snapshot jobs report progress and stop waiting when
 //! the caller cancels.
 
-use rmcp::handler::server::wrapper::Parameters;
+use super::params::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
-use super::args::{VmNameArgs, VmResult};
+use super::args::{VmChanged, VmNameArgs};
 use super::args_storage::{
     AttachIsoArgs, CloneVmArgs, ImageList, IsoList, ResizeDiskArgs, SnapshotArgs, SnapshotDeleted, SnapshotList,
     SnapshotResult,
@@ -33,10 +33,9 @@ fn state(vm: &VmInfo) -> String {
 
 #[tool_router(router = storage_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// List the disk images (qcow2, and .img/.raw files) in the server's image
-    /// directories: format, virtual and allocated size, backing file, and which VMs
-    /// use each. These are the files `create_vm` accepts as `disk` or as a master image.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ImageList>())]
+    /// List the disk images (qcow2, .img, .raw) in the server's image directories with format, sizes, backing
+    /// file and the VMs using each: what `create_vm` takes as `disk` or master image.
+    #[tool(title = "List disk images", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ImageList>())]
     async fn list_images(&self) -> ToolResult<ImageList> {
         let images = self.ops().list_images().await.map_err(fail)?;
         let summary = if images.is_empty() {
@@ -51,10 +50,9 @@ impl KvmMcp {
         Ok(Reply::new(ImageList { images }, summary))
     }
 
-    /// List the .iso files in the server's ISO directories, with their size and the
-    /// VMs that have each in a CD-ROM drive. These are what `attach_iso` and an
-    /// install `disk` of `create_vm` accepts.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<IsoList>())]
+    /// List the .iso files in the server's ISO directories with size and the VMs using each: what `attach_iso`
+    /// and an install `disk` of `create_vm` takes.
+    #[tool(title = "List ISO images", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<IsoList>())]
     async fn list_isos(&self) -> ToolResult<IsoList> {
         let isos = self.ops().list_isos().map_err(fail)?;
         let summary = if isos.is_empty() {
@@ -67,100 +65,99 @@ impl KvmMcp {
         Ok(Reply::new(IsoList { isos }, summary))
     }
 
-    /// Put an ISO into a VM's CD-ROM drive. A running VM changes the medium at once
-    /// (it must already have a drive); a stopped VM without a drive gets one. The
-    /// choice is kept for later starts.
+    /// Put an ISO into a VM's CD-ROM drive: at once if it runs (it needs a drive), else from the next start (a
+    /// drive is added).
     #[tool(
+        title = "Insert ISO",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn attach_iso(
         &self,
         Parameters(a): Parameters<AttachIsoArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().attach_iso(&a.name, a.iso.as_deref()).await.map_err(fail)?;
         let summary = format!("ISO attached; {}", state(&vm));
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, "ISO attached"), summary).await
     }
 
-    /// Empty a VM's CD-ROM drive (running or stopped). The drive stays, so an ISO can
-    /// go in again with `attach_iso`.
+    /// Empty a VM's CD-ROM drive; the drive stays.
     #[tool(
+        title = "Eject ISO",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn eject_iso(
         &self,
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().eject_iso(&a.name).await.map_err(fail)?;
         let summary = format!("CD-ROM ejected; {}", state(&vm));
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, "CD-ROM ejected"), summary).await
     }
 
-    /// Define a new VM with the disks of a stopped one. By default a linked clone:
-    /// its disks are overlays on the source's, and the source becomes a template that
-    /// refuses to start while clones exist. `full: true` copies the disks instead.
-    /// The clone gets new MAC addresses; a cloud-init seed is not carried over.
+    /// Define a new VM with a stopped VM's disks: a linked clone (overlays; the source then refuses to start
+    /// while clones exist), or a copy with `full: true`. New MACs; no cloud-init seed.
     #[tool(
+        title = "Clone VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn clone_vm(
         &self,
         Parameters(a): Parameters<CloneVmArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let kind = if a.full { "full" } else { "linked" };
         let source = a.source.clone();
         let vm = self.ops().clone_vm(a).await.map_err(fail)?;
         self.vm_set_changed();
         let summary = format!("{kind} clone of {source:?}; {}", state(&vm));
-        let name = vm.name.clone();
-        self.logged(&ctx, &name, VmResult { vm }, summary).await
+        let changed = VmChanged::new(&vm, format!("defined as a {kind} clone of {source:?}"));
+        self.logged(&ctx, &vm.name, changed, summary).await
     }
 
-    /// Grow one of a VM's disks to `size_gib`: live while it runs (the guest sees the
-    /// new size at once), in the image file otherwise. Disks only grow; the guest
-    /// still has to grow its partition and file system.
+    /// Grow a VM's disk to `size_gib`, live if it runs. Disks only grow; the guest must still grow its
+    /// partition and file system.
     #[tool(
+        title = "Grow disk",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn resize_disk(
         &self,
         Parameters(a): Parameters<ResizeDiskArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().resize_disk(&a.name, a.size_gib, a.disk).await.map_err(fail)?;
-        let summary = format!("disk {} grown to {} GiB; {}", a.disk.unwrap_or(0), a.size_gib, state(&vm));
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        let grown = format!("disk {} grown to {} GiB", a.disk.unwrap_or(0), a.size_gib);
+        let summary = format!("{grown}; {}", state(&vm));
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, grown), summary).await
     }
 
-    /// Throw away everything a stopped VM wrote to its disks: each overlay is
-    /// replaced by a fresh one on the same base, a blank install disk becomes blank
-    /// again (the install starts over). Its snapshots are lost too. Only disks
-    /// kvm-mcp created can be reset.
+    /// Throw away what a stopped VM wrote to the disks kvm-mcp created (overlays back to their base, install
+    /// disks blank) and its snapshots.
     #[tool(
+        title = "Reset VM disks",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn reset_vm_disk(
         &self,
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().reset_vm_disk(&a.name).await.map_err(fail)?;
         let summary = format!("disks reset to their base; {}", state(&vm));
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, "disks reset to their base"), summary).await
     }
 
-    /// Take a named internal snapshot of all of a VM's writable qcow2 disks. Of a
-    /// running VM it also saves RAM and device state (reverting resumes it there); of
-    /// a stopped VM it holds the machine as at power-on. Reports progress.
+    /// Take a named internal snapshot of a VM's qcow2 disks, with RAM and device state if it runs. Reports
+    /// progress.
     #[tool(
+        title = "Create snapshot",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<SnapshotResult>()
     )]
@@ -187,9 +184,8 @@ impl KvmMcp {
         Ok(Reply::new(SnapshotResult { name: a.name, snapshot }, summary))
     }
 
-    /// List a VM's internal snapshots: name, time taken, saved RAM size, and whether
-    /// it was taken while the guest ran.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<SnapshotList>())]
+    /// List a VM's snapshots: name, time, saved RAM size, and whether the VM was running.
+    #[tool(title = "List snapshots", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<SnapshotList>())]
     async fn list_snapshots(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<SnapshotList> {
         let snapshots = self.ops().list_snapshots(&a.name).map_err(fail)?;
         let summary = if snapshots.is_empty() {
@@ -201,17 +197,18 @@ impl KvmMcp {
         Ok(Reply::new(SnapshotList { name: a.name, snapshots }, summary))
     }
 
-    /// Return a VM to a snapshot: its disks lose every write made since, and a
-    /// running VM also gets the snapshot's RAM back. Reports progress.
+    /// Return a VM to a snapshot: disk writes since are lost, and a running VM gets the snapshot's RAM back.
+    /// Reports progress.
     #[tool(
+        title = "Revert to snapshot",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn revert_snapshot(
         &self,
         Parameters(a): Parameters<SnapshotArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let call = LongCall {
             tool: "revert_snapshot",
             vm: &a.name,
@@ -224,12 +221,12 @@ impl KvmMcp {
         let op = |p: Forward| async move { self.ops().revert_snapshot(name, tag, &*p).await };
         let summarise = |vm: &VmInfo| format!("reverted to snapshot {tag:?}; {}", state(vm));
         let (vm, summary) = self.run_long(&ctx, call, op, summarise).await?;
-        Ok(Reply::new(VmResult { vm }, summary))
+        Ok(Reply::new(VmChanged::new(&vm, format!("reverted to snapshot {tag:?}")), summary))
     }
 
-    /// Delete a VM's snapshot from all its disks. The VM's current state is not
-    /// changed. Reports progress.
+    /// Delete a VM's snapshot from all its disks; the VM itself is not changed.
     #[tool(
+        title = "Delete snapshot",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<SnapshotDeleted>()
     )]

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use rmcp::handler::server::wrapper::Parameters;
+use super::params::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
-use super::args::{DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, VmList, VmNameArgs, VmResult};
+use super::args::{DeleteVmArgs, Deleted, ListVmsArgs, StopVmArgs, VmChanged, VmList, VmNameArgs, VmResult};
 use super::notify::{Forward, LongCall};
-use super::reply::{Reply, ToolResult, fail, out};
+use super::reply::{Reply, ToolResult, fail, out, out_record};
 use super::server::KvmMcp;
 use crate::ops::{CreateRequest, DeleteOptions, StopOptions, VmInfo, VmSummary};
 
@@ -38,40 +38,36 @@ fn list_summary(vms: &[VmSummary]) -> String {
 
 #[tool_router(router = vm_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// List the defined VMs with their state (shutoff, starting, running, paused,
-    /// shutting-down, crashed), vCPUs, memory, uptime and QEMU pid.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmList>())]
+    /// List the defined VMs with their state, vCPUs, memory, uptime and QEMU pid.
+    #[tool(title = "List VMs", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmList>())]
     async fn list_vms(&self, Parameters(a): Parameters<ListVmsArgs>) -> ToolResult<VmList> {
         let vms = if a.no_cache { self.ops().list_live().await } else { self.ops().list() }.map_err(fail)?;
         let summary = list_summary(&vms);
         Ok(Reply::new(VmList { vms }, summary))
     }
 
-    /// Show everything about one VM: definition (disks, NICs, boot), state and why,
-    /// QEMU pid, uptime, exit status after a crash with QEMU's last log lines, the
-    /// path of its serial console log, and while it runs the guest's IP addresses.
-    #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmResult>())]
+    /// Everything about one VM: definition (disks, NICs, boot), state and why, pid, uptime, exit status and
+    /// QEMU's last log lines after a crash, serial log path, and the guest's IPs while it runs.
+    #[tool(title = "Get VM details", annotations(read_only_hint = true, open_world_hint = false), output_schema = out_record("vm"))]
     async fn get_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VmResult> {
         let vm = self.ops().info_live(&a.name).await.map_err(fail)?;
         let summary = describe(&vm);
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
-    /// Define a new VM. Every argument is optional: with none, the VM gets the
-    /// server's configured defaults (name, memory, vCPUs, OS profile, network). It
-    /// needs something to boot: `disk` (an existing image, or a new overlay on a
-    /// master image, an install ISO, or a blank disk), `kernel`, or the configured
-    /// default master image. Pass
-    /// `start: true` to start it too. Does not start it otherwise.
+    /// Define a new VM. Every argument is optional; the server's config supplies defaults. It needs something
+    /// to boot: `disk` (an image, or a new disk by kind), `kernel`, or the configured default master image. It is started only
+    /// with `start: true`.
     #[tool(
+        title = "Create VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn create_vm(
         &self,
         Parameters(req): Parameters<CreateRequest>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let name = req.name.clone().unwrap_or_else(|| self.ops().config().vm.default_name.clone());
         let start = req.start;
         let call = LongCall {
@@ -91,21 +87,22 @@ impl KvmMcp {
         };
         let (vm, summary) = self.run_long(&ctx, call, |_| self.ops().create(req), summarise).await?;
         self.vm_set_changed();
-        Ok(Reply::new(VmResult { vm }, summary))
+        let changed = if start { "defined and started" } else { "defined" };
+        Ok(Reply::new(VmChanged::new(&vm, changed), summary))
     }
 
-    /// Start a defined VM and wait until QEMU runs it (the guest then boots on its
-    /// own; watch its serial log, whose path `get_vm` shows). Fails if it is already
-    /// running.
+    /// Start a defined VM and wait until QEMU runs it; the guest then boots on its own (`get_console_log` shows
+    /// how far).
     #[tool(
+        title = "Start VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn start_vm(
         &self,
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let call = LongCall {
             tool: "start_vm",
             vm: &a.name,
@@ -115,21 +112,21 @@ impl KvmMcp {
             log: true,
         };
         let (vm, summary) = self.run_long(&ctx, call, |_| self.ops().start(&a.name), describe).await?;
-        Ok(Reply::new(VmResult { vm }, summary))
+        Ok(Reply::new(VmChanged::new(&vm, "started"), summary))
     }
 
-    /// Stop a VM: press the ACPI power button until the guest powers off, and force it
-    /// off (QEMU quit, then signals) if it has not within `timeout_s`; or at once with
-    /// `force: true`. Stopping a stopped VM succeeds and changes nothing.
+    /// Stop a VM: press the ACPI power button and force it off if it is still on after `timeout_s`, or at once
+    /// with `force: true`. Stopping a stopped VM changes nothing.
     #[tool(
+        title = "Stop VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn stop_vm(
         &self,
         Parameters(a): Parameters<StopVmArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let opts = StopOptions { force: a.force, timeout: a.timeout_s.map(Duration::from_secs) };
         let call = LongCall {
             tool: "stop_vm",
@@ -142,60 +139,62 @@ impl KvmMcp {
         let name = &a.name;
         let op = |p: Forward| async move { self.ops().stop(name, opts, &*p).await };
         let (vm, summary) = self.run_long(&ctx, call, op, describe).await?;
-        Ok(Reply::new(VmResult { vm }, summary))
+        let changed = if opts.force { "forced off" } else { "stopped" };
+        Ok(Reply::new(VmChanged::new(&vm, changed), summary))
     }
 
-    /// Reset a running VM, like pressing its reset button: the guest reboots at once
-    /// without shutting down, losing unsaved data.
+    /// Reset a running VM like its reset button: it reboots at once, losing unsaved data.
     #[tool(
+        title = "Reset VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn reboot_vm(
         &self,
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().reboot(&a.name).await.map_err(fail)?;
         let summary = format!("reset; {}", describe(&vm));
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, "reset"), summary).await
     }
 
-    /// Pause a running VM's virtual CPUs; memory and devices stay as they are.
-    /// `resume_vm` continues it.
+    /// Pause a running VM's vCPUs; `resume_vm` continues it.
     #[tool(
+        title = "Pause VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn pause_vm(
         &self,
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().pause(&a.name).await.map_err(fail)?;
         let summary = describe(&vm);
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, "paused"), summary).await
     }
 
     /// Continue a VM paused by `pause_vm`.
     #[tool(
+        title = "Resume VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<VmChanged>()
     )]
     async fn resume_vm(
         &self,
         Parameters(a): Parameters<VmNameArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<VmChanged> {
         let vm = self.ops().resume(&a.name).await.map_err(fail)?;
         let summary = describe(&vm);
-        self.logged(&ctx, &a.name, VmResult { vm }, summary).await
+        self.logged(&ctx, &a.name, VmChanged::new(&vm, "resumed"), summary).await
     }
 
-    /// Delete a VM's definition and state, and the disk images kvm-mcp created for it
-    /// (unless `keep_disks: true`). Disk images given at create stay on disk. A
-    /// running VM is refused unless `force: true`, which forces it off first.
+    /// Delete a VM's definition and state, and the disk images kvm-mcp created for it unless `keep_disks:
+    /// true`. A running VM is refused unless `force: true`.
     #[tool(
+        title = "Delete VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
         output_schema = out::<Deleted>()
     )]

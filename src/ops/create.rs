@@ -28,72 +28,58 @@ use crate::store;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
-    /// not starting with '.' or '-'. Defaults to the configured default name.
+    /// Name: 1-13 letters, digits, '-', '_' or '.', not starting with '.' or '-'.
     #[serde(default)]
     pub name: Option<String>,
-    /// Memory in MiB (for example 2048 for 2 GiB). Defaults to the configured value.
+    /// Memory in MiB.
     #[serde(default)]
     pub memory_mib: Option<u64>,
-    /// Number of virtual CPUs. Defaults to the configured value.
+    /// Number of vCPUs.
     #[serde(default)]
     pub vcpus: Option<u32>,
-    /// QEMU profile for the guest OS (machine type, firmware, disk and NIC models).
-    /// `list_profiles` shows the choices. Defaults to the configured profile.
+    /// QEMU profile for the guest OS, from `list_profiles`.
     #[serde(default)]
     pub os_variant: Option<String>,
-    /// The VM's disk: the absolute path of an existing image (qcow2 or raw) inside an
-    /// image directory, used in place (not copied); or a new disk by kind:
-    /// `{"type": "master", "image": "debian.qcow2"}` (an overlay on a master image),
-    /// `{"type": "install", "iso": "installer.iso"}` (a blank disk plus an installer
-    /// ISO), `{"type": "blank"}`. When neither this nor `kernel` is given, the
-    /// configured default master image (if any) is used. (`disk_source` is accepted as
-    /// another name for this field.)
+    /// The disk: an existing image (qcow2 or raw) in an image directory (`list_images`), used in place; or
+    /// a new one, `{"type": "master", "image": ...}`, `{"type": "install", "iso": ...}`, `{"type": "blank"}`.
+    /// Default: an overlay on the configured master image. (`disk_source` is another name for it.)
     #[serde(default, alias = "disk_source")]
     #[schemars(with = "Option<super::disks::DiskSourceWire>")]
     pub disk: Option<DiskSource>,
-    /// A Linux kernel on the server (file name or path inside its kernel directories,
-    /// by default its image directories), to boot directly instead of from a disk.
-    /// Use with `initrd` and `cmdline`.
+    /// A Linux kernel in the kernel (default: image) directories to boot instead of a disk, with `initrd` and
+    /// `cmdline`.
     #[serde(default)]
     pub kernel: Option<PathBuf>,
-    /// An initrd for `kernel`, from the same directories.
+    /// An initrd for `kernel`.
     #[serde(default)]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line for `kernel`, for example "console=ttyS0".
+    /// Kernel command line, for example "console=ttyS0".
     #[serde(default)]
     pub cmdline: Option<String>,
-    /// Network: "user" (NAT through QEMU, no setup needed), "none", or the name of a
-    /// host bridge to attach a tap device to. Defaults to the configured network.
+    /// "user" (QEMU's NAT), "none", or a host bridge name.
     #[serde(default)]
     pub network: Option<String>,
-    /// Host ports forwarded into the guest, for the single NIC of `network` "user"
-    /// (for example `[{"host_port": 2222, "guest_port": 22}]` to reach SSH at
-    /// 127.0.0.1:2222). With `nics`, give each NIC its own `port_forwards` instead.
+    /// Host ports forwarded into the guest on a "user" `network`, for example [{"host_port": 2222,
+    /// "guest_port": 22}] for SSH at 127.0.0.1:2222.
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
-    /// Several NICs, in order (at most 8), instead of the one NIC `network` gives:
-    /// each has a `network` ("user" or a host bridge name) and optional `mac`,
-    /// `model` and `port_forwards`. Do not combine with `network` or `port_forwards`.
+    /// Up to 8 NICs instead of `network` and `port_forwards`.
     #[serde(default)]
     pub nics: Vec<NicRequest>,
-    /// What to do when the VM's QEMU exits on its own: "never" (default),
-    /// "on-failure" (restart after a crash) or "always" (also after a guest poweroff).
+    /// When QEMU exits on its own: "never" (default), "on-failure" (restart after a crash) or "always" (also
+    /// after a guest poweroff).
     #[serde(default)]
     pub restart_policy: Option<RestartPolicy>,
-    /// Start the VM right after defining it.
+    /// Start it right away.
     #[serde(default)]
     pub start: bool,
-    /// Size in GiB of a new disk (master overlay, install or blank); an overlay is
-    /// grown to it. Defaults to the configured default disk size.
+    /// Size in GiB of a new disk; an overlay grows to it.
     #[serde(default)]
     pub disk_size_gib: Option<u64>,
-    /// Give the guest a cloud-init NoCloud seed disk with these settings (user, SSH
-    /// keys, packages, first-boot commands, network). For cloud images.
+    /// A cloud-init NoCloud seed for cloud images.
     #[serde(default)]
     pub cloud_init: Option<crate::provision::cloudinit::CloudInitRequest>,
-    /// Overrides of the configured Ignition settings, for Fedora CoreOS profiles
-    /// (which get an Ignition config anyway).
+    /// Ignition overrides for Fedora CoreOS profiles.
     #[serde(default)]
     pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
 }

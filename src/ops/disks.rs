@@ -41,10 +41,9 @@ pub enum DiskSource {
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum DiskSourceWire {
-    /// Absolute path of an existing disk image (qcow2 or raw) inside an image
-    /// directory (`list_images` shows them), used in place, not copied.
+    /// An existing image (qcow2 or raw) in an image directory, used in place.
     Path(PathBuf),
-    /// A new disk, or an existing image, by kind.
+    /// A new disk by kind.
     Kind(DiskKind),
 }
 
@@ -52,24 +51,20 @@ pub enum DiskSourceWire {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiskKind {
-    /// Use an existing image file as it is (same as giving its path).
+    /// An existing image, used in place.
     Existing {
-        /// Absolute path of the image (qcow2 or raw), inside an image directory.
+        /// Absolute path of the image in an image directory.
         path: PathBuf,
     },
-    /// A new qcow2 overlay on a master image; the master stays unchanged.
+    /// A new overlay on a master image.
     Master {
-        /// File name or absolute path of the master image inside the image
-        /// directories (`list_images` shows them). Defaults to the configured default
-        /// master image.
+        /// Master image name or path (`list_images`); default: the configured one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<PathBuf>,
     },
-    /// A blank disk plus an installer ISO in a CD-ROM drive that boots first until
-    /// the installer reboots or powers off the VM.
+    /// A blank disk plus an installer ISO that boots first.
     Install {
-        /// File name or absolute path of the ISO inside the ISO directories
-        /// (`list_isos` shows them). Defaults to the configured default ISO.
+        /// ISO name or path (`list_isos`); default: the configured one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         iso: Option<PathBuf>,
     },

@@ -24,17 +24,16 @@ pub const NIC_MODELS: &[&str] =
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NicRequest {
-    /// `"user"` (QEMU's NAT) or the name of a bridge.
+    /// "user" (QEMU's NAT) or a bridge name.
     pub network: String,
-    /// MAC address override ("52:54:00:12:34:56"); by default derived from the VM's
-    /// UUID and the NIC's index, unique across defined VMs.
+    /// MAC address, for example "52:54:00:12:34:56"; default: derived from the VM and NIC index.
     #[serde(default)]
     pub mac: Option<String>,
-    /// Device model override (one of virtio-net-pci, virtio-net-device, e1000, e1000e,
-    /// rtl8139, vmxnet3, ne2k_pci, pcnet); the OS profile's model by default.
+    /// Device model (virtio-net-pci, virtio-net-device, e1000, e1000e, rtl8139, vmxnet3, ne2k_pci, pcnet);
+    /// default: the profile's.
     #[serde(default)]
     pub model: Option<String>,
-    /// Host ports forwarded into the guest (user-mode NICs only).
+    /// Host ports forwarded into the guest ("user" NICs only).
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
 }

@@ -43,11 +43,13 @@ fn seeded_user_reaches_ssh_through_a_forward_and_stop_vm_is_a_guest_poweroff() {
         let key = ssh_key(env.dir.path());
         let mcp = Mcp::connect(env.ops.clone()).await;
         let (created, _) = mcp.ok("create_vm", debian_vm("deb-ssh", "deb-seeded", 2222, &key.public)).await;
-        assert_eq!(created["vm"]["state"], "running", "{created:#}");
+        assert_eq!(created["state"], "running", "{created:#}");
 
         let ready = wait_ready(&mcp, "deb-ssh").await;
         let hostname = ssh(&key, "tester", 2222, "hostname").await;
-        let (stopped, _) = mcp.ok("stop_vm", json!({ "name": "deb-ssh" })).await;
+        let (stop, _) = mcp.ok("stop_vm", json!({ "name": "deb-ssh" })).await;
+        assert_eq!(stop["state"], "shutoff", "{stop:#}");
+        let (stopped, _) = mcp.ok("get_vm", json!({ "name": "deb-ssh" })).await;
         (ready, hostname, stopped, env.console("deb-ssh"))
     });
     assert!(ready.contains("cloud-init=done"), "{ready}");

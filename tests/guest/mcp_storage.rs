@@ -117,7 +117,7 @@ impl Mcp {
     /// Forces the VM off through `stop_vm` and checks it is off.
     async fn force_off(&self, name: &str) {
         let (stopped, _) = self.ok("stop_vm", json!({ "name": name, "force": true })).await;
-        assert_eq!(stopped["vm"]["state"], "shutoff", "{stopped:#}");
+        assert_eq!(stopped["state"], "shutoff", "{stopped:#}");
     }
 }
 
@@ -131,11 +131,11 @@ async fn start_overlay_vm(env: &TestEnv, mcp: &Mcp, name: &str) -> Value {
         "network": "user",
         "start": true,
     });
-    let (vm, _) = mcp.ok("create_vm", args).await;
-    assert_eq!(vm["vm"]["state"], "running", "{vm:#}");
+    let (created, _) = mcp.ok("create_vm", args).await;
+    assert_eq!(created["state"], "running", "{created:#}");
     env.wait_console(name, "FIXTURE-READY", 1).await;
     type_until(env, name, "echo SHELL-UP", "\nSHELL-UP").await;
-    vm
+    mcp.ok("get_vm", json!({ "name": name })).await.0
 }
 
 /// The first CD-ROM drive in a VM's `disks` as a tool result shows them.
@@ -162,7 +162,7 @@ async fn mcp_live_resize_disk_is_seen_by_the_guest() {
     type_until(&env, "mgrow", "echo VDA-BEFORE-$(cat /sys/block/vda/size)", "VDA-BEFORE-2097152").await;
 
     let (grown, summary) = mcp.ok("resize_disk", json!({ "name": "mgrow", "size_gib": 2 })).await;
-    assert_eq!(grown["vm"]["state"], "running", "{grown:#}");
+    assert_eq!((&grown["state"], &grown["changed"]), (&json!("running"), &json!("disk 0 grown to 2 GiB")), "{grown:#}");
     assert!(summary.contains("grown to 2 GiB"), "{summary}");
     type_until(&env, "mgrow", "echo VDA-AFTER-$(cat /sys/block/vda/size)", "VDA-AFTER-4194304").await;
 
@@ -185,14 +185,15 @@ async fn mcp_live_eject_and_attach_iso_change_what_the_guest_reads() {
     let disk = env.disk("mmedia");
     mcp.ok("create_vm", json!({ "name": "mmedia", "disk": disk, "network": "user" })).await;
     let (vm, _) = mcp.ok("attach_iso", json!({ "name": "mmedia", "iso": "install.iso" })).await;
-    assert_eq!(vm["vm"]["state"], "shutoff", "{vm:#}");
+    assert_eq!(vm["state"], "shutoff", "{vm:#}");
     let (vm, _) = mcp.ok("start_vm", json!({ "name": "mmedia" })).await;
-    assert_eq!(vm["vm"]["state"], "running", "{vm:#}");
+    assert_eq!(vm["state"], "running", "{vm:#}");
     env.wait_console("mmedia", "FIXTURE-READY", 1).await;
     guest_reads_iso(&env, "mmedia", "CD-A", 1).await;
 
     let (vm, summary) = mcp.ok("eject_iso", json!({ "name": "mmedia" })).await;
-    assert_eq!((&vm["vm"]["state"], &cdrom(&vm)["ejected"]), (&json!("running"), &json!(true)), "{vm:#}");
+    let (info, _) = mcp.ok("get_vm", json!({ "name": "mmedia" })).await;
+    assert_eq!((&vm["state"], &cdrom(&info)["ejected"]), (&json!("running"), &json!(true)), "{info:#}");
     assert!(summary.contains("ejected"), "{summary}");
     guest_reads_iso(&env, "mmedia", "CD-B", 0).await;
     let (isos, _) = mcp.ok("list_isos", json!({})).await;
@@ -204,7 +205,9 @@ async fn mcp_live_eject_and_attach_iso_change_what_the_guest_reads() {
     assert!(msg.contains("/etc/passwd") || msg.contains("iso"), "{msg}");
     guest_reads_iso(&env, "mmedia", "CD-C", 0).await;
 
-    let (vm, summary) = mcp.ok("attach_iso", json!({ "name": "mmedia", "iso": "install.iso" })).await;
+    let (attached, summary) = mcp.ok("attach_iso", json!({ "name": "mmedia", "iso": "install.iso" })).await;
+    assert_eq!(attached["changed"], "ISO attached", "{attached:#}");
+    let (vm, _) = mcp.ok("get_vm", json!({ "name": "mmedia" })).await;
     let iso = env.dir.path().join("isos/install.iso");
     assert_eq!(cdrom(&vm)["path"], json!(iso), "{vm:#}");
     assert_ne!(cdrom(&vm)["ejected"], json!(true), "{vm:#}");
@@ -252,7 +255,7 @@ async fn mcp_live_snapshot_with_ram_reverts_a_file_written_after_it() {
     let (r, token) = mcp.call("revert_snapshot", json!({ "name": "msnap", "snapshot": "before" })).await;
     assert_ne!(r.is_error, Some(true), "revert_snapshot failed: {}", text(&r));
     let vm = r.structured_content.expect("structured content");
-    assert_eq!(vm["vm"]["state"], "running", "{vm:#}");
+    assert_eq!(vm["state"], "running", "{vm:#}");
     mcp.seen.wait_for(&token, "reverted to snapshot \"before\"").await;
     type_until(&env, "msnap", "test -e /late-file && echo LATE-STILL-THERE || echo LATE-GONE", "\nLATE-").await;
     let console = env.console("msnap");

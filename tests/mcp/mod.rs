@@ -3,11 +3,14 @@
 //! `tests/mcp_py` (the official Python SDK over stdio and HTTP, including a full VM
 //! lifecycle on a TCG guest).
 
+mod arguments;
 mod console;
 mod golden;
 mod inprocess;
 mod net;
 mod python;
+mod readme;
+mod stdio;
 mod storage;
 
 pub use crate::common::mcp::{connect, ops};

@@ -149,8 +149,9 @@ async fn create_vm_takes_several_nics() {
         }),
     )
     .await;
-    assert_eq!(vm["vm"]["nics"].as_array().map(Vec::len), Some(2), "{vm}");
+    assert_eq!(vm["name"], "multi", "{vm}");
     let got = expect_ok(&c, "get_vm", json!({ "name": "multi" })).await;
+    assert_eq!(got["vm"]["nics"].as_array().map(Vec::len), Some(2), "{got}");
     assert_eq!(got["vm"]["nics"][1]["mac"], "52:54:00:aa:bb:cc", "{got}");
 }
 

@@ -83,6 +83,12 @@ async fn storage_tools_work_on_stopped_vms() {
         json!({ "name": "src", "network": "none", "disk_source": { "type": "blank" }, "disk_size_gib": 1 }),
     )
     .await;
+    assert_eq!(
+        (&vm["name"], &vm["state"], &vm["changed"]),
+        (&json!("src"), &json!("shutoff"), &json!("defined")),
+        "{vm}"
+    );
+    let vm = ok(&client, "get_vm", json!({ "name": "src" })).await;
     let disk = vm["vm"]["disks"][0]["path"].as_str().expect("disk path").to_owned();
     let images = ok(&client, "list_images", json!({})).await;
     assert_eq!(images["images"][0]["used_by"], json!(["src"]), "{images}");
@@ -110,6 +116,8 @@ async fn storage_tools_work_on_stopped_vms() {
     assert_eq!(d, json!({ "name": "src", "deleted": "clean" }));
 
     let c = ok(&client, "clone_vm", json!({ "source": "src", "name": "copy" })).await;
+    assert_eq!(c["name"], "copy", "{c}");
+    let c = ok(&client, "get_vm", json!({ "name": "copy" })).await;
     let clone_disk = c["vm"]["disks"][0]["path"].as_str().expect("clone disk").to_owned();
     assert_ne!(clone_disk, disk);
     ok(&client, "reset_vm_disk", json!({ "name": "copy" })).await;

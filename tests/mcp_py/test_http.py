@@ -189,4 +189,4 @@ async def test_sigterm_lets_an_in_flight_stop_finish_then_exits_cleanly(henv, ht
                 await pressed.wait()
             os.killpg(server.proc.pid, signal.SIGTERM)
     code = await anyio.to_thread.run_sync(lambda: server.proc.wait(timeout=DEADLINE_S))
-    assert (structured(result["r"])["vm"]["state"], code) == ("shutoff", 0)
+    assert (structured(result["r"])["state"], code) == ("shutoff", 0)

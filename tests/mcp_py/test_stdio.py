@@ -78,8 +78,10 @@ async def test_unknown_argument_is_a_tool_error(env):
 
 async def test_create_vm_with_only_a_disk_uses_config_defaults(env):
     async with stdio_session(env) as s:
-        vm = structured(await s.call_tool("create_vm", {"disk": env.blank_disk()}))["vm"]
-    assert (vm["name"], vm["memory_mib"], vm["vcpus"], vm["state"]) == ("newvm", 2048, 2, "shutoff")
+        created = structured(await s.call_tool("create_vm", {"disk": env.blank_disk()}))
+        vm = structured(await s.call_tool("get_vm", {"name": created["name"]}))["vm"]
+    assert (created["changed"], vm["name"], vm["memory_mib"], vm["vcpus"], vm["state"]) == (
+        "defined", "newvm", 2048, 2, "shutoff")
 
 
 async def test_vm_resource_shows_definition_and_status(env):
@@ -173,12 +175,12 @@ async def test_full_lifecycle_through_tools_on_a_tcg_guest(env, fixture_disk):
 
     async with stdio_session(env) as s:
         created = structured(await s.call_tool(
-            "create_vm", {"name": "guest", "disk": str(disk), "network": "user", "memory_mib": 256}))["vm"]
-        started = structured(await s.call_tool("start_vm", {"name": "guest"}, progress_callback=on_start))["vm"]
-        serial_log = started["serial_log"]
+            "create_vm", {"name": "guest", "disk": str(disk), "network": "user", "memory_mib": 256}))
+        started = structured(await s.call_tool("start_vm", {"name": "guest"}, progress_callback=on_start))
+        serial_log = structured(await s.call_tool("get_vm", {"name": "guest"}))["vm"]["serial_log"]
         await wait_until(lambda: _has(serial_log, "FIXTURE-READY"), "FIXTURE-READY in the serial log")
         listed = structured(await s.call_tool("list_vms", {"no_cache": True}))["vms"]
-        stopped = structured(await s.call_tool("stop_vm", {"name": "guest"}, progress_callback=on_stop))["vm"]
+        stopped = structured(await s.call_tool("stop_vm", {"name": "guest"}, progress_callback=on_stop))
         acpi_seen = _has(serial_log, "FIXTURE-ACPI-POWERBUTTON")
         deleted = structured(await s.call_tool("delete_vm", {"name": "guest"}))
         remaining = structured(await s.call_tool("list_vms", {}))["vms"]
