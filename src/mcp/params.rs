@@ -208,7 +208,7 @@ fn find_closing(body: &str, q: char) -> Option<usize> {
 /// The value `path` points at inside `root`, when it is there.
 fn value_at<'a>(root: &'a Value, path: &serde_path_to_error::Path) -> Option<&'a Value> {
     let mut at = root;
-    for segment in path.iter() {
+    for segment in path {
         at = match segment {
             serde_path_to_error::Segment::Seq { index } => at.get(*index)?,
             serde_path_to_error::Segment::Map { key } => at.get(key.as_str())?,
