@@ -274,7 +274,8 @@ impl KvmMcp {
     }
 
     /// Figures of a running VM: CPU use sampled over `interval_ms` (per vCPU too),
-    /// memory, per-disk I/O counters and per-NIC traffic counters.
+    /// memory, per-disk I/O counters and per-NIC traffic counters (the same as
+    /// `nic_stats`: `rx_*` received by the guest, `tx_*` sent by it).
     #[tool(annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmStats>())]
     async fn vm_stats(&self, Parameters(a): Parameters<VmStatsArgs>) -> ToolResult<VmStats> {
         let s = self.ops().vm_stats(&a.name, a.interval_ms.map(Duration::from_millis)).await.map_err(fail)?;

@@ -119,9 +119,12 @@ impl KvmMcp {
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
-    /// Stop a VM: press the ACPI power button until the guest powers off, and force it
-    /// off (QEMU quit, then signals) if it has not within `timeout_s`; or at once with
-    /// `force: true`. Stopping a stopped VM succeeds and changes nothing.
+    /// Stop a VM: press the ACPI power button until the guest powers off (a guest that
+    /// shows no sign of shutting down is also asked through its guest agent), and force
+    /// it off (QEMU quit, then signals) if it has not within `timeout_s`; or at once
+    /// with `force: true`. The VM's `reason` says how it ended: `guest_poweroff`, or
+    /// `forced` with a `detail` saying why. Stopping a stopped VM succeeds and changes
+    /// nothing.
     #[tool(
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),
         output_schema = out::<VmResult>()

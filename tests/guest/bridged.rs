@@ -86,13 +86,12 @@ fn tap_counters_move_with_guest_traffic() {
     let (before, after) = in_netns(|| async {
         let env = lab_env();
         let ip = boot_lab_guest(&env, "count").await;
-        let before = env.ops.nic_stats("count").await.expect("stats")[0].stats.expect("tap counters");
+        let before = env.ops.nic_stats("count").await.expect("stats")[0].counters.expect("tap counters");
         http_get(SocketAddr::new(IpAddr::V4(ip), 80)).await;
-        let after = env.ops.nic_stats("count").await.expect("stats")[0].stats.expect("tap counters");
+        let after = env.ops.nic_stats("count").await.expect("stats")[0].counters.expect("tap counters");
         (before, after)
     });
-    // Guest TX is the tap's RX and the other way round; the page went one way, the
-    // request the other.
+    // The guest received the request and sent the page.
     assert!(after.rx_bytes > before.rx_bytes && after.rx_packets > before.rx_packets, "{before:?} → {after:?}");
     assert!(after.tx_bytes > before.tx_bytes && after.tx_packets > before.tx_packets, "{before:?} → {after:?}");
 }
