@@ -76,7 +76,12 @@ fn stop_vm_of_a_guest_that_answers_the_first_press_names_no_fallback() {
         assert_ne!(r.is_error, Some(true), "stop_vm failed: {r:?}");
         (mcp.seen.wait_for(&token, "is shutoff").await, r.structured_content.unwrap_or_default())
     });
-    assert!(!messages.iter().any(|m| m.contains("guest agent")), "{messages:#?}");
+    // The fallback would say "asking its guest agent" (or that none is connected); a
+    // sign of shutdown may name the agent ("its guest agent closed its channel").
+    assert!(
+        !messages.iter().any(|m| m.contains("asking its guest agent") || m.contains("no guest agent")),
+        "{messages:#?}"
+    );
     assert!(messages.iter().any(|m| m.contains("the guest is shutting down (")), "{messages:#?}");
     assert_eq!(stopped["vm"]["reason"], "guest_poweroff", "{stopped:#}");
 }
