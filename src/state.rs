@@ -86,8 +86,13 @@ pub enum Reason {
     PolicyRestart,
     /// The guest powered itself off (or answered the power button).
     GuestPoweroff,
-    /// kvm-mcp was asked to stop, pause or resume it.
+    /// kvm-mcp was asked to stop, pause or resume it (a stop that ended without the
+    /// guest powering off and without force).
     HostRequest,
+    /// kvm-mcp stopped it by force (QMP `quit`, then signals): asked for with `force`,
+    /// or because the guest had not powered off when a graceful stop's time ran out.
+    /// The detail says which.
+    Forced,
     /// QEMU was told to stop by a signal (SIGTERM, SIGINT, SIGHUP) and exited cleanly.
     HostSignal,
     /// QEMU exited with a non-zero code.

@@ -222,22 +222,29 @@ pub struct StopIntent {
     pub qemu: Option<ProcIdentity>,
     /// Unix ms when it was written.
     pub at_ms: u64,
-    /// A forced stop (QMP quit and signals, no power button).
+    /// A forced stop (QMP quit and signals, no power button), asked for or reached
+    /// when a graceful one ran out of time.
     #[serde(default)]
     pub forced: bool,
+    /// Why it was forced, as the VM's status will say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forced_why: Option<String>,
 }
 
-/// Records a stop request for the QEMU `qemu`.
+/// Records a stop request for the QEMU `qemu`; `forced` says why the stop is (now)
+/// forced, `None` while it is graceful. Written again when a graceful stop turns
+/// forced.
 ///
 /// # Errors
 /// Any I/O error.
-pub fn request_stop(paths: &VmPaths, qemu: Option<&ProcIdentity>, forced: bool) -> std::io::Result<()> {
+pub fn request_stop(paths: &VmPaths, qemu: Option<&ProcIdentity>, forced: Option<&str>) -> std::io::Result<()> {
     std::fs::create_dir_all(&paths.run)?;
     let intent = StopIntent {
         writer: ProcIdentity::capture(std::process::id().cast_signed()),
         qemu: qemu.cloned(),
         at_ms: now_ms(),
-        forced,
+        forced: forced.is_some(),
+        forced_why: forced.map(str::to_owned),
     };
     write_record_volatile(&paths.stop_intent(), &intent)
 }
@@ -709,6 +716,7 @@ mod tests {
             qemu: None,
             at_ms: 0,
             forced: false,
+            forced_why: None,
         };
 
         assert_eq!((intent.applies(None, false), intent.applies(None, true)), (false, true));
@@ -718,7 +726,7 @@ mod tests {
     fn stop_intent_of_a_live_writer_applies_to_its_run_only() {
         let me = ProcIdentity::capture(std::process::id().cast_signed());
         let other = ProcIdentity { pid: 1, starttime: 1, boot_id: String::new() };
-        let intent = StopIntent { writer: me.clone(), qemu: me.clone(), at_ms: 0, forced: false };
+        let intent = StopIntent { writer: me.clone(), qemu: me.clone(), at_ms: 0, forced: false, forced_why: None };
 
         assert_eq!((intent.applies(me.as_ref(), false), intent.applies(Some(&other), false)), (true, false));
     }

@@ -269,7 +269,19 @@ pub async fn run(ops: &Ops, json: bool, cmd: GuestCommand) -> Result<(), OpsErro
                 for n in &s.nics {
                     let c = n.counters.map_or_else(
                         || n.note.clone().unwrap_or_default(),
-                        |c| format!("host rx {} B, tx {} B", c.rx_bytes, c.tx_bytes),
+                        |c| {
+                            format!(
+                                "guest received {} B / {} pkts ({} errors, {} dropped), sent {} B / {} pkts ({} errors, {} dropped)",
+                                c.rx_bytes,
+                                c.rx_packets,
+                                c.rx_errors,
+                                c.rx_dropped,
+                                c.tx_bytes,
+                                c.tx_packets,
+                                c.tx_errors,
+                                c.tx_dropped
+                            )
+                        },
                     );
                     rows.push(vec![format!("nic {}", n.index), c]);
                 }

@@ -269,7 +269,11 @@ fn info_text(i: &VmInfo) -> String {
     for n in i.ips.iter().flat_map(|r| &r.nics) {
         for a in &n.addresses {
             let age = a.age_s.map_or_else(String::new, |s| format!(", {s} s old"));
-            rows.push(vec!["ip".into(), format!("{} (NIC {}, {:?}{age})", a.ip, n.index, a.source)]);
+            let guess = if a.source == crate::ops::IpSource::Slirp { ", a guess" } else { "" };
+            rows.push(vec!["ip".into(), format!("{} (NIC {}, {:?}{guess}{age})", a.ip, n.index, a.source)]);
+        }
+        if let Some(note) = &n.note {
+            rows.push(vec!["ip".into(), format!("none on NIC {}: {note}", n.index)]);
         }
     }
     for l in &i.log_tail {

@@ -5,7 +5,7 @@ use clap::Subcommand;
 
 use super::{print, table};
 use crate::ids::{ForwardSelector, PortForward};
-use crate::ops::{IpQuery, NicRequest, NicStats, Ops, OpsError, PortForwardInfo, Progress, VmIps};
+use crate::ops::{IpQuery, IpSource, NicRequest, NicStats, Ops, OpsError, PortForwardInfo, Progress, VmIps};
 
 /// `kvm-mcp net …`.
 #[derive(Debug, Subcommand)]
@@ -76,18 +76,31 @@ pub fn parse_nic(s: &str) -> Result<NicRequest, String> {
 fn ips_text(r: &VmIps) -> String {
     let mut rows = Vec::new();
     for n in &r.nics {
-        for a in &n.addresses {
-            rows.push(vec![
+        let row = |address: String, source: String, age: String| {
+            vec![
                 n.index.to_string(),
                 n.mac.to_string(),
                 n.network.clone(),
+                n.guest_interface.clone().unwrap_or_else(|| "-".into()),
+                address,
+                source,
+                age,
+            ]
+        };
+        if n.addresses.is_empty() {
+            rows.push(row("none".into(), "-".into(), "-".into()));
+        }
+        for a in &n.addresses {
+            let source =
+                serde_json::to_value(a.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+            rows.push(row(
                 a.prefix_len.map_or_else(|| a.ip.to_string(), |p| format!("{}/{p}", a.ip)),
-                serde_json::to_value(a.source).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+                if a.source == IpSource::Slirp { format!("{source} (guess)") } else { source },
                 a.age_s.map_or_else(|| "-".into(), |s| format!("{s}s")),
-            ]);
+            ));
         }
     }
-    let mut out = table(&["NIC", "MAC", "NETWORK", "ADDRESS", "SOURCE", "AGE"], &rows);
+    let mut out = table(&["NIC", "MAC", "NETWORK", "GUEST_IF", "ADDRESS", "SOURCE", "AGE"], &rows);
     for n in &r.notes {
         out.push_str("\nnote: ");
         out.push_str(n);
@@ -118,7 +131,7 @@ fn stats_text(s: &[NicStats]) -> String {
         .iter()
         .map(|n| {
             let mut r = vec![n.index.to_string(), n.network.clone(), n.tap.clone().unwrap_or_else(|| "-".into())];
-            match &n.stats {
+            match &n.counters {
                 Some(st) => r.extend(
                     [
                         st.rx_bytes,

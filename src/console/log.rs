@@ -17,7 +17,6 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
 
 use serde::Serialize;
 
@@ -227,18 +226,7 @@ pub fn tail(paths: &VmPaths, lines: usize, max: usize) -> std::io::Result<Chunk>
     Ok(c)
 }
 
-static ANSI: LazyLock<regex::bytes::Regex> = LazyLock::new(|| {
-    // CSI sequences (colours, cursor moves, the shell's ESC[6n) and two-byte escapes.
-    regex::bytes::Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[@-Z\\-_]").unwrap_or_else(|_| unreachable!())
-});
-
-/// Console bytes as readable text: escape sequences and control characters other than
-/// newline and tab removed, invalid UTF-8 replaced.
-#[must_use]
-pub fn clean(bytes: &[u8]) -> String {
-    let stripped = ANSI.replace_all(bytes, &b""[..]);
-    String::from_utf8_lossy(&stripped).chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
-}
+pub use super::text::clean;
 
 /// What `get_console_log` returns.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -433,11 +421,6 @@ mod tests {
         std::fs::write(p.serial_log(), "a\nbb\nccc\n").unwrap();
         let c = tail(&p, 2, 1000).unwrap();
         assert_eq!((c.bytes, c.start), (b"bb\nccc\n".to_vec(), 2));
-    }
-
-    #[test]
-    fn clean_strips_escapes_and_carriage_returns() {
-        assert_eq!(clean(b"\x1b[6nfixture# ls\r\n\x1b[0;32mok\x1b[0m\n"), "fixture# ls\nok\n");
     }
 
     #[test]

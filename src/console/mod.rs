@@ -4,6 +4,7 @@
 
 pub mod attach;
 pub mod log;
+pub mod text;
 
 /// Console failures.
 #[derive(Debug, thiserror::Error)]

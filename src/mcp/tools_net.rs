@@ -11,7 +11,7 @@ use super::args_net::{AddPortForwardArgs, ForwardList, GetVmIpArgs, NicStatsList
 use super::notify::{Forward, Level, LongCall};
 use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
-use crate::ops::{IpQuery, PortForwardInfo, VmIps};
+use crate::ops::{IpQuery, IpSource, PortForwardInfo, VmIps};
 
 fn forwards_summary(name: &str, forwards: &[PortForwardInfo]) -> String {
     if forwards.is_empty() {
@@ -32,21 +32,26 @@ fn forwards_summary(name: &str, forwards: &[PortForwardInfo]) -> String {
 }
 
 fn ips_summary(ips: &VmIps) -> String {
+    let notes = if ips.notes.is_empty() { String::new() } else { format!("; {}", ips.notes.join("; ")) };
     match (ips.ip, ips.source) {
+        (Some(ip), Some(IpSource::Slirp)) => format!(
+            "no source confirmed an address of VM {:?}; {ip} is only the slirp guess (reach it through a port forward){notes}",
+            ips.name
+        ),
         (Some(ip), Some(source)) => {
             let source = serde_json::to_value(source).ok().and_then(|v| v.as_str().map(str::to_owned));
-            format!("VM {:?} has address {ip} (from {})", ips.name, source.unwrap_or_default())
+            format!("VM {:?} has address {ip} (from {}){notes}", ips.name, source.unwrap_or_default())
         }
-        _ if ips.notes.is_empty() => format!("no address of VM {:?} is known yet", ips.name),
-        _ => format!("no address of VM {:?} is known yet: {}", ips.name, ips.notes.join("; ")),
+        _ => format!("no address of VM {:?} is known{notes}", ips.name),
     }
 }
 
 #[tool_router(router = net_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// A running VM's IP addresses per NIC, with source and age; `ip` is the one to connect to. A "user" NIC is
-    /// not reachable from the host: use `add_port_forward`. `wait_s` waits for an address while the guest
-    /// boots.
+    /// A running VM's IP addresses per NIC, with source and age; `ip` is the one to connect to. When the guest
+    /// agent answers, its word stands: a NIC it reports without an address has `ip` null and a note; source
+    /// `slirp` is an unconfirmed guess. A "user" NIC is not reachable from the host: use `add_port_forward`.
+    /// `wait_s` waits for an address while the guest boots.
     #[tool(title = "Get VM IP addresses", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
     async fn get_vm_ip(
         &self,
@@ -113,12 +118,12 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// A VM's NICs (index, MAC, network) with traffic counters for bridged NICs of a running VM, as the host
-    /// tap counts them: the guest's sends are `rx_*`.
+    /// A VM's NICs (index, MAC, network) with counters (bytes, packets, errors, drops) for bridged NICs of a
+    /// running VM, as the guest sees them: `rx_*` received, `tx_*` sent; the same shape as in `vm_stats`.
     #[tool(title = "Get NIC statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<NicStatsList>())]
     async fn nic_stats(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<NicStatsList> {
         let nics = self.ops().nic_stats(&a.name).await.map_err(fail)?;
-        let counted = nics.iter().filter(|n| n.stats.is_some()).count();
+        let counted = nics.iter().filter(|n| n.counters.is_some()).count();
         let summary = format!("VM {:?}: {} NIC(s), {counted} with counters", a.name, nics.len());
         Ok(Reply::new(NicStatsList { name: a.name, nics }, summary))
     }

@@ -115,8 +115,10 @@ impl KvmMcp {
         Ok(Reply::new(VmChanged::new(&vm, "started"), summary))
     }
 
-    /// Stop a VM: press the ACPI power button and force it off if it is still on after `timeout_s`, or at once
-    /// with `force: true`. Stopping a stopped VM changes nothing.
+    /// Stop a VM: press the ACPI power button (asking the guest agent too if the guest shows no sign of
+    /// shutting down) and force it off if it is still on after `timeout_s`, or at once with `force: true`.
+    /// `reason` says how it ended: `guest_poweroff`, or `forced` with a `detail`. Stopping a stopped VM
+    /// changes nothing.
     #[tool(
         title = "Stop VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),

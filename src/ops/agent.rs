@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Vm;
-use super::{Ops, OpsError, Progress, ProgressFn};
+use super::{Ops, OpsError, ProgressFn};
 use crate::agent::exec::{ExecRequest, ExecResult};
 use crate::agent::files::{FileData, GuestInfo};
 use crate::agent::{AgentError, exec, files};
@@ -15,8 +15,6 @@ use crate::agent::{AgentError, exec, files};
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest time a guest command may be given.
 pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Presses of the power button after which `stop` also asks the guest agent.
-pub(crate) const AGENT_AFTER_PRESSES: u32 = 3;
 /// How long `stop` waits for the agent before giving up on it.
 const SHUTDOWN_SYNC_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -121,25 +119,12 @@ impl Ops {
         files::info(&vm.paths.qga_sock(), self.agent_timeout()).await.map_err(agent_err(name))
     }
 
-    /// Called by `stop` after [`AGENT_AFTER_PRESSES`] unanswered power-button presses:
-    /// asks the guest agent to power off. Failures are logged only; `stop` goes on
-    /// pressing and forcing as before.
-    pub(crate) async fn agent_shutdown_fallback(&self, vm: &Vm, step: u32, progress: ProgressFn<'_>) {
-        if step != AGENT_AFTER_PRESSES {
-            return;
-        }
-        let has_agent = self.profiles.get(&vm.spec.os_variant).is_ok_and(|p| p.devices.guest_agent);
-        if !has_agent {
-            return;
-        }
-        progress(Progress {
-            step,
-            total: None,
-            message: "the guest ignores the power button; asking its guest agent to shut down".into(),
-        });
-        match files::shutdown(&vm.paths.qga_sock(), SHUTDOWN_SYNC_TIMEOUT).await {
-            Ok(()) => tracing::info!(vm = %vm.spec.name, "asked the guest agent to shut down"),
-            Err(e) => tracing::info!(vm = %vm.spec.name, error = %e, "guest agent shutdown not possible"),
-        }
+    /// Asks the guest agent to power the guest off (`guest-shutdown`), for `stop`'s
+    /// fallback when the guest ignores the power button.
+    ///
+    /// # Errors
+    /// The agent did not answer or refused.
+    pub(crate) async fn agent_shutdown(&self, vm: &Vm) -> Result<(), AgentError> {
+        files::shutdown(&vm.paths.qga_sock(), SHUTDOWN_SYNC_TIMEOUT).await
     }
 }

@@ -1,15 +1,17 @@
 //! A defined VM's life: start (a supervisor re-executed in its own session, waited for
-//! on its ready pipe), stop (power button pressed until the guest is off, then QMP quit,
-//! SIGTERM, SIGKILL), reboot, pause, resume, adopt, delete, and the live views that
-//! ask QEMU and the guest (`list_live`, `info_live`). Composes the areas it needs
-//! (disks for delete, clone for templates, agent for the shutdown fallback, ip for
-//! addresses).
+//! on its ready pipe), stop (power button pressed until the guest is off, its guest
+//! agent asked only when the guest shows no sign of shutting down, then QMP quit,
+//! SIGTERM, SIGKILL, recorded as forced), reboot, pause, resume, adopt, delete, and the
+//! live views that ask QEMU and the guest (`list_live`, `info_live`). Composes the
+//! areas it needs (disks for delete, clone for templates, shutdown and agent for the
+//! graceful stop, ip for addresses).
 
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 use super::context::{Observed, Vm};
+use super::shutdown::{self, GuestWatch};
 use super::views::{VmInfo, VmSummary};
 use super::{Ops, OpsError, Progress, ProgressFn, no_progress};
 use crate::ids::VmName;
@@ -20,6 +22,18 @@ use crate::store;
 
 /// Interval between ACPI power button presses during a graceful stop.
 const PRESS_INTERVAL: Duration = Duration::from_secs(3);
+/// What the record says of a stop forced on request.
+const FORCED_ON_REQUEST: &str = "stopped by force on request";
+
+/// How the graceful part of a stop ended.
+struct Graceful {
+    /// Power-button presses sent.
+    presses: u32,
+    /// QEMU exited (the guest powered off).
+    exited: bool,
+    /// Why the stop goes on by force, when QEMU did not exit.
+    why_forced: String,
+}
 /// Time each forcing step (QMP quit, SIGTERM, SIGKILL) gets before the next.
 const FORCE_STEP: Duration = Duration::from_secs(10);
 
@@ -214,21 +228,22 @@ impl Ops {
     async fn stop_locked(&self, vm: &Vm, opts: StopOptions, progress: ProgressFn<'_>) -> Result<VmInfo, OpsError> {
         let name = vm.spec.name.to_string();
         let obs = Self::observe(vm);
-        let record_stop = |qemu| {
-            store::request_stop(&vm.paths, qemu, opts.force)
+        let record_stop = |qemu, forced: Option<&str>| {
+            store::request_stop(&vm.paths, qemu, forced)
                 .map_err(OpsError::io("cannot record stop request in", vm.paths.stop_intent()))
         };
+        let forced_on_request = opts.force.then_some(FORCED_ON_REQUEST);
         if !obs.status.state.is_active() {
             if lock::is_held(&vm.paths.supervisor_lock()) {
                 // Between runs (waiting to restart by policy): ask it to stay down.
-                record_stop(None)?;
+                record_stop(None, forced_on_request)?;
                 return Ok(Self::info_of(vm, &self.wait_supervisor_done(vm).await));
             }
             return Ok(Self::info_of(vm, &obs));
         }
         // Someone must record the final state.
         self.ensure_supervised(vm, &obs).await?;
-        record_stop(obs.status.qemu.as_ref())?;
+        record_stop(obs.status.qemu.as_ref(), forced_on_request)?;
         let Some(pidfd) = obs.status.qemu.as_ref().and_then(|q| q.open_verified(&vm.spec.uuid.to_string())) else {
             // Already gone: let the supervisor finish.
             let obs = self.wait_supervisor_done(vm).await;
@@ -237,29 +252,19 @@ impl Ops {
         let timeout = opts.timeout.unwrap_or(Duration::from_secs(self.cfg.qemu.stop_timeout_s));
         let mut step = 0;
         let mut exited = false;
+        let mut why_forced = FORCED_ON_REQUEST.to_owned();
         if !opts.force {
-            let deadline = Instant::now() + timeout;
-            if obs.status.state == VmState::Paused
-                && let Ok(q) = self.qmp(vm).await
-            {
-                let _ = q.execute(qmp::cont {}, DEFAULT_TIMEOUT).await;
-            }
-            while Instant::now() < deadline {
-                step += 1;
-                progress(Progress { step, total: None, message: format!("pressing the power button (press {step})") });
-                if let Ok(q) = self.qmp(vm).await {
-                    let _ = q.execute(qmp::system_powerdown {}, DEFAULT_TIMEOUT).await;
-                }
-                self.agent_shutdown_fallback(vm, step, progress).await;
-                let left = deadline.saturating_duration_since(Instant::now());
-                if pidfd.wait_exit(PRESS_INTERVAL.min(left)).await {
-                    exited = true;
-                    break;
-                }
+            let graceful = self.press_until_off(vm, &obs, &pidfd, timeout, progress).await;
+            step = graceful.presses;
+            exited = graceful.exited;
+            why_forced = graceful.why_forced;
+            if !exited {
+                // The record says forced from here on, and why.
+                record_stop(obs.status.qemu.as_ref(), Some(&why_forced))?;
             }
         }
         if !exited {
-            progress(Progress { step: step + 1, total: None, message: "forcing: QMP quit".into() });
+            progress(Progress { step: step + 1, total: None, message: format!("{why_forced}: QMP quit") });
             if let Ok(q) = self.qmp(vm).await {
                 let _ = q.execute(qmp::quit {}, DEFAULT_TIMEOUT).await;
             }
@@ -280,6 +285,112 @@ impl Ops {
         let obs = self.wait_supervisor_done(vm).await;
         tracing::info!(vm = %name, state = %obs.status.state, "stopped");
         Ok(Self::info_of(vm, &obs))
+    }
+
+    /// The graceful part of a stop: presses the power button every few seconds until
+    /// QEMU exits or `timeout` passes, watching the guest for signs that it is shutting
+    /// down ([`GuestWatch`]). Only a guest that shows none within the accelerator's
+    /// patience is asked through its guest agent, and only then does `stop` say so.
+    async fn press_until_off(
+        &self,
+        vm: &Vm,
+        obs: &Observed,
+        pidfd: &crate::procid::PidFd,
+        timeout: Duration,
+        progress: ProgressFn<'_>,
+    ) -> Graceful {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let patience = shutdown::patience(obs.status.accel.as_deref(), timeout);
+        if obs.status.state == VmState::Paused
+            && let Ok(q) = self.qmp(vm).await
+        {
+            let _ = q.execute(qmp::cont {}, DEFAULT_TIMEOUT).await;
+        }
+        let mut watch = GuestWatch::begin(vm);
+        let mut asked_agent = None;
+        let mut presses = 0;
+        while Instant::now() < deadline {
+            presses += 1;
+            let q = self.qmp(vm).await.ok();
+            if let Some(q) = &q {
+                let _ = q.execute(qmp::system_powerdown {}, DEFAULT_TIMEOUT).await;
+            }
+            let new_sign = watch.look(vm, q.as_ref()).await;
+            drop(q);
+            let waited = started.elapsed().as_secs();
+            let message = match (&new_sign, watch.sign()) {
+                (Some(sign), _) => format!("the guest is shutting down ({sign}); waiting for it to power off"),
+                (None, Some(_)) => format!("waiting for the guest to power off ({waited} s)"),
+                (None, None) => format!("pressing the power button (press {presses})"),
+            };
+            progress(Progress { step: presses, total: None, message });
+            if watch.sign().is_none() && asked_agent.is_none() && started.elapsed() >= patience {
+                asked_agent = Some(self.agent_fallback(vm, &mut watch, waited, presses, progress).await);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if pidfd.wait_exit(PRESS_INTERVAL.min(left)).await {
+                return Graceful { presses, exited: true, why_forced: String::new() };
+            }
+        }
+        let secs = timeout.as_secs();
+        let why_forced = match (watch.sign(), asked_agent) {
+            (Some(sign), _) => {
+                format!(
+                    "stopped by force: the guest began shutting down ({sign}) but had not powered off after {secs} s"
+                )
+            }
+            (None, Some(true)) => format!(
+                "stopped by force: the guest did not power off within {secs} s, neither for the power button nor for its guest agent"
+            ),
+            (None, _) => format!("stopped by force: the guest did not answer the power button within {secs} s"),
+        };
+        Graceful { presses, exited: false, why_forced }
+    }
+
+    /// The guest has shown no sign of shutting down after the accelerator's patience:
+    /// asks its guest agent, when one is connected, and says so. Returns whether the
+    /// agent accepted. A failure is worth a note only while the guest still shows no
+    /// sign of going down (it may have started meanwhile, taking its agent with it).
+    async fn agent_fallback(
+        &self,
+        vm: &Vm,
+        watch: &mut GuestWatch,
+        waited: u64,
+        step: u32,
+        progress: ProgressFn<'_>,
+    ) -> bool {
+        let name = vm.spec.name.as_str();
+        let say = |message: String| progress(Progress { step, total: None, message });
+        if !self.has_agent_channel(vm) {
+            return false;
+        }
+        if watch.agent_connected() == Some(false) {
+            say(format!(
+                "the guest shows no sign of shutting down {waited} s after the first power-button press, and no guest agent is connected to ask; pressing on"
+            ));
+            return false;
+        }
+        say(format!(
+            "the guest shows no sign of shutting down {waited} s after the first power-button press; asking its guest agent to shut it down"
+        ));
+        match self.agent_shutdown(vm).await {
+            Ok(()) => {
+                tracing::info!(vm = %name, "asked the guest agent to shut down");
+                true
+            }
+            Err(e) => {
+                let q = self.qmp(vm).await.ok();
+                watch.look(vm, q.as_ref()).await;
+                if let Some(sign) = watch.sign() {
+                    tracing::debug!(vm = %name, error = %e, "guest agent shutdown failed; the guest is shutting down anyway ({sign})");
+                } else {
+                    tracing::info!(vm = %name, error = %e, "guest agent shutdown not possible");
+                    say(format!("the guest agent could not shut it down ({e}); pressing on"));
+                }
+                false
+            }
+        }
     }
 
     /// Removes a VM's definition and state. A running VM is refused unless `force`,

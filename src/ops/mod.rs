@@ -8,7 +8,8 @@
 //!   running-VM preamble, the supervisor start), with [`views`], what a VM looks like
 //!   to callers. Everything may use them; they use no other module here.
 //! - Areas, one concern each: `disks`, `images`, `media`, `block`, `net`, `ip`,
-//!   `provision`, `console`, `display`, `agent`, `stats`, `snapshot`, `host`, `watch`.
+//!   `provision`, `console`, `display`, `agent`, `stats`, `snapshot`, `host`, `watch`,
+//!   `shutdown` (signs that a guest is going down, for `stop`).
 //!   An area uses the context and never another area; a planner (`plan_disks`,
 //!   `plan_nics`, `plan_provisioning`) takes only its part of a request.
 //! - Composing modules, which alone call across areas: `create` (plans, then writes
@@ -30,6 +31,7 @@ mod lifecycle;
 mod media;
 mod net;
 mod provision;
+mod shutdown;
 mod snapshot;
 mod stats;
 mod views;
@@ -49,9 +51,9 @@ pub use host::{DiskSpace, HostInfo, ProfileInfo};
 pub use images::{ImageEntry, IsoEntry};
 pub use ip::IpQuery;
 pub use lifecycle::StopOptions;
-pub use net::{MAX_NICS, NIC_MODELS, NicRequest, NicStats, PortForwardInfo};
+pub use net::{MAX_NICS, NIC_MODELS, NicRequest, PortForwardInfo};
 pub use snapshot::SnapshotEntry;
-pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats as VmNicStats, VcpuStats, VmStats};
+pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats, VcpuStats, VmStats};
 pub use views::{IpAnswer, IpSource, NicIps, VmInfo, VmIps, VmSummary};
 pub use watch::VmSetWatcher;
 

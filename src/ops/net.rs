@@ -1,6 +1,6 @@
 //! Network operations: the NICs of a new VM (bridge or user mode, stable unique MACs,
 //! model overrides), port forwards of user-mode NICs changed on a running VM through
-//! HMP `hostfwd_add`/`hostfwd_remove` and kept in the spec, and per-NIC link counters.
+//! HMP `hostfwd_add`/`hostfwd_remove` and kept in the spec. (NIC counters are in `stats`.)
 
 use std::collections::{HashMap, HashSet};
 
@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use super::context::Vm;
 use super::{Ops, OpsError};
 use crate::ids::{ForwardSelector, IfName, MacAddr, PortForward};
-use crate::network::{LinkStats, Netlink};
 use crate::qmp::{DEFAULT_TIMEOUT, qmp};
 use crate::spec::{NetworkMode, NicSpec, VmSpec};
 
@@ -48,23 +47,6 @@ pub struct PortForwardInfo {
     pub forward: PortForward,
     /// Whether QEMU is listening on it now; `None` while the VM is not running.
     pub active: Option<bool>,
-}
-
-/// Counters of one NIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct NicStats {
-    /// Position of the NIC in the VM's definition (0 = first).
-    pub index: usize,
-    /// The NIC's MAC address.
-    pub mac: MacAddr,
-    /// `"user"` or the bridge's name.
-    pub network: String,
-    /// The host-side tap, for bridged NICs.
-    pub tap: Option<String>,
-    /// The tap's counters from the host's view: guest TX is `rx_*`, guest RX is `tx_*`.
-    pub stats: Option<LinkStats>,
-    /// Why there are no counters, when there are none.
-    pub note: Option<String>,
 }
 
 /// What `info usernet` shows for one listening forward: netdev id, protocol, address, port.
@@ -394,47 +376,6 @@ impl Ops {
                 }),
             })
             .collect())
-    }
-
-    /// Per-NIC counters from the taps' link statistics (bridged NICs of a running VM).
-    ///
-    /// # Errors
-    /// [`OpsError::NotFound`], or rtnetlink cannot be reached.
-    pub async fn nic_stats(&self, name: &str) -> Result<Vec<NicStats>, OpsError> {
-        let vm = self.load(name)?;
-        let running = Self::observe(&vm).status.state.is_active();
-        let nl = if running && vm.spec.nics.iter().any(|n| matches!(n.mode, NetworkMode::Bridge { .. })) {
-            Some(Netlink::connect().map_err(|source| OpsError::Network { name: name.into(), source })?)
-        } else {
-            None
-        };
-        let mut out = Vec::with_capacity(vm.spec.nics.len());
-        for (i, n) in vm.spec.nics.iter().enumerate() {
-            let mut row = NicStats {
-                index: i,
-                mac: n.mac,
-                network: n.mode.label().to_owned(),
-                tap: None,
-                stats: None,
-                note: None,
-            };
-            match (&n.mode, &nl) {
-                (NetworkMode::User { .. }, _) => {
-                    row.note = Some("user-mode NIC: no host-side interface to count".into());
-                }
-                (NetworkMode::Bridge { .. }, None) => row.note = Some("VM is not running".into()),
-                (NetworkMode::Bridge { .. }, Some(nl)) => {
-                    let tap = vm.spec.tap_name(i).map_err(|e| OpsError::invalid("nic", e.to_string()))?;
-                    match nl.link_stats(&tap).await {
-                        Ok(s) => row.stats = Some(s),
-                        Err(e) => row.note = Some(crate::error::chain(&e)),
-                    }
-                    row.tap = Some(tap.to_string());
-                }
-            }
-            out.push(row);
-        }
-        Ok(out)
     }
 }
 

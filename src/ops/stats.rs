@@ -1,28 +1,30 @@
-//! `vm_stats` and `host_stats`: CPU over a short interval, memory, per-disk and per-NIC
-//! counters of a running VM; host capacity.
+//! `vm_stats`, `nic_stats` and `host_stats`: CPU over a short interval, memory, per-disk
+//! and per-NIC counters of a running VM; host capacity; and the same figures as
+//! Prometheus lines. A NIC's traffic has one shape ([`NicStats`] with
+//! [`NicCounters`]) in every one of them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::context::Vm;
 use super::{Ops, OpsError};
+use crate::ids::MacAddr;
+use crate::network::Netlink;
 use crate::procid::Liveness;
 use crate::qmp::DEFAULT_TIMEOUT;
 use crate::qmp::extra::{BlockStatsEntry, QueryBalloon, QueryBlockstats};
 use crate::spec::NetworkMode;
 use crate::state::VmState;
 use crate::stats::prom::{Family, esc};
-use crate::stats::{self, LinkCounters, host::HostStats};
+use crate::stats::{self, NicCounters, host::HostStats};
 use crate::store::qemu_liveness;
 
 /// CPU sampling interval when none is given.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(500);
 /// Longest sampling interval accepted.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(10);
-/// Where bridged NICs' tap descriptors sit in QEMU (see `cmdline::FdPlan::standard`).
-const FIRST_TAP_FD: i32 = 5;
 
 /// CPU use of the VM over the sampling interval.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -68,18 +70,22 @@ pub struct DiskStats {
     pub write_ops: u64,
 }
 
-/// One NIC's traffic counters, seen from the host side.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+/// One NIC of a VM and its traffic: what `nic_stats` lists and `vm_stats` includes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct NicStats {
+    /// Position of the NIC in the VM's definition (0 = first).
     pub index: usize,
-    pub mac: String,
-    /// `user` or `bridge`.
-    pub mode: String,
-    /// The tap device, for bridged NICs.
+    /// The NIC's MAC address.
+    pub mac: MacAddr,
+    /// `"user"` or the bridge's name.
+    pub network: String,
+    /// The host-side tap, for bridged NICs.
     pub tap: Option<String>,
-    /// From `/sys/class/net/<tap>/statistics`; host rx = guest tx.
-    pub counters: Option<LinkCounters>,
-    /// Why there are no counters.
+    /// The NIC's traffic as the guest sees it (`rx_*` received by the guest, `tx_*`
+    /// sent by it), counted on its tap; absent for user-mode NICs, which have no
+    /// host-side interface, and for a VM that is not running.
+    pub counters: Option<NicCounters>,
+    /// Why there are no counters, when there are none.
     pub note: Option<String>,
 }
 
@@ -137,32 +143,37 @@ fn disk_stats(vm: &Vm, entries: Vec<BlockStatsEntry>) -> Vec<DiskStats> {
         .collect()
 }
 
-/// Per-NIC counters. Bridged NICs' taps are found from the tap descriptors QEMU holds
-/// (`/proc/<pid>/fdinfo`), so this works whatever the taps are named.
-fn nic_stats(vm: &Vm, pid: i32) -> Vec<NicStats> {
-    let mut tap_fd = FIRST_TAP_FD;
-    vm.spec
-        .nics
-        .iter()
-        .enumerate()
-        .map(|(index, n)| match &n.mode {
-            NetworkMode::User { .. } => NicStats {
-                index,
-                mac: n.mac.to_string(),
-                mode: "user".into(),
-                tap: None,
-                counters: None,
-                note: Some("user-mode networking has no host interface to count".into()),
-            },
-            NetworkMode::Bridge { .. } => {
-                let tap = stats::tap_name(pid, tap_fd);
-                tap_fd += 1;
-                let counters = tap.as_deref().and_then(|t| stats::link_counters(Path::new("/sys/class/net"), t));
-                let note = counters.is_none().then(|| "tap not found".to_owned());
-                NicStats { index, mac: n.mac.to_string(), mode: "bridge".into(), tap, counters, note }
+/// Per-NIC rows; `running` says whether the VM's taps exist. Counters come from each
+/// bridged NIC's tap (named from the definition, as the supervisor names it) over
+/// rtnetlink, so they are read in the caller's network namespace like the taps were
+/// made; a NIC that cannot be read gets a note instead.
+async fn nic_rows(vm: &Vm, running: bool) -> Vec<NicStats> {
+    let bridged = vm.spec.nics.iter().any(|n| matches!(n.mode, NetworkMode::Bridge { .. }));
+    let netlink = (running && bridged).then(Netlink::connect);
+    let mut out = Vec::with_capacity(vm.spec.nics.len());
+    for (index, n) in vm.spec.nics.iter().enumerate() {
+        let mut row =
+            NicStats { index, mac: n.mac, network: n.mode.label().to_owned(), tap: None, counters: None, note: None };
+        match (&n.mode, &netlink) {
+            (NetworkMode::User { .. }, _) => {
+                row.note = Some("user-mode NIC: it has no host-side interface to count".into());
             }
-        })
-        .collect()
+            (NetworkMode::Bridge { .. }, None) => row.note = Some("the VM is not running".into()),
+            (NetworkMode::Bridge { .. }, Some(Err(e))) => row.note = Some(crate::error::chain(e)),
+            (NetworkMode::Bridge { .. }, Some(Ok(nl))) => match vm.spec.tap_name(index) {
+                Ok(tap) => {
+                    match nl.link_stats(&tap).await {
+                        Ok(s) => row.counters = Some(NicCounters::from_tap(&s)),
+                        Err(e) => row.note = Some(crate::error::chain(&e)),
+                    }
+                    row.tap = Some(tap.to_string());
+                }
+                Err(e) => row.note = Some(e.to_string()),
+            },
+        }
+        out.push(row);
+    }
+    out
 }
 
 impl Ops {
@@ -197,7 +208,7 @@ impl Ops {
                 balloon_actual_bytes: balloon,
             },
             disks: disk_stats(&vm, blocks),
-            nics: nic_stats(&vm, pid),
+            nics: nic_rows(&vm, true).await,
         })
     }
 
@@ -245,6 +256,17 @@ impl Ops {
         })
     }
 
+    /// Each NIC of a VM with its traffic counters (bridged NICs of a running VM; the
+    /// others are listed with a note saying why they have none).
+    ///
+    /// # Errors
+    /// [`OpsError::NotFound`].
+    pub async fn nic_stats(&self, name: &str) -> Result<Vec<NicStats>, OpsError> {
+        let vm = self.load(name)?;
+        let running = Self::observe(&vm).status.state.is_active();
+        Ok(nic_rows(&vm, running).await)
+    }
+
     /// Host CPU, memory and free space where VM disks live (`vm.disk_path`).
     ///
     /// # Errors
@@ -270,7 +292,17 @@ impl Ops {
             Family::new("kvm_mcp_vm_disk_reads_total", "counter", "Read operations per disk."),
             Family::new("kvm_mcp_vm_disk_writes_total", "counter", "Write operations per disk."),
             Family::new("kvm_mcp_vm_nic_receive_bytes_total", "counter", "Bytes the guest received per NIC."),
+            Family::new("kvm_mcp_vm_nic_receive_packets_total", "counter", "Packets the guest received per NIC."),
+            Family::new("kvm_mcp_vm_nic_receive_errors_total", "counter", "Packets for the guest that failed per NIC."),
+            Family::new("kvm_mcp_vm_nic_receive_dropped_total", "counter", "Packets for the guest dropped per NIC."),
             Family::new("kvm_mcp_vm_nic_transmit_bytes_total", "counter", "Bytes the guest sent per NIC."),
+            Family::new("kvm_mcp_vm_nic_transmit_packets_total", "counter", "Packets the guest sent per NIC."),
+            Family::new(
+                "kvm_mcp_vm_nic_transmit_errors_total",
+                "counter",
+                "Packets from the guest that failed per NIC.",
+            ),
+            Family::new("kvm_mcp_vm_nic_transmit_dropped_total", "counter", "Packets from the guest dropped per NIC."),
         ];
         let vms = self.list().unwrap_or_default();
         for v in vms.iter().filter(|v| v.state.is_some_and(VmState::is_active)) {
@@ -294,9 +326,19 @@ impl Ops {
             for n in &c.nics {
                 if let (Some(tap), Some(k)) = (&n.tap, n.counters) {
                     let l = format!("{vm},nic=\"{}\",tap=\"{}\"", n.index, esc(tap));
-                    // Seen from the host: what the tap receives, the guest sent.
-                    f[8].add(l.clone(), k.tx_bytes as f64);
-                    f[9].add(l, k.rx_bytes as f64);
+                    let figures = [
+                        k.rx_bytes,
+                        k.rx_packets,
+                        k.rx_errors,
+                        k.rx_dropped,
+                        k.tx_bytes,
+                        k.tx_packets,
+                        k.tx_errors,
+                        k.tx_dropped,
+                    ];
+                    for (fam, v) in f[8..].iter_mut().zip(figures) {
+                        fam.add(l.clone(), v as f64);
+                    }
                 }
             }
         }

@@ -78,7 +78,9 @@ pub enum IpSource {
     DhcpLease,
     /// The host's neighbour table saw it behind the NIC's MAC.
     Neighbour,
-    /// QEMU's user-mode DHCP hands it out; the guest was not asked.
+    /// A guess: QEMU's user-mode DHCP hands it out to the first guest that asks, but
+    /// nothing confirmed this guest has it. Offered only for a user-mode NIC no guest
+    /// agent answered for.
     Slirp,
 }
 
@@ -106,8 +108,13 @@ pub struct NicIps {
     pub mac: MacAddr,
     /// `"user"` or the bridge's name.
     pub network: String,
+    /// The guest's name for this NIC (`enp0s7`, `eth0`), when its guest agent answered.
+    pub guest_interface: Option<String>,
     /// Addresses found for this NIC; empty when no source knows one.
     pub addresses: Vec<IpAnswer>,
+    /// Why there is no address, when the guest agent said so (for example "the guest
+    /// agent reports no IPv4 or global IPv6 address on enp0s7; the NIC may be down").
+    pub note: Option<String>,
 }
 
 /// The answer of `get_vm_ip`.
@@ -115,14 +122,16 @@ pub struct NicIps {
 pub struct VmIps {
     /// The VM's name.
     pub name: String,
-    /// The best address: observed (agent, lease, neighbour) before the slirp guess,
-    /// IPv4 before IPv6, earlier NICs first.
+    /// The best address: what the guest agent reports for a NIC when it answered
+    /// (no address included: then `null`, with a note), else observed (lease,
+    /// neighbour) before the slirp guess; IPv4 before IPv6, earlier NICs first.
     pub ip: Option<IpAddr>,
     /// Where `ip` came from.
     pub source: Option<IpSource>,
     /// Every NIC with the addresses found for it.
     pub nics: Vec<NicIps>,
-    /// Sources that could not answer, and why.
+    /// Sources that could not answer and why, NICs the agent reports without an
+    /// address, and a warning when `ip` is only the slirp guess.
     pub notes: Vec<String>,
     /// How long the call waited for an address.
     pub waited_s: u64,

@@ -106,3 +106,19 @@ pub struct SendKey {
     pub hold_time: Option<u32>,
 }
 command!(SendKey, "send-key", serde_json::Value);
+
+/// `query-chardev`: every character device with whether its guest side is open.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct QueryChardev {}
+command!(QueryChardev, "query-chardev", Vec<ChardevEntry>);
+
+/// One character device of `query-chardev`.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ChardevEntry {
+    /// The chardev's id (`qga0` for the guest agent's channel).
+    pub label: String,
+    /// Whether the guest holds the device open: for a virtio-serial port, whether a
+    /// program in the guest (the guest agent) has it open.
+    #[serde(default, rename = "frontend-open")]
+    pub frontend_open: bool,
+}

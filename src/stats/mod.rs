@@ -1,14 +1,15 @@
 //! Per-VM figures from the host side: CPU time of the QEMU process and its vCPU threads
-//! (`/proc`), resident memory, and NIC counters of the VM's taps
-//! (`/sys/class/net/<tap>/statistics`). Block and balloon figures come over QMP (see
-//! `ops::stats`); host capacity through sysinfo (`host`); Prometheus lines in `prom`.
+//! (`/proc`), resident memory, and the one shape of a NIC's traffic ([`NicCounters`],
+//! read from the VM's taps over rtnetlink by `ops::stats`). Block and balloon figures
+//! come over QMP (see `ops::stats`); host capacity through sysinfo (`host`); Prometheus
+//! lines in `prom`.
 
 pub mod host;
 pub mod prom;
 
-use std::path::Path;
-
 use serde::Serialize;
+
+use crate::network::LinkStats;
 
 /// CPU time of one thread or process, in clock ticks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,35 +80,46 @@ pub fn host_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
-/// Tap interface names QEMU `pid` holds at the given descriptor numbers, from
-/// `/proc/<pid>/fdinfo/<fd>` (`iff:` line of a tun/tap fd).
-#[must_use]
-pub fn tap_name(pid: i32, fd: i32) -> Option<String> {
-    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).ok()?;
-    info.lines().find_map(|l| l.strip_prefix("iff:")).map(|s| s.trim().to_owned())
-}
-
-/// Traffic counters of one interface.
+/// One NIC's traffic, the same figures everywhere they are shown (`nic_stats`,
+/// `vm_stats`, the `vmstats://` resource and `/metrics`). Counted on the host side of
+/// the NIC (its tap) but named from the guest's side: `rx_*` is what the guest
+/// received, `tx_*` what it sent.
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq, schemars::JsonSchema)]
-pub struct LinkCounters {
+pub struct NicCounters {
+    /// Bytes the guest received.
     pub rx_bytes: u64,
-    pub tx_bytes: u64,
+    /// Packets the guest received.
     pub rx_packets: u64,
+    /// Packets for the guest that failed on the way (the tap's transmit errors).
+    pub rx_errors: u64,
+    /// Packets for the guest that were dropped, usually because the guest did not take
+    /// them in time (the tap's transmit drops).
+    pub rx_dropped: u64,
+    /// Bytes the guest sent.
+    pub tx_bytes: u64,
+    /// Packets the guest sent.
     pub tx_packets: u64,
+    /// Packets from the guest that failed on the way (the tap's receive errors).
+    pub tx_errors: u64,
+    /// Packets from the guest that were dropped on the host (the tap's receive drops).
+    pub tx_dropped: u64,
 }
 
-/// Counters from `/sys/class/net/<ifname>/statistics`. Seen from the host, so the
-/// guest's transmit is the tap's receive.
-#[must_use]
-pub fn link_counters(sys_class_net: &Path, ifname: &str) -> Option<LinkCounters> {
-    let dir = sys_class_net.join(ifname).join("statistics");
-    let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok()?.trim().parse::<u64>().ok();
-    Some(LinkCounters {
-        rx_bytes: read("rx_bytes")?,
-        tx_bytes: read("tx_bytes")?,
-        rx_packets: read("rx_packets")?,
-        tx_packets: read("tx_packets")?,
-    })
+impl NicCounters {
+    /// The guest's view of its tap's counters: what the tap receives, the guest sent.
+    #[must_use]
+    pub fn from_tap(tap: &LinkStats) -> Self {
+        Self {
+            rx_bytes: tap.tx_bytes,
+            rx_packets: tap.tx_packets,
+            rx_errors: tap.tx_errors,
+            rx_dropped: tap.tx_dropped,
+            tx_bytes: tap.rx_bytes,
+            tx_packets: tap.rx_packets,
+            tx_errors: tap.rx_errors,
+            tx_dropped: tap.rx_dropped,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -127,7 +139,27 @@ mod tests {
     }
 
     #[test]
-    fn loopback_counters_are_read() {
-        assert!(link_counters(Path::new("/sys/class/net"), "lo").is_some());
+    fn the_guest_receives_what_its_tap_transmits() {
+        let tap = LinkStats {
+            rx_bytes: 1,
+            rx_packets: 2,
+            rx_errors: 3,
+            rx_dropped: 4,
+            tx_bytes: 5,
+            tx_packets: 6,
+            tx_errors: 7,
+            tx_dropped: 8,
+        };
+        let want = NicCounters {
+            rx_bytes: 5,
+            rx_packets: 6,
+            rx_errors: 7,
+            rx_dropped: 8,
+            tx_bytes: 1,
+            tx_packets: 2,
+            tx_errors: 3,
+            tx_dropped: 4,
+        };
+        assert_eq!(NicCounters::from_tap(&tap), want);
     }
 }

@@ -35,6 +35,25 @@ pub struct Seen {
     pub stop_seen: bool,
 }
 
+/// The stop request that applies to a run, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopAsked {
+    /// Nobody asked for this run to stop.
+    No,
+    /// A graceful stop (the power button).
+    Graceful,
+    /// A forced stop, and why it was forced.
+    Forced(String),
+}
+
+impl StopAsked {
+    /// Whether a stop was asked for at all.
+    #[must_use]
+    pub fn asked(&self) -> bool {
+        *self != StopAsked::No
+    }
+}
+
 /// How one QEMU run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -64,10 +83,10 @@ pub fn host_initiated(cause: ShutdownCause) -> bool {
     matches!(cause, C::host_qmp_quit | C::host_signal | C::host_ui | C::host_error)
 }
 
-/// How a run ended: `exit` from the process, `seen` from the monitor, `stop_asked` when
-/// a stop request applies to this run.
+/// How a run ended: `exit` from the process, `seen` from the monitor, `stop` the stop
+/// request that applies to this run.
 #[must_use]
-pub fn classify(exit: &Exit, seen: &Seen, stop_asked: bool) -> Outcome {
+pub fn classify(exit: &Exit, seen: &Seen, stop: &StopAsked) -> Outcome {
     let info = match exit {
         Exit::Status(i) => Some(i.clone()),
         Exit::Unknown => None,
@@ -89,19 +108,22 @@ pub fn classify(exit: &Exit, seen: &Seen, stop_asked: bool) -> Outcome {
     if seen.panicked || seen.shutdown == Some(ShutdownCause::guest_panic) {
         return out(VmState::Crashed, Reason::GuestPanic, "the guest kernel panicked".into());
     }
-    match seen.shutdown {
+    match (seen.shutdown, stop) {
         // The guest answered the power button (or powered off by itself).
-        Some(ShutdownCause::guest_shutdown) => {
+        (Some(ShutdownCause::guest_shutdown), _) => {
             out(VmState::Shutoff, Reason::GuestPoweroff, "the guest powered off".into())
         }
-        _ if stop_asked => out(VmState::Shutoff, Reason::HostRequest, "stopped on request".into()),
-        Some(c) => out(VmState::Shutoff, reason_of(c), format!("shut down ({c:?})")),
-        None if *exit == Exit::Unknown => out(
+        (_, StopAsked::Graceful) => out(VmState::Shutoff, Reason::HostRequest, "stopped on request".into()),
+        (_, StopAsked::Forced(why)) => out(VmState::Shutoff, Reason::Forced, why.clone()),
+        (Some(c), StopAsked::No) => out(VmState::Shutoff, reason_of(c), format!("shut down ({c:?})")),
+        (None, StopAsked::No) if *exit == Exit::Unknown => out(
             VmState::Crashed,
             Reason::QemuSignal,
             "QEMU exited while adopted; its exit status is unknown (it was not our child)".into(),
         ),
-        None => out(VmState::Shutoff, Reason::QemuExit, "QEMU exited with code 0 without a shutdown event".into()),
+        (None, StopAsked::No) => {
+            out(VmState::Shutoff, Reason::QemuExit, "QEMU exited with code 0 without a shutdown event".into())
+        }
     }
 }
 
@@ -151,7 +173,8 @@ mod tests {
         Seen { shutdown, ..Seen::default() }
     }
     fn class(exit: &Exit, s: &Seen, stop: bool) -> (VmState, Reason) {
-        let o = classify(exit, s, stop);
+        let stop = if stop { StopAsked::Graceful } else { StopAsked::No };
+        let o = classify(exit, s, &stop);
         (o.state, o.reason)
     }
 
@@ -207,6 +230,24 @@ mod tests {
     }
 
     #[test]
+    fn a_forced_stop_is_recorded_as_forced_with_its_reason_unless_the_guest_powered_off() {
+        let forced = StopAsked::Forced("stopped by force on request".into());
+        let got = [None, Some(C::host_qmp_quit), Some(C::host_signal), Some(C::guest_shutdown)]
+            .map(|c| classify(&code(0), &seen(c), &forced))
+            .map(|o| (o.reason, o.detail));
+
+        assert_eq!(
+            got,
+            [
+                (Reason::Forced, "stopped by force on request".into()),
+                (Reason::Forced, "stopped by force on request".into()),
+                (Reason::Forced, "stopped by force on request".into()),
+                (Reason::GuestPoweroff, "the guest powered off".into()),
+            ]
+        );
+    }
+
+    #[test]
     fn a_panic_is_a_crash_whatever_the_shutdown_cause() {
         let s = Seen { panicked: true, ..seen(Some(C::guest_shutdown)) };
 
@@ -232,6 +273,7 @@ mod tests {
             outcome(Crashed, GuestPanic),
             outcome(Shutoff, GuestPoweroff),
             outcome(Shutoff, HostRequest),
+            outcome(Shutoff, Forced),
             outcome(Shutoff, GuestReset),
             outcome(Shutoff, StartFailed),
         ];
@@ -241,9 +283,9 @@ mod tests {
         assert_eq!(
             (restart(RestartPolicy::Never), restart(RestartPolicy::OnFailure), restart(RestartPolicy::Always)),
             (
-                vec![false, false, false, false, false, false],
-                vec![true, true, false, false, false, false],
-                vec![true, true, true, false, false, false],
+                vec![false, false, false, false, false, false, false],
+                vec![true, true, false, false, false, false, false],
+                vec![true, true, true, false, false, false, false],
             )
         );
     }

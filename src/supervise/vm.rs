@@ -24,7 +24,7 @@ use crate::state::{EventRecord, ExitInfo, Reason, Status, VmState, now_ms};
 use crate::store::{self, LOG_TAIL_LINES};
 
 use super::launch::{self, LaunchError};
-use super::policy::{self, Exit, Next, Outcome, Seen};
+use super::policy::{self, Exit, Next, Outcome, Seen, StopAsked};
 use super::ready::Reporter;
 use super::{PrepareError, take_singleton};
 
@@ -135,12 +135,13 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
 
     loop {
         let Ended { outcome, stop_asked } = &ended;
+        let stop_asked = stop_asked.asked();
         finish(&mut rec, outcome);
         if crate::provision::install::finish_run(&paths, outcome.reason) && !stop_asked {
             ended = run_once(cfg, &mut rec, &spec, &mut ready, Reason::GuestReset).await;
             continue;
         }
-        match policy::next_step(spec.restart_policy, outcome, *stop_asked, rec.status.restarts) {
+        match policy::next_step(spec.restart_policy, outcome, stop_asked, rec.status.restarts) {
             Next::Stay => break,
             Next::GiveUp => {
                 rec.event(
@@ -216,15 +217,15 @@ fn launch_failed(ready: &mut Reporter, paths: &VmPaths, e: &LaunchError) -> Outc
     start_failed(ready, paths, e.kind(), crate::error::chain(e))
 }
 
-/// How a run ended, and whether a stop request applied to it.
+/// How a run ended, and the stop request that applied to it.
 struct Ended {
     outcome: Outcome,
-    stop_asked: bool,
+    stop_asked: StopAsked,
 }
 
 impl From<Outcome> for Ended {
     fn from(outcome: Outcome) -> Self {
-        Self { outcome, stop_asked: false }
+        Self { outcome, stop_asked: StopAsked::No }
     }
 }
 
@@ -384,19 +385,25 @@ async fn start_and_follow(
     drop(monitor);
     let exit = status.map_or(Exit::Unknown, |s| Exit::Status(exit_info(s)));
     let stop_asked = consume_stop(&paths, qemu.as_ref(), seen.stop_seen);
-    Ok(Ended { outcome: policy::classify(&exit, &seen, stop_asked), stop_asked })
+    Ok(Ended { outcome: policy::classify(&exit, &seen, &stop_asked), stop_asked })
 }
 
-/// Whether a stop request applies to the run of `qemu` that just ended. A request
-/// naming that run is used up either way (it can never apply to another run); a
-/// request made between runs stays for the back-off wait.
-fn consume_stop(paths: &VmPaths, qemu: Option<&ProcIdentity>, stop_seen: bool) -> bool {
-    let Some(intent) = store::stop_intent(paths) else { return false };
+/// The stop request that applies to the run of `qemu` that just ended, if any. A
+/// request naming that run is used up either way (it can never apply to another run);
+/// a request made between runs stays for the back-off wait.
+fn consume_stop(paths: &VmPaths, qemu: Option<&ProcIdentity>, stop_seen: bool) -> StopAsked {
+    let Some(intent) = store::stop_intent(paths) else { return StopAsked::No };
     let applies = intent.applies(qemu, stop_seen);
     if intent.qemu.is_some() {
         store::clear_stop(paths);
     }
-    applies
+    match (applies, intent.forced) {
+        (false, _) => StopAsked::No,
+        (true, false) => StopAsked::Graceful,
+        (true, true) => {
+            StopAsked::Forced(intent.forced_why.unwrap_or_else(|| "stopped by force on request".to_owned()))
+        }
+    }
 }
 
 /// Stops a QEMU whose start could not be recorded and reports the start as failed.
@@ -545,5 +552,5 @@ async fn watch_adopted(rec: &mut Recorder, qemu: &ProcIdentity, pidfd: &PidFd) -
     // The monitor closed (or was unreachable): wait for the process itself.
     while !pidfd.wait_exit(Duration::from_secs(3600)).await {}
     let stop_asked = consume_stop(&paths, Some(qemu), seen.stop_seen);
-    Ended { outcome: policy::classify(&Exit::Unknown, &seen, stop_asked), stop_asked }
+    Ended { outcome: policy::classify(&Exit::Unknown, &seen, &stop_asked), stop_asked }
 }

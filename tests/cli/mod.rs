@@ -125,3 +125,34 @@ fn start_failure_reports_qemu_error() {
         stderr(&out)
     );
 }
+
+/// What MCP hosts capture: `serve`'s stderr in a file has its log lines (a warning and
+/// info lines here) and not one ANSI escape byte.
+#[test]
+fn serve_logs_without_colour_when_stderr_is_a_file() {
+    let env = TestEnv::new();
+    let log = env.dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kvm-mcp"))
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["serve", "--http", "127.0.0.1:0", "--no-auth"])
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("stderr file"))
+        .spawn()
+        .expect("run kvm-mcp serve");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("listening on") {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "no 'listening on' in {log:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    child.wait().expect("serve exits");
+    let bytes = std::fs::read(&log).expect("stderr file");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.contains("WARN") && text.contains("HTTP server stopped"), "{text}");
+    assert!(!bytes.contains(&0x1b), "escape bytes in {text:?}");
+}

@@ -1,10 +1,12 @@
 //! The guest agent: exec with output, exit codes and timeouts, files, guest facts, the
-//! stop fallback, and a VM without an answering agent.
+//! stop fallback (and no fallback for a guest already going down), addresses as the
+//! agent reports them, and a VM without an answering agent.
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kvm_mcp::error::chain;
-use kvm_mcp::ops::{CreateRequest, GuestExecRequest, StopOptions, no_progress};
+use kvm_mcp::ops::{CreateRequest, GuestExecRequest, IpQuery, IpSource, Progress, StopOptions, no_progress};
 use kvm_mcp::state::{Reason, VmState};
 use tokio_util::sync::CancellationToken;
 
@@ -115,14 +117,82 @@ async fn guest_info_reports_hostname_os_and_interfaces() {
     assert!(ifaces.contains("\"eth0\""), "{ifaces}");
 }
 
+/// Keeps the progress messages of one operation.
+#[derive(Default)]
+struct Messages(Mutex<Vec<String>>);
+
+impl Messages {
+    fn sink(&self) -> impl Fn(Progress) + Send + Sync + '_ {
+        |p: Progress| self.0.lock().unwrap().push(p.message)
+    }
+
+    fn all(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn stop_falls_back_to_the_agent_when_acpi_is_ignored() {
+async fn stop_falls_back_to_the_agent_when_acpi_is_ignored_and_says_so() {
     let env = TestEnv::new();
     agent_vm(&env, "deaf").await;
     env.ops.guest_exec("deaf", sh("killall acpid", 30), &no_progress, &CancellationToken::new()).await.unwrap();
-    let info = env.ops.stop("deaf", StopOptions::default(), &no_progress).await.unwrap();
+    let messages = Messages::default();
+    let info = env.ops.stop("deaf", StopOptions::default(), &messages.sink()).await.unwrap();
     assert_eq!((info.state, info.reason), (VmState::Shutoff, Reason::GuestPoweroff));
     assert!(env.console("deaf").contains("FIXTURE-SHUTDOWN-CMD"), "{}", env.console("deaf"));
+    let fallback = messages.all().into_iter().filter(|m| m.contains("asking its guest agent")).count();
+    assert_eq!(fallback, 1, "{:#?}", messages.all());
+}
+
+/// A guest that hears the first press but takes its time going down (here its
+/// shutdown script sleeps 20 s after stopping its agent) is waited for: no fallback to
+/// the agent is tried or named, and the progress says what the guest is doing.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_of_a_slow_guest_that_heard_the_button_names_no_fallback() {
+    let env = TestEnv::new();
+    agent_vm(&env, "slowoff").await;
+    let slow = b"#!/bin/sh\nkillall qemu-ga httpd acpid 2>/dev/null\nsleep 20\nsync\numount -a -r 2>/dev/null\nsync\n";
+    env.ops.guest_file_write("slowoff", "/etc/rc.shutdown", slow, false).await.unwrap();
+    let messages = Messages::default();
+    let info = env.ops.stop("slowoff", StopOptions::default(), &messages.sink()).await.unwrap();
+    let all = messages.all();
+    assert_eq!((info.state, info.reason), (VmState::Shutoff, Reason::GuestPoweroff), "{all:#?}");
+    assert!(all.iter().all(|m| !m.contains("guest agent")), "{all:#?}");
+    assert!(all.iter().any(|m| m.contains("the guest is shutting down (")), "{all:#?}");
+}
+
+/// The guest agent answers, and says the NIC has no address (its link is down and
+/// flushed): that is the answer, with a note naming the guest's interface, and the
+/// slirp guess is not offered in its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_vm_ip_of_a_guest_whose_nic_is_down_reports_no_address() {
+    let env = TestEnv::new();
+    agent_vm(&env, "noip").await;
+    let down = sh("ip addr flush dev eth0 && ip link set dev eth0 down", 30);
+    let r = env.ops.guest_exec("noip", down, &no_progress, &CancellationToken::new()).await.unwrap();
+    assert_eq!(r.exit_code, Some(0), "{r:?}");
+    let ips = env.ops.get_vm_ip("noip", IpQuery::default(), &no_progress).await.unwrap();
+    let nic = &ips.nics[0];
+    assert_eq!(
+        (ips.ip, ips.source, nic.addresses.len(), nic.guest_interface.as_deref()),
+        (None, None, 0, Some("eth0")),
+        "{ips:#?}"
+    );
+    assert!(nic.note.as_deref().is_some_and(|n| n.contains("no IPv4 or global IPv6 address on eth0")), "{ips:#?}");
+}
+
+/// With the agent answering and the NIC up, the address is the agent's, not the guess.
+#[tokio::test(flavor = "multi_thread")]
+async fn get_vm_ip_of_a_guest_with_an_agent_is_its_answer() {
+    let env = TestEnv::new();
+    agent_vm(&env, "agentip").await;
+    wait_for(&env, "agentip", "FIXTURE-IP=").await;
+    let ips = env.ops.get_vm_ip("agentip", IpQuery::default(), &no_progress).await.unwrap();
+    assert_eq!(
+        (ips.ip, ips.source, ips.nics[0].guest_interface.as_deref()),
+        (Some(std::net::Ipv4Addr::new(10, 0, 2, 15).into()), Some(IpSource::Agent), Some("eth0")),
+        "{ips:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -82,19 +82,22 @@ fn get_vm_ip_answers_from_agent_leases_and_neighbours() {
 }
 
 #[test]
-fn tap_counters_move_with_guest_traffic() {
-    let (before, after) = in_netns(|| async {
+fn tap_counters_move_with_guest_traffic_and_vm_stats_shows_them_too() {
+    let (before, after, vm_stats) = in_netns(|| async {
         let env = lab_env();
         let ip = boot_lab_guest(&env, "count").await;
-        let before = env.ops.nic_stats("count").await.expect("stats")[0].stats.expect("tap counters");
+        let before = env.ops.nic_stats("count").await.expect("stats")[0].counters.expect("tap counters");
         http_get(SocketAddr::new(IpAddr::V4(ip), 80)).await;
-        let after = env.ops.nic_stats("count").await.expect("stats")[0].stats.expect("tap counters");
-        (before, after)
+        let after = env.ops.nic_stats("count").await.expect("stats")[0].counters.expect("tap counters");
+        let vm_stats = env.ops.vm_stats("count", None).await.expect("vm_stats").nics[0].counters;
+        (before, after, vm_stats)
     });
-    // Guest TX is the tap's RX and the other way round; the page went one way, the
-    // request the other.
+    // The guest received the request and sent the page.
     assert!(after.rx_bytes > before.rx_bytes && after.rx_packets > before.rx_packets, "{before:?} → {after:?}");
     assert!(after.tx_bytes > before.tx_bytes && after.tx_packets > before.tx_packets, "{before:?} → {after:?}");
+    // vm_stats shows the same counters, read later.
+    let later = vm_stats.expect("vm_stats has the tap's counters too");
+    assert!(later.rx_bytes >= after.rx_bytes && later.tx_bytes >= after.tx_bytes, "{after:?} → {later:?}");
 }
 
 #[test]

@@ -41,7 +41,7 @@ async fn stop_killed_after_its_marker_does_not_disable_the_restart_policy() {
     let mut dead = dead;
     dead.wait().unwrap();
     let qemu = ProcIdentity::capture(first.pid.unwrap());
-    let intent = StopIntent { writer, qemu, at_ms: 0, forced: false };
+    let intent = StopIntent { writer, qemu, at_ms: 0, forced: false, forced_why: None };
     std::fs::write(p.stop_intent(), serde_json::to_vec(&intent).unwrap()).unwrap();
 
     signal(first.pid.unwrap(), Signal::SIGKILL);

@@ -1,7 +1,10 @@
 //! Start, stop, pause, reboot and delete against the fixture guest.
 
+use std::time::{Duration, Instant};
+
 use kvm_mcp::ops::{CreateRequest, StopOptions, no_progress};
 use kvm_mcp::state::{Reason, VmState};
+use tokio::io::AsyncWriteExt;
 
 use crate::common::vm::{TestEnv, alive, fixtures};
 
@@ -34,11 +37,38 @@ async fn acpi_stop_runs_the_guests_power_button_handler() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn forced_stop_ends_qemu_as_host_request() {
+async fn forced_stop_is_recorded_as_forced() {
     let env = TestEnv::new();
     let pid = env.start_disk_vm("force").await.pid.unwrap();
     let info = env.ops.stop("force", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
-    assert_eq!((info.state, info.reason, alive(pid)), (VmState::Shutoff, Reason::HostRequest, false));
+    assert_eq!(
+        (info.state, info.reason, info.detail.as_deref(), alive(pid)),
+        (VmState::Shutoff, Reason::Forced, Some("stopped by force on request"), false)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_stop_that_runs_out_of_time_is_recorded_as_forced_and_why() {
+    let env = TestEnv::with_config(serde_json::json!({ "agent": { "timeout_s": 2 } }));
+    env.start_disk_vm("deafto").await;
+    env.wait_console("deafto", "FIXTURE-READY", 1).await;
+    // Neither the power button nor the agent can stop it (typed on the serial console;
+    // short, so the UART drops nothing), and the agent is gone before the stop begins.
+    let sock = env.ops.console_socket("deafto").unwrap();
+    let mut console = tokio::net::UnixStream::connect(sock).await.unwrap();
+    console.write_all(b"killall acpid qemu-ga\n").await.unwrap();
+    let start = Instant::now();
+    while env.ops.guest_ping("deafto").await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(180), "the guest agent still answers");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let opts = StopOptions { force: false, timeout: Some(Duration::from_secs(4)) };
+    let info = env.ops.stop("deafto", opts, &no_progress).await.unwrap();
+    assert_eq!((info.state, info.reason), (VmState::Shutoff, Reason::Forced), "{info:?}");
+    assert!(
+        info.detail.as_deref().is_some_and(|d| d.contains("did not answer the power button within 4 s")),
+        "{info:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

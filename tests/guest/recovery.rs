@@ -92,7 +92,7 @@ async fn adopted_vm_records_its_stop() {
     let out = env.cli(&["vm", "adopt", "adopt2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stopped = env.ops.stop("adopt2", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
-    assert_eq!((stopped.state, stopped.reason), (VmState::Shutoff, Reason::HostRequest));
+    assert_eq!((stopped.state, stopped.reason), (VmState::Shutoff, Reason::Forced));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -68,5 +68,5 @@ async fn user_mode_nic_is_listed_without_counters() {
     let env = TestEnv::new();
     env.start_disk_vm("nic").await;
     let s = env.ops.vm_stats("nic", None).await.unwrap();
-    assert_eq!((s.nics.len(), s.nics[0].mode.as_str(), s.nics[0].counters), (1, "user", None));
+    assert_eq!((s.nics.len(), s.nics[0].network.as_str(), s.nics[0].counters), (1, "user", None));
 }

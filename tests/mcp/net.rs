@@ -118,7 +118,7 @@ async fn nic_stats_of_a_stopped_vm_lists_its_nic_with_a_note() {
     let s = expect_ok(&c, "nic_stats", json!({ "name": "web" })).await;
     assert_eq!(s["nics"].as_array().map(Vec::len), Some(1), "{s}");
     assert_eq!(s["nics"][0]["network"], "user");
-    assert_eq!(s["nics"][0]["stats"], Value::Null);
+    assert_eq!(s["nics"][0]["counters"], Value::Null);
     assert!(s["nics"][0]["note"].is_string(), "{s}");
 }
 
