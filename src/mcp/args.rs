@@ -57,8 +57,9 @@ pub struct CreateVmArgs {
     /// Size in GiB of a new disk (master overlay, install or blank); an overlay is
     /// grown to it. Defaults to the configured default disk size.
     pub disk_size_gib: Option<u64>,
-    /// Give the guest a cloud-init NoCloud seed disk with these settings (user, SSH
-    /// keys, packages, first-boot commands, network). For cloud images.
+    /// Give the guest a cloud-init NoCloud seed disk with these settings (user and
+    /// groups, SSH keys, packages, files, first-boot commands, time zone, network, raw
+    /// cloud-config in user_data). For cloud images.
     pub cloud_init: Option<CloudInitRequest>,
     /// Overrides of the configured Ignition settings, for Fedora CoreOS profiles
     /// (which get an Ignition config anyway).
@@ -206,6 +207,16 @@ pub struct VmList {
 pub struct VmResult {
     /// The VM's definition and current status.
     pub vm: VmInfo,
+}
+
+/// The clone `clone_vm` defined, and how it was made a new machine.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CloneResult {
+    /// The clone's definition and current status.
+    pub vm: VmInfo,
+    /// What was made new (instance-id, host name, machine-id, host keys, MACs) and what
+    /// the clone still shares with its source.
+    pub identity: crate::ops::CloneIdentity,
 }
 
 /// What `delete_vm` removed.

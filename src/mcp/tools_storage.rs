@@ -7,7 +7,7 @@ use rmcp::handler::server::wrapper::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
-use super::args::{VmNameArgs, VmResult};
+use super::args::{CloneResult, VmNameArgs, VmResult};
 use super::args_storage::{
     AttachIsoArgs, CloneVmArgs, ImageList, IsoList, ResizeDiskArgs, SnapshotArgs, SnapshotDeleted, SnapshotList,
     SnapshotResult,
@@ -103,23 +103,36 @@ impl KvmMcp {
     /// Define a new VM with the disks of a stopped one. By default a linked clone:
     /// its disks are overlays on the source's, and the source becomes a template that
     /// refuses to start while clones exist. `full: true` copies the disks instead.
-    /// The clone gets new MAC addresses; a cloud-init seed is not carried over.
+    /// The clone is a new machine: new UUID and MACs, devices at the source's
+    /// addresses, a fresh cloud-init seed (new instance-id and host name, so the guest
+    /// regenerates its SSH host keys, network and machine-id), forwards on free host
+    /// ports. `identity` says what was reset and what the clone still shares.
     #[tool(
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmResult>()
+        output_schema = out::<CloneResult>()
     )]
     async fn clone_vm(
         &self,
         Parameters(a): Parameters<CloneVmArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmResult> {
+    ) -> ToolResult<CloneResult> {
         let kind = if a.full { "full" } else { "linked" };
         let source = a.source.clone();
-        let vm = self.ops().clone_vm(a).await.map_err(fail)?;
+        let r = self.ops().clone_vm(a).await.map_err(fail)?;
         self.vm_set_changed();
-        let summary = format!("{kind} clone of {source:?}; {}", state(&vm));
-        let name = vm.name.clone();
-        self.logged(&ctx, &name, VmResult { vm }, summary).await
+        let unchanged = if r.identity.unchanged.is_empty() {
+            String::new()
+        } else {
+            format!("; still the source's: {}", r.identity.unchanged.join("; "))
+        };
+        let summary = match &r.identity.instance_id {
+            Some(id) => {
+                format!("{kind} clone of {source:?}, a new machine (instance-id {id}); {}{unchanged}", state(&r.vm))
+            }
+            None => format!("{kind} clone of {source:?}; {}{unchanged}", state(&r.vm)),
+        };
+        let name = r.vm.name.clone();
+        self.logged(&ctx, &name, CloneResult { vm: r.vm, identity: r.identity }, summary).await
     }
 
     /// Grow one of a VM's disks to `size_gib`: live while it runs (the guest sees the

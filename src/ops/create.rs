@@ -181,6 +181,7 @@ impl Ops {
             template: false,
             ignition: None,
             uefi: None,
+            addresses: crate::spec::StandardAddrs::default(),
             install_boot: false,
         };
         self.make_vm_dir(&name, &paths)?;
@@ -189,6 +190,7 @@ impl Ops {
         guard.own_disks(&plan);
         Self::write_disks(&plan, &paths)?;
         Self::write_provisioning(&prov, &mut spec, &paths)?;
+        crate::qemu::addresses::record(&mut spec, &profile).map_err(OpsError::addresses(name.as_str()))?;
         Self::commit_definition(&paths, &spec)?;
         guard.commit();
         drop(lock);

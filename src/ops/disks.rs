@@ -117,7 +117,15 @@ fn disk_format(f: ImageFormat) -> DiskFormat {
 }
 
 fn owned_disk(path: PathBuf) -> DiskSpec {
-    DiskSpec { path, format: DiskFormat::Qcow2, media: Media::Disk, readonly: false, owned: true, ejected: false }
+    DiskSpec {
+        path,
+        format: DiskFormat::Qcow2,
+        media: Media::Disk,
+        readonly: false,
+        owned: true,
+        ejected: false,
+        addr: None,
+    }
 }
 
 /// `size_gib` checked against the limits.
@@ -257,6 +265,7 @@ impl Ops {
                     readonly: true,
                     owned: false,
                     ejected: false,
+                    addr: None,
                 });
                 plan.install = true;
             }
