@@ -131,10 +131,10 @@ impl Ops {
         if let Some(f) = &req.port_forwards {
             self.check_new_forwards("port_forwards", f)?;
         }
-        let _src_lock = self.lock(&req.source, &src.paths).await?;
+        let src_lock = self.lock(&req.source, &src.paths).await?;
         self.stopped(&src, "cloning")?;
         let paths = self.paths(&name);
-        let _lock = self.lock(name.as_str(), &paths).await?;
+        let lock = self.lock(name.as_str(), &paths).await?;
         self.make_vm_dir(&name, &paths)?;
         let mut written: Vec<PathBuf> = Vec::new();
         let res = self.clone_files(&src, &name, &paths, &req, &hostname, &mut written).and_then(|(spec, identity)| {
@@ -154,6 +154,8 @@ impl Ops {
             Self::save_spec(&src)?;
         }
         tracing::info!(vm = %name, source = %req.source, full = req.full, "cloned");
+        // `start` takes the clone's lock itself.
+        drop((lock, src_lock));
         let vm = if req.start { self.start(name.as_str()).await? } else { self.info(name.as_str())? };
         Ok(CloneReport { vm, identity })
     }

@@ -131,7 +131,7 @@ async fn clone_of_a_seeded_vm_finds_its_nic_in_the_same_slot_and_reads_a_new_see
 
     let report = env.ops.clone_vm(clone).await.unwrap();
     env.wait_console("cl", "FIXTURE-READY", 1).await;
-    let nic = "echo NIC-AT-$(basename $(readlink /sys/class/net/eth0/device))";
+    let nic = "echo NIC-AT-$(basename $(readlink -f /sys/class/net/eth0/device/..))";
     type_until(&env, "cl", nic, "NIC-AT-0000:00:07.0").await;
     env.ops.stop("cl", StopOptions { force: true, timeout: None }, &no_progress).await.unwrap();
 
