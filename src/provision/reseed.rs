@@ -52,10 +52,10 @@ fn top_key(line: &str) -> Option<String> {
     if line.starts_with([' ', '\t', '#', '-']) || line.trim().is_empty() {
         return None;
     }
-    if line.starts_with('"') {
-        let end = line[1..].find('"')? + 1;
-        let k: String = serde_json::from_str(&line[..=end]).ok()?;
-        return line[end + 1..].starts_with(':').then_some(k);
+    if let Some(rest) = line.strip_prefix('"') {
+        let end = rest.find('"')?;
+        let k: String = serde_json::from_str(&line[..end + 2]).ok()?;
+        return rest[end + 1..].starts_with(':').then_some(k);
     }
     let (k, _) = line.split_once(':')?;
     Some(k.trim().to_owned())
