@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{IdError, IfName, MacAddr, PortForward, VmName};
@@ -81,6 +83,10 @@ pub struct DiskSpec {
     /// A CD-ROM drive with no medium in it (`path` is the last medium, kept for reference).
     #[serde(default, skip_serializing_if = "is_false")]
     pub ejected: bool,
+    /// Where the drive is plugged, fixed when it is added (absent in specs written
+    /// before addresses were recorded: their layout is worked out as QEMU numbered it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<DevAddr>,
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
@@ -141,6 +147,9 @@ pub struct NicSpec {
     /// Device model; the profile's when absent.
     #[serde(default)]
     pub model: Option<String>,
+    /// Where the NIC is plugged, fixed when it is added (guests name NICs by slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<DevAddr>,
 }
 
 /// How the VM boots.
@@ -157,6 +166,119 @@ pub enum Boot {
         #[serde(default)]
         cmdline: Option<String>,
     },
+}
+
+/// Where a device is plugged. Written `pci:05.0` (slot and function on the machine's
+/// root PCI bus), `mmio:23` (virtio-mmio transport of a microvm), `ata:1` (port of the
+/// machine's built-in IDE or AHCI controller: on i440FX port `n` is bus `n / 2`, unit
+/// `n % 2`) or `scsi:2` (target on the VM's virtio-scsi controller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DevAddr {
+    Pci { slot: u8, function: u8 },
+    Mmio(u8),
+    Ata(u8),
+    Scsi(u8),
+}
+
+/// Highest PCI slot on a bus.
+pub const MAX_PCI_SLOT: u8 = 31;
+/// Highest PCI function in a slot.
+pub const MAX_PCI_FUNCTION: u8 = 7;
+impl DevAddr {
+    /// A PCI slot, function 0.
+    #[must_use]
+    pub fn pci(slot: u8) -> Self {
+        DevAddr::Pci { slot, function: 0 }
+    }
+}
+
+impl std::fmt::Display for DevAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DevAddr::Pci { slot, function } => write!(f, "pci:{slot:02x}.{function}"),
+            DevAddr::Mmio(n) => write!(f, "mmio:{n}"),
+            DevAddr::Ata(n) => write!(f, "ata:{n}"),
+            DevAddr::Scsi(n) => write!(f, "scsi:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for DevAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a device address (pci:05.0, mmio:23, ata:1 or scsi:2)");
+        let (kind, rest) = s.split_once(':').ok_or_else(bad)?;
+        let index = |r: &str| r.parse::<u8>().map_err(|_| bad());
+        match kind {
+            "pci" => {
+                let (slot, function) = rest.split_once('.').unwrap_or((rest, "0"));
+                if slot.is_empty() || slot.len() > 2 || function.len() != 1 {
+                    return Err(bad());
+                }
+                let slot = u8::from_str_radix(slot, 16).map_err(|_| bad())?;
+                let function = function.parse::<u8>().map_err(|_| bad())?;
+                if slot > MAX_PCI_SLOT || function > MAX_PCI_FUNCTION {
+                    return Err(bad());
+                }
+                Ok(DevAddr::Pci { slot, function })
+            }
+            "mmio" => Ok(DevAddr::Mmio(index(rest)?)),
+            "ata" => Ok(DevAddr::Ata(index(rest)?)),
+            "scsi" => Ok(DevAddr::Scsi(index(rest)?)),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl Serialize for DevAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DevAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for DevAddr {
+    fn schema_name() -> Cow<'static, str> {
+        "DevAddr".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "Where the device is plugged: pci:SS.F (root PCI bus), mmio:N (virtio-mmio), ata:N (IDE/AHCI port), scsi:N (SCSI target)",
+        })
+    }
+}
+
+/// Addresses of the standard devices a profile gives every VM, recorded at create.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StandardAddrs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<DevAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rng: Option<DevAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<DevAddr>,
+    /// The virtio-serial controller carrying the guest agent's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<DevAddr>,
+    /// The virtio-scsi controller, for profiles with SCSI disks or CD-ROMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scsi: Option<DevAddr>,
+}
+
+impl StandardAddrs {
+    /// Nothing recorded (a spec written before addresses were).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A VM definition.
@@ -188,6 +310,9 @@ pub struct VmSpec {
     /// UEFI firmware; BIOS when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uefi: Option<UefiSpec>,
+    /// Addresses of the profile's standard devices (disks and NICs carry their own).
+    #[serde(default, skip_serializing_if = "StandardAddrs::is_empty")]
+    pub addresses: StandardAddrs,
     /// Not stored: set by the supervisor for the runs of an ISO install, so the CD-ROM
     /// boots first and a guest reboot ends the run (the next run boots the disk).
     #[serde(skip)]
@@ -222,6 +347,7 @@ mod tests {
             mode: NetworkMode::User { port_forwards: vec![PortForward::tcp(2222, 22)] },
             mac: "52:54:00:12:34:56".parse().unwrap(),
             model: None,
+            addr: None,
         };
         let back: NicSpec = serde_json::from_str(&serde_json::to_string(&nic).unwrap()).unwrap();
         assert_eq!(back, nic);
@@ -233,6 +359,7 @@ mod tests {
             mode: NetworkMode::Bridge { bridge: "brforvms".into() },
             mac: "52:54:00:12:34:56".parse().unwrap(),
             model: None,
+            addr: None,
         };
         assert_eq!(
             serde_json::to_value(&nic).unwrap(),

@@ -608,6 +608,7 @@ mod tests {
             template: false,
             ignition: None,
             uefi: None,
+            addresses: crate::spec::StandardAddrs::default(),
             install_boot: false,
         }
     }
@@ -689,6 +690,7 @@ mod tests {
             readonly: false,
             owned: true,
             ejected: false,
+            addr: None,
         });
         write_spec(&p, &sp).unwrap();
         std::fs::write(p.spec(), b"").unwrap();

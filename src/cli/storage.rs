@@ -25,6 +25,14 @@ pub enum StorageCommand {
         /// Start the clone right away.
         #[arg(long)]
         start: bool,
+        /// Host name of the clone's guest (default: the clone's name).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Port forward of the clone's first user-mode NIC instead of the source's,
+        /// `[HOST_ADDR:]HOST_PORT:GUEST_PORT[/udp]`; repeatable. Default: the source's
+        /// forwards on free host ports.
+        #[arg(long = "forward")]
+        forwards: Vec<crate::ids::PortForward>,
     },
     /// Grow a VM's disk (live when it runs).
     Resize {
@@ -68,10 +76,16 @@ pub struct CreateDiskArgs {
     /// Size of a new disk in GiB (default: vm.default_disk_size).
     #[arg(long)]
     pub disk_size: Option<u64>,
-    /// cloud-init seed settings as JSON (or @FILE): {"hostname","user","ssh_keys":[..],
-    /// "password_hash","packages":[..],"run_commands":[..],"network":{"mode":"dhcp"|"static",..}}.
+    /// cloud-init seed settings as JSON (or @FILE): {"hostname","user","groups":[..],
+    /// "ssh_keys":[..],"password_hash","packages":[..],"run_commands":[..],
+    /// "write_files":[{"path","content",..}],"timezone","manage_etc_hosts",
+    /// "instance_id","user_data","network":{"mode":"dhcp"|"static",..}}.
     #[arg(long, value_name = "JSON")]
     pub cloud_init: Option<String>,
+    /// Raw cloud-config (YAML or a JSON object; @FILE reads a file) merged into the
+    /// seed beside the --cloud-init fields: cloud_init.user_data.
+    #[arg(long, value_name = "YAML")]
+    pub user_data: Option<String>,
     /// Ignition overrides as JSON (or @FILE): {"hostname","user","ssh_key","timezone","locale","password_hash"}.
     #[arg(long, value_name = "JSON")]
     pub ignition: Option<String>,
@@ -86,6 +100,20 @@ fn json_arg<T: serde::de::DeserializeOwned>(field: &str, v: Option<&String>) -> 
     serde_json::from_str(&text).map(Some).map_err(|e| OpsError::invalid(field, e.to_string()))
 }
 
+/// A file's text, refused past `max` bytes.
+fn read_capped(field: &str, path: &str, max: usize) -> Result<String, OpsError> {
+    use std::io::Read as _;
+    let f = std::fs::File::open(path).map_err(|e| OpsError::invalid(field, format!("cannot read {path}: {e}")))?;
+    let mut text = String::new();
+    f.take(max as u64 + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| OpsError::invalid(field, format!("cannot read {path}: {e}")))?;
+    if text.len() > max {
+        return Err(OpsError::invalid(field, format!("{path} is larger than {max} bytes")));
+    }
+    Ok(text)
+}
+
 impl CreateDiskArgs {
     /// Fills the disk and provisioning fields of `req`.
     ///
@@ -95,6 +123,20 @@ impl CreateDiskArgs {
         req.disk = self.source(existing);
         req.disk_size_gib = self.disk_size;
         req.cloud_init = json_arg("cloud_init", self.cloud_init.as_ref())?;
+        if let Some(u) = &self.user_data {
+            let text = match u.strip_prefix('@') {
+                Some(f) => read_capped("user_data", f, crate::provision::cloudconfig::MAX_USER_DATA_BYTES)?,
+                None => u.clone(),
+            };
+            let ci = req.cloud_init.get_or_insert_default();
+            if ci.user_data.is_some() {
+                return Err(OpsError::invalid(
+                    "user_data",
+                    "given twice: as --user-data and in --cloud-init; keep one",
+                ));
+            }
+            ci.user_data = Some(text);
+        }
         req.ignition = json_arg("ignition", self.ignition.as_ref())?;
         Ok(())
     }
@@ -154,8 +196,20 @@ pub async fn run(ops: &Ops, json: bool, cmd: StorageCommand, show: impl Fn(VmInf
     match cmd {
         StorageCommand::Images => print(json, &ops.list_images().await?, |v| images_text(v)),
         StorageCommand::Isos => print(json, &ops.list_isos()?, |v| isos_text(v)),
-        StorageCommand::Clone { source, name, full, start } => {
-            show(ops.clone_vm(CloneRequest { source, name, full, start }).await?);
+        StorageCommand::Clone { source, name, full, start, hostname, forwards } => {
+            let port_forwards = (!forwards.is_empty()).then_some(forwards);
+            let r = ops.clone_vm(CloneRequest { source, name, full, start, hostname, port_forwards }).await?;
+            if json {
+                print(true, &r, |_| String::new());
+            } else {
+                for line in r.identity.reset.iter().map(|l| format!("new: {l}")) {
+                    println!("{line}");
+                }
+                for line in r.identity.unchanged.iter().map(|l| format!("unchanged: {l}")) {
+                    println!("{line}");
+                }
+                show(r.vm);
+            }
         }
         StorageCommand::Resize { name, size_gib, disk } => show(ops.resize_disk(&name, size_gib, disk).await?),
         StorageCommand::ResetDisk { name } => show(ops.reset_vm_disk(&name).await?),

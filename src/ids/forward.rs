@@ -59,15 +59,15 @@ fn loopback() -> Ipv4Addr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
-    /// "tcp" (default) or "udp".
+    /// "tcp" or "udp".
     #[serde(default)]
     pub protocol: Protocol,
-    /// Host IPv4 address; default 127.0.0.1, 0.0.0.0 for all.
+    /// Host address; 0.0.0.0 for all.
     #[serde(default = "loopback")]
     pub host_addr: Ipv4Addr,
     /// Host port.
     pub host_port: u16,
-    /// Guest address; default: the first one QEMU's DHCP hands out.
+    /// Guest address; default: QEMU's first DHCP one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_addr: Option<Ipv4Addr>,
     /// Guest port.

@@ -99,6 +99,16 @@ impl VmChanged {
     }
 }
 
+/// The clone `clone_vm` defined, and how it was made a new machine.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct CloneResult {
+    /// The clone, in short.
+    pub vm: VmChanged,
+    /// What was made new (instance-id, host name, machine-id, host keys, MACs) and what
+    /// the clone still shares with its source.
+    pub identity: crate::ops::CloneIdentity,
+}
+
 /// What `delete_vm` removed.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct Deleted {

@@ -41,9 +41,8 @@ pub struct WaitConsoleArgs {
 pub struct SendKeysArgs {
     /// The VM's name.
     pub name: String,
-    /// QEMU key names, several joined by '-' pressed together: for example ["ctrl-alt-delete"] or ["alt-f2",
-    /// "ret"]. Names: a-z, 0-9, f1-f12, ret, esc, spc, tab, backspace, up, down, left, right, ctrl, alt, shift,
-    /// delete, ….
+    /// QEMU key names, '-' joining keys pressed together, e.g. ["ctrl-alt-delete"] or ["alt-f2", "ret"]
+    /// (a-z, 0-9, f1-f12, ret, esc, spc, tab, up, ctrl, alt, shift, delete, …).
     pub keys: Vec<String>,
 }
 

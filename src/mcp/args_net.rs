@@ -34,7 +34,7 @@ pub struct AddPortForwardArgs {
     pub guest_port: u16,
     /// Default "tcp".
     pub protocol: Option<Protocol>,
-    /// Host IPv4 address to listen on; default "127.0.0.1", "0.0.0.0" for all.
+    /// Host address; default 127.0.0.1, 0.0.0.0 for all.
     pub host_address: Option<Ipv4Addr>,
     /// Index of the "user" NIC; default: the first.
     pub nic: Option<usize>,

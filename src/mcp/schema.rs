@@ -11,7 +11,8 @@
 //!   argument itself, naming it and the known ones, so the keyword only costs bytes.
 //! - `$schema` is dropped (2020-12 is the MCP default), and so is the description of a
 //!   `$defs` entry that only repeats what every property using it says.
-//! - A `oneOf` of string constants becomes an `enum`.
+//! - A `oneOf` of string constants becomes an `enum`; a property fixed by `const` drops
+//!   its `type`; defaults that say nothing (`[]`, `false`, `""`) go from inputs.
 //! - Output schemas keep their structure, types and bounds but not their descriptions
 //!   or defaults: hosts check results against them, models do not read them.
 
@@ -82,6 +83,20 @@ fn walk(node: &mut Map<String, Value>, side: Side) {
     match side {
         Side::Input => {
             fold_optional(node);
+            // An empty list, `false` or "" as the default says nothing a model needs.
+            if node.get("default").is_some_and(|d| {
+                d.as_array().is_some_and(Vec::is_empty) || *d == Value::Bool(false) || d.as_str() == Some("")
+            }) {
+                node.remove("default");
+            }
+            // A property fixed to one string (the `type` tag of a kind) needs no `type`.
+            if let Some(Value::Object(props)) = node.get_mut("properties") {
+                for p in props.values_mut().filter_map(Value::as_object_mut) {
+                    if p.get("const").is_some_and(Value::is_string) && p.get("type").is_some_and(|t| t == "string") {
+                        p.remove("type");
+                    }
+                }
+            }
             // The server names an unknown argument in its error; hosts need not check.
             if node.get("additionalProperties") == Some(&Value::Bool(false)) {
                 node.remove("additionalProperties");

@@ -263,8 +263,8 @@ impl KvmMcp {
         Ok(Reply::new(FileWritten { path: a.path, bytes_written, appended: a.append }, summary))
     }
 
-    /// A running VM's CPU use over `interval_ms` (per vCPU too), memory, per-disk I/O and per-NIC counters
-    /// (the `nic_stats` shape: `rx_*` received by the guest, `tx_*` sent by it).
+    /// A running VM's CPU use over `interval_ms` (per vCPU too), memory, disk I/O and NIC counters (as in
+    /// `nic_stats`).
     #[tool(title = "Get VM statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmStats>())]
     async fn vm_stats(&self, Parameters(a): Parameters<VmStatsArgs>) -> ToolResult<VmStats> {
         let s = self.ops().vm_stats(&a.name, a.interval_ms.map(Duration::from_millis)).await.map_err(fail)?;

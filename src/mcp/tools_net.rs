@@ -48,10 +48,8 @@ fn ips_summary(ips: &VmIps) -> String {
 
 #[tool_router(router = net_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// A running VM's IP addresses per NIC, with source and age; `ip` is the one to connect to. When the guest
-    /// agent answers, its word stands: a NIC it reports without an address has `ip` null and a note; source
-    /// `slirp` is an unconfirmed guess. A "user" NIC is not reachable from the host: use `add_port_forward`.
-    /// `wait_s` waits for an address while the guest boots.
+    /// A running VM's IP addresses per NIC with their source; `ip` is the one to use (null with a note when the
+    /// agent reports none). `wait_s` waits while the guest boots.
     #[tool(title = "Get VM IP addresses", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
     async fn get_vm_ip(
         &self,
@@ -72,8 +70,8 @@ impl KvmMcp {
         Ok(Reply::new(ips, summary))
     }
 
-    /// Forward a host port to a guest port on a "user" NIC (for example 127.0.0.1:2222 to 22 for SSH), at once
-    /// if the VM runs and kept for later starts. Returns the VM's forwards.
+    /// Forward a host port to a guest port on a "user" NIC (e.g. 2222 to 22 for SSH), live and for later
+    /// starts.
     #[tool(
         title = "Add port forward",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -91,8 +89,8 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// Remove a port forward named by its host port (plus protocol and address when two share it), at once and
-    /// in the definition. Returns the forwards left.
+    /// Remove a port forward by its host port (plus protocol and address when two share it), live and for
+    /// later starts.
     #[tool(
         title = "Remove port forward",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
@@ -118,8 +116,7 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// A VM's NICs (index, MAC, network) with counters (bytes, packets, errors, drops) for bridged NICs of a
-    /// running VM, as the guest sees them: `rx_*` received, `tx_*` sent; the same shape as in `vm_stats`.
+    /// A VM's NICs with traffic counters of bridged NICs while it runs (`rx_*`: received by the guest).
     #[tool(title = "Get NIC statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<NicStatsList>())]
     async fn nic_stats(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<NicStatsList> {
         let nics = self.ops().nic_stats(&a.name).await.map_err(fail)?;

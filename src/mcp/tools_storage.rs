@@ -7,7 +7,7 @@ use super::params::Parameters;
 use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
-use super::args::{VmChanged, VmNameArgs};
+use super::args::{CloneResult, VmChanged, VmNameArgs};
 use super::args_storage::{
     AttachIsoArgs, CloneVmArgs, ImageList, IsoList, ResizeDiskArgs, SnapshotArgs, SnapshotDeleted, SnapshotList,
     SnapshotResult,
@@ -33,8 +33,8 @@ fn state(vm: &VmInfo) -> String {
 
 #[tool_router(router = storage_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// List the disk images (qcow2, .img, .raw) in the server's image directories with format, sizes, backing
-    /// file and the VMs using each: what `create_vm` takes as `disk` or master image.
+    /// The disk images in the server's image directories (format, sizes, backing file, users): what
+    /// `create_vm` takes.
     #[tool(title = "List disk images", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ImageList>())]
     async fn list_images(&self) -> ToolResult<ImageList> {
         let images = self.ops().list_images().await.map_err(fail)?;
@@ -50,8 +50,7 @@ impl KvmMcp {
         Ok(Reply::new(ImageList { images }, summary))
     }
 
-    /// List the .iso files in the server's ISO directories with size and the VMs using each: what `attach_iso`
-    /// and an install `disk` of `create_vm` takes.
+    /// The .iso files in the server's ISO directories (size, users): what `attach_iso` and installs take.
     #[tool(title = "List ISO images", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<IsoList>())]
     async fn list_isos(&self) -> ToolResult<IsoList> {
         let isos = self.ops().list_isos().map_err(fail)?;
@@ -98,25 +97,36 @@ impl KvmMcp {
         self.logged(&ctx, &a.name, VmChanged::new(&vm, "CD-ROM ejected"), summary).await
     }
 
-    /// Define a new VM with a stopped VM's disks: a linked clone (overlays; the source then refuses to start
-    /// while clones exist), or a copy with `full: true`. New MACs; no cloud-init seed.
+    /// Define a new VM from a stopped VM's disks: a linked clone (the source cannot start while it exists) or
+    /// a copy (`full`), with new MACs and cloud-init identity; `identity` says what it still shares.
     #[tool(
         title = "Clone VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
-        output_schema = out::<VmChanged>()
+        output_schema = out::<CloneResult>()
     )]
     async fn clone_vm(
         &self,
         Parameters(a): Parameters<CloneVmArgs>,
         ctx: RequestContext<RoleServer>,
-    ) -> ToolResult<VmChanged> {
+    ) -> ToolResult<CloneResult> {
         let kind = if a.full { "full" } else { "linked" };
         let source = a.source.clone();
-        let vm = self.ops().clone_vm(a).await.map_err(fail)?;
+        let r = self.ops().clone_vm(a).await.map_err(fail)?;
         self.vm_set_changed();
-        let summary = format!("{kind} clone of {source:?}; {}", state(&vm));
-        let changed = VmChanged::new(&vm, format!("defined as a {kind} clone of {source:?}"));
-        self.logged(&ctx, &vm.name, changed, summary).await
+        let unchanged = if r.identity.unchanged.is_empty() {
+            String::new()
+        } else {
+            format!("; still the source's: {}", r.identity.unchanged.join("; "))
+        };
+        let summary = match &r.identity.instance_id {
+            Some(id) => {
+                format!("{kind} clone of {source:?}, a new machine (instance-id {id}); {}{unchanged}", state(&r.vm))
+            }
+            None => format!("{kind} clone of {source:?}; {}{unchanged}", state(&r.vm)),
+        };
+        let name = r.vm.name.clone();
+        let vm = VmChanged::new(&r.vm, format!("defined as a {kind} clone of {source:?}"));
+        self.logged(&ctx, &name, CloneResult { vm, identity: r.identity }, summary).await
     }
 
     /// Grow a VM's disk to `size_gib`, live if it runs. Disks only grow; the guest must still grow its

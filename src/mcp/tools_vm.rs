@@ -46,8 +46,8 @@ impl KvmMcp {
         Ok(Reply::new(VmList { vms }, summary))
     }
 
-    /// Everything about one VM: definition (disks, NICs, boot), state and why, pid, uptime, exit status and
-    /// QEMU's last log lines after a crash, serial log path, and the guest's IPs while it runs.
+    /// Everything about one VM: definition, state and why, pid, uptime, how QEMU ended after a crash, serial
+    /// log path, guest IPs.
     #[tool(title = "Get VM details", annotations(read_only_hint = true, open_world_hint = false), output_schema = out_record("vm"))]
     async fn get_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VmResult> {
         let vm = self.ops().info_live(&a.name).await.map_err(fail)?;
@@ -55,9 +55,8 @@ impl KvmMcp {
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
-    /// Define a new VM. Every argument is optional; the server's config supplies defaults. It needs something
-    /// to boot: `disk` (an image, or a new disk by kind), `kernel`, or the configured default master image. It is started only
-    /// with `start: true`.
+    /// Define a new VM; unset arguments take the server's defaults. It boots from `disk`, `kernel` or the
+    /// configured master image; it starts only with `start: true`.
     #[tool(
         title = "Create VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -115,10 +114,8 @@ impl KvmMcp {
         Ok(Reply::new(VmChanged::new(&vm, "started"), summary))
     }
 
-    /// Stop a VM: press the ACPI power button (asking the guest agent too if the guest shows no sign of
-    /// shutting down) and force it off if it is still on after `timeout_s`, or at once with `force: true`.
-    /// `reason` says how it ended: `guest_poweroff`, or `forced` with a `detail`. Stopping a stopped VM
-    /// changes nothing.
+    /// Stop a VM: press the power button (then ask its guest agent if the guest ignores it) and force it off
+    /// after `timeout_s`, or at once with `force`. `reason` says how: `guest_poweroff` or `forced`.
     #[tool(
         title = "Stop VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),

@@ -2,6 +2,11 @@
 //! disk, the source then a template that refuses to start while clones exist; or a
 //! full copy), `resize_disk` (grow only, live through QMP or offline) and
 //! `reset_vm_disk` (a fresh overlay on the same base: the fastest clean slate).
+//!
+//! A clone is a new machine: new UUID and MACs, every device at the source's address
+//! (guests name NICs by slot), a fresh cloud-init seed with a new instance-id and host
+//! name (see `provision::reseed`), free host ports for its forwards, and a result that
+//! says what was reset and what the clone still shares with its source.
 
 use std::path::{Path, PathBuf};
 
@@ -11,9 +16,10 @@ use super::context::Vm;
 use super::disks::{check_size_gib, image_format};
 use super::views::VmInfo;
 use super::{Ops, OpsError};
-use crate::ids::VmName;
+use crate::ids::{MacAddr, PortForward, VmName};
 use crate::layout::VmPaths;
-use crate::spec::{DiskFormat, DiskSpec, Media, VmSpec};
+use crate::provision::{cloudinit, reseed};
+use crate::spec::{DiskFormat, DiskSpec, Media, NetworkMode, VmSpec};
 use crate::state::now_ms;
 use crate::storage::{self, CreateOptions};
 
@@ -23,18 +29,47 @@ use crate::storage::{self, CreateOptions};
 pub struct CloneRequest {
     /// Name of the stopped VM to clone.
     pub source: String,
-    /// Name for the new VM: 1 to 13 characters of letters, digits, '-', '_' or '.',
-    /// not starting with '.'.
+    /// Name: 1-13 letters, digits, '-', '_' or '.', not starting with '.' or '-'.
     pub name: String,
-    /// Copy the disks (slower, uses the full space; the source stays usable). Default
-    /// false: a linked clone, whose disks are overlays on the source's, which then
-    /// refuses to start while the clone exists.
+    /// Copy the disks (slower; the source stays usable) instead of a linked clone.
     #[serde(default)]
     pub full: bool,
-    /// Start the clone right after defining it. Default false.
+    /// Start it right away.
     #[serde(default)]
     pub start: bool,
+    /// Guest host name (default: the clone's name); needs a cloud-init source.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Forwards of the first "user" NIC; default: the source's, on free host ports.
+    #[serde(default)]
+    pub port_forwards: Option<Vec<PortForward>>,
 }
+
+/// How a clone was made a new machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct CloneIdentity {
+    /// The cloud-init instance-id of the clone's new seed; none when the source has no
+    /// seed.
+    pub instance_id: Option<String>,
+    /// The host name the seed gives the guest.
+    pub hostname: Option<String>,
+    /// What was made new, and how.
+    pub reset: Vec<String>,
+    /// What the clone still shares with its source (kvm-mcp could not reset it).
+    pub unchanged: Vec<String>,
+}
+
+/// What `clone_vm` returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct CloneReport {
+    pub vm: VmInfo,
+    pub identity: CloneIdentity,
+}
+
+/// Largest seed image read from a source (kvm-mcp writes them at about 1 MiB).
+const MAX_SEED_IMAGE_BYTES: u64 = 16 << 20;
+/// Largest file read from a source's seed.
+const MAX_SEED_FILE_BYTES: u64 = 1 << 20;
 
 impl Ops {
     /// Refuses to start a template whose linked clones still exist; a template
@@ -73,39 +108,50 @@ impl Ops {
     }
 
     /// Defines a new VM with the disks of a stopped one: overlays on them (linked, the
-    /// default) or copies (`full`). CD-ROM media are shared; the cloud-init seed and
-    /// Ignition config are not carried over (the guest already ran them); UEFI
-    /// variables are copied. MAC addresses are new.
+    /// default) or copies (`full`). CD-ROM media are shared; the cloud-init seed is
+    /// renewed (new instance-id and host name) and the Ignition config is not carried
+    /// over (the guest already ran it); UEFI variables are copied. MAC addresses and the
+    /// UUID are new; devices keep the source's addresses; forwards get free host ports
+    /// unless given.
     ///
     /// # Errors
-    /// Source running ([`OpsError::MustBeStopped`]), name taken, storage failures
-    /// (nothing is left behind).
-    pub async fn clone_vm(&self, req: CloneRequest) -> Result<VmInfo, OpsError> {
+    /// Source running ([`OpsError::MustBeStopped`]), name taken, bad host name or
+    /// forwards, storage failures (nothing is left behind).
+    pub async fn clone_vm(&self, req: CloneRequest) -> Result<CloneReport, OpsError> {
         let mut src = self.load(&req.source)?;
         let name = VmName::new(&req.name)?;
-        let _src_lock = self.lock(&req.source, &src.paths).await?;
+        let hostname = req.hostname.clone().unwrap_or_else(|| cloudinit::default_hostname(name.as_str()));
+        crate::provision::check_hostname("hostname", &hostname)?;
+        if let Some(f) = &req.port_forwards {
+            self.check_new_forwards("port_forwards", f)?;
+        }
+        let src_lock = self.lock(&req.source, &src.paths).await?;
         Self::stopped(&src, "cloning")?;
         let paths = self.paths(&name);
-        let _lock = self.lock(name.as_str(), &paths).await?;
+        let lock = self.lock(name.as_str(), &paths).await?;
         self.make_vm_dir(&name, &paths)?;
         let mut written: Vec<PathBuf> = Vec::new();
-        let res = self
-            .clone_files(&src, &name, &paths, req.full, &mut written)
-            .and_then(|spec| Self::commit_definition(&paths, &spec));
-        if let Err(e) = res {
-            super::disks::remove_files(written);
-            let _ = std::fs::remove_dir_all(&paths.state);
-            return Err(e);
-        }
+        let res = self.clone_files(&src, &name, &paths, &req, &hostname, &mut written).and_then(|(spec, identity)| {
+            Self::commit_definition(&paths, &spec)?;
+            Ok(identity)
+        });
+        let identity = match res {
+            Ok(i) => i,
+            Err(e) => {
+                super::disks::remove_files(written);
+                let _ = std::fs::remove_dir_all(&paths.state);
+                return Err(e);
+            }
+        };
         if !req.full && !src.spec.template {
             src.spec.template = true;
             Self::save_spec(&src)?;
         }
         tracing::info!(vm = %name, source = %req.source, full = req.full, "cloned");
-        if req.start {
-            return self.start(name.as_str()).await;
-        }
-        self.info(name.as_str())
+        // `start` takes the clone's lock itself.
+        drop((lock, src_lock));
+        let vm = if req.start { self.start(name.as_str()).await? } else { self.info(name.as_str())? };
+        Ok(CloneReport { vm, identity })
     }
 
     fn clone_files(
@@ -113,19 +159,51 @@ impl Ops {
         src: &Vm,
         name: &VmName,
         paths: &VmPaths,
-        full: bool,
+        req: &CloneRequest,
+        hostname: &str,
         written: &mut Vec<PathBuf>,
-    ) -> Result<VmSpec, OpsError> {
+    ) -> Result<(VmSpec, CloneIdentity), OpsError> {
+        let full = req.full;
+        // Every device of the source at the address its guest knows, recorded, so the
+        // clone's guest finds its NICs and disks where they were.
+        let profile = self.profiles.get(&src.spec.os_variant)?;
+        let mut base = src.spec.clone();
+        crate::qemu::addresses::record(&mut base, profile).map_err(OpsError::addresses(&req.source))?;
+        let uuid = uuid::Uuid::new_v4();
+        let mut nics = base.nics.clone();
+        let mut taken: std::collections::HashSet<MacAddr> =
+            self.defined_specs().iter().flat_map(|s| s.nics.iter().map(|n| n.mac)).collect();
+        let mut macs = Vec::with_capacity(nics.len());
+        for (i, nic) in nics.iter_mut().enumerate() {
+            let old = nic.mac;
+            nic.mac = MacAddr::pick_unique(&uuid, u8::try_from(i).unwrap_or(u8::MAX), &taken)
+                .map_err(|e| OpsError::Taken { what: "every candidate MAC".into(), by: e.to_string() })?;
+            taken.insert(nic.mac);
+            macs.push((old.to_string(), nic.mac.to_string()));
+        }
+        self.clone_forwards(&mut nics, req.port_forwards.as_deref())?;
+        let mut identity = CloneIdentity {
+            reset: vec![
+                format!("VM UUID (SMBIOS system UUID): {uuid}"),
+                format!("MAC addresses: {}", nics.iter().map(|n| n.mac.to_string()).collect::<Vec<_>>().join(", ")),
+            ],
+            ..CloneIdentity::default()
+        };
         let mut disks = Vec::new();
         let mut n = 0;
         let mut planned = Vec::new();
-        for d in &src.spec.disks {
+        for d in &base.disks {
             if d.media == Media::Cdrom {
                 disks.push(DiskSpec { owned: false, ..d.clone() });
                 continue;
             }
             if d.path.starts_with(&src.paths.state) {
-                continue; // the source's seed disk
+                // The source's seed: the clone gets a new one at the same address.
+                let seed = Self::renew_seed(src, d, &uuid.to_string(), hostname, &macs, &mut identity)?;
+                let p = paths.cidata();
+                crate::fsutil::write_atomic(&p, &seed).map_err(OpsError::io("cannot write", &p))?;
+                disks.push(DiskSpec { path: p, owned: true, ..d.clone() });
+                continue;
             }
             // The source's chain must pass the host path rule before anything is
             // copied from it or built on it.
@@ -144,24 +222,38 @@ impl Ops {
             let format = if full { d.format } else { DiskFormat::Qcow2 };
             disks.push(DiskSpec { path, format, owned: true, ..d.clone() });
         }
+        if identity.instance_id.is_none() {
+            if req.hostname.is_some() {
+                return Err(OpsError::invalid(
+                    "hostname",
+                    format!(
+                        "VM {:?} has no cloud-init seed, so kvm-mcp cannot set the clone's host name; clone without hostname and set it in the guest",
+                        req.source
+                    ),
+                ));
+            }
+            identity.unchanged.extend(
+                [
+                    "host name, /etc/machine-id and SSH host keys: the source has no cloud-init seed, so nothing tells the guest it is a new machine",
+                    "cloud-init instance-id, if the image runs cloud-init",
+                    "network configuration written for the source's MAC addresses (a guest that matches its NIC by MAC leaves it unconfigured)",
+                ]
+                .map(String::from),
+            );
+        }
+        identity.unchanged.push(
+            "disk contents: users, passwords, authorized SSH keys, installed software and data are the source's".into(),
+        );
         let uefi = match &src.spec.uefi {
             Some(u) => {
                 let vars = paths.uefi_vars();
                 std::fs::copy(&u.vars, &vars).map_err(OpsError::io("cannot copy UEFI variables to", &vars))?;
+                identity.unchanged.push("UEFI variables (boot entries) are a copy of the source's".into());
                 Some(crate::spec::UefiSpec { vars, ..u.clone() })
             }
             None => None,
         };
-        let uuid = uuid::Uuid::new_v4();
-        let mut nics = src.spec.nics.clone();
-        let mut taken: std::collections::HashSet<crate::ids::MacAddr> =
-            self.defined_specs().iter().flat_map(|s| s.nics.iter().map(|n| n.mac)).collect();
-        for (i, nic) in nics.iter_mut().enumerate() {
-            nic.mac = crate::ids::MacAddr::pick_unique(&uuid, u8::try_from(i).unwrap_or(u8::MAX), &taken)
-                .map_err(|e| OpsError::Taken { what: "every candidate MAC".into(), by: e.to_string() })?;
-            taken.insert(nic.mac);
-        }
-        Ok(VmSpec {
+        let spec = VmSpec {
             name: name.clone(),
             uuid,
             created_at: now_ms() / 1000,
@@ -170,8 +262,70 @@ impl Ops {
             template: false,
             ignition: None,
             uefi,
-            ..src.spec.clone()
-        })
+            ..base
+        };
+        Ok((spec, identity))
+    }
+
+    /// The forwards of the clone's user-mode NICs: `given` on the first, free host
+    /// ports for the source's everywhere else.
+    fn clone_forwards(&self, nics: &mut [crate::spec::NicSpec], given: Option<&[PortForward]>) -> Result<(), OpsError> {
+        let mut planned: Vec<PortForward> = given.unwrap_or_default().to_vec();
+        let mut first = true;
+        for nic in nics.iter_mut() {
+            let NetworkMode::User { port_forwards } = &mut nic.mode else { continue };
+            *port_forwards = match (first, given) {
+                (true, Some(g)) => g.to_vec(),
+                _ => self.free_forwards(port_forwards, &mut planned)?,
+            };
+            first = false;
+        }
+        if first && given.is_some_and(|g| !g.is_empty()) {
+            return Err(OpsError::invalid("port_forwards", "the source has no user-mode NIC to forward ports to"));
+        }
+        Ok(())
+    }
+
+    /// The clone's seed image from the source's seed `d`, and what it changes.
+    fn renew_seed(
+        src: &Vm,
+        d: &DiskSpec,
+        instance_id: &str,
+        hostname: &str,
+        macs: &[(String, String)],
+        identity: &mut CloneIdentity,
+    ) -> Result<Vec<u8>, OpsError> {
+        let files = storage::read_fat_files(
+            &d.path,
+            &["user-data", "network-config"],
+            MAX_SEED_IMAGE_BYTES,
+            MAX_SEED_FILE_BYTES,
+        )
+        .map_err(OpsError::io("cannot read the seed of the source", &d.path))?;
+        let text = |b: &Option<Vec<u8>>| b.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+        let user_data = text(&files[0]).unwrap_or_else(|| "#cloud-config\n".into());
+        let renewed = reseed::renew(&user_data, text(&files[1]).as_deref(), instance_id, hostname, macs)
+            .map_err(|e| OpsError::invalid("source", format!("VM {:?}: {e}", src.spec.name.as_str())))?;
+        let image = storage::fat_image(cloudinit::SEED_LABEL, &renewed.seed.files())
+            .map_err(OpsError::io("cannot build the seed of", &d.path))?;
+        identity.instance_id = Some(instance_id.to_owned());
+        identity.hostname = Some(hostname.to_owned());
+        identity.reset.extend([
+            format!("cloud-init instance-id: {instance_id} (a new seed: cloud-init runs as on a first boot)"),
+            format!("host name: {hostname} (seed meta-data, with manage_etc_hosts)"),
+            "SSH host keys: cloud-init deletes and regenerates them on the clone's first boot".into(),
+            "network: cloud-init renders it again for the clone's NICs".into(),
+        ]);
+        if renewed.machine_id_reset {
+            identity.reset.push(
+                "machine-id: a seed bootcmd, once per instance (cloud-init-per), removes /etc/machine-id and runs systemd-machine-id-setup".into(),
+            );
+            identity.unchanged.push(
+                "until that bootcmd runs on the first boot, services started before it (journald, a DHCP client id derived from the machine-id) use the source's machine-id".into(),
+            );
+        }
+        identity.unchanged.extend(renewed.kept);
+        Ok(image)
     }
 
     fn disk_index(vm: &Vm, disk: Option<usize>) -> Result<usize, OpsError> {

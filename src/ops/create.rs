@@ -40,14 +40,12 @@ pub struct CreateRequest {
     /// QEMU profile for the guest OS, from `list_profiles`.
     #[serde(default)]
     pub os_variant: Option<String>,
-    /// The disk: an existing image (qcow2 or raw) in an image directory (`list_images`), used in place; or
-    /// a new one, `{"type": "master", "image": ...}`, `{"type": "install", "iso": ...}`, `{"type": "blank"}`.
-    /// Default: an overlay on the configured master image. (`disk_source` is another name for it.)
+    /// An image path (`list_images`), used in place; or a new disk by `type`. Default: an overlay on the
+    /// configured master image.
     #[serde(default, alias = "disk_source")]
     #[schemars(with = "Option<super::disks::DiskSourceWire>")]
     pub disk: Option<DiskSource>,
-    /// A Linux kernel in the kernel (default: image) directories to boot instead of a disk, with `initrd` and
-    /// `cmdline`.
+    /// A Linux kernel from the kernel directories to boot directly.
     #[serde(default)]
     pub kernel: Option<PathBuf>,
     /// An initrd for `kernel`.
@@ -59,15 +57,13 @@ pub struct CreateRequest {
     /// "user" (QEMU's NAT), "none", or a host bridge name.
     #[serde(default)]
     pub network: Option<String>,
-    /// Host ports forwarded into the guest on a "user" `network`, for example [{"host_port": 2222,
-    /// "guest_port": 22}] for SSH at 127.0.0.1:2222.
+    /// Forwards into the guest on a "user" `network`, e.g. [{"host_port": 2222, "guest_port": 22}].
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
     /// Up to 8 NICs instead of `network` and `port_forwards`.
     #[serde(default)]
     pub nics: Vec<NicRequest>,
-    /// When QEMU exits on its own: "never" (default), "on-failure" (restart after a crash) or "always" (also
-    /// after a guest poweroff).
+    /// Restart when QEMU exits on its own: "never" (default), "on-failure" or "always".
     #[serde(default)]
     pub restart_policy: Option<RestartPolicy>,
     /// Start it right away.
@@ -212,6 +208,7 @@ impl Ops {
             template: false,
             ignition: None,
             uefi: None,
+            addresses: crate::spec::StandardAddrs::default(),
             install_boot: false,
         };
         self.make_vm_dir(&name, &paths)?;
@@ -220,6 +217,7 @@ impl Ops {
         guard.own_disks(&plan);
         Self::write_disks(&plan, &paths)?;
         Self::write_provisioning(&prov, &mut spec, &paths)?;
+        crate::qemu::addresses::record(&mut spec, &profile).map_err(OpsError::addresses(name.as_str()))?;
         Self::commit_definition(&paths, &spec)?;
         guard.commit();
         drop(lock);

@@ -41,9 +41,9 @@ pub enum DiskSource {
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum DiskSourceWire {
-    /// An existing image (qcow2 or raw) in an image directory, used in place.
+    /// Image path.
     Path(PathBuf),
-    /// A new disk by kind.
+    /// A disk by kind.
     Kind(DiskKind),
 }
 
@@ -51,24 +51,25 @@ pub enum DiskSourceWire {
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DiskKind {
-    /// An existing image, used in place.
+    /// An existing image.
+    #[schemars(skip)]
     Existing {
         /// Absolute path of the image in an image directory.
         path: PathBuf,
     },
-    /// A new overlay on a master image.
+    /// An overlay on a master image.
     Master {
-        /// Master image name or path (`list_images`); default: the configured one.
+        /// Default: the configured one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         image: Option<PathBuf>,
     },
-    /// A blank disk plus an installer ISO that boots first.
+    /// A blank disk and an installer ISO.
     Install {
-        /// ISO name or path (`list_isos`); default: the configured one.
+        /// Default: the configured one.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         iso: Option<PathBuf>,
     },
-    /// A blank disk of `disk_size_gib`.
+    /// A blank disk.
     Blank,
 }
 
@@ -196,7 +197,15 @@ fn disk_format(f: ImageFormat) -> DiskFormat {
 }
 
 fn owned_disk(path: PathBuf) -> DiskSpec {
-    DiskSpec { path, format: DiskFormat::Qcow2, media: Media::Disk, readonly: false, owned: true, ejected: false }
+    DiskSpec {
+        path,
+        format: DiskFormat::Qcow2,
+        media: Media::Disk,
+        readonly: false,
+        owned: true,
+        ejected: false,
+        addr: None,
+    }
 }
 
 /// `size_gib` checked against the limits.
@@ -336,6 +345,7 @@ impl Ops {
                     readonly: true,
                     owned: false,
                     ejected: false,
+                    addr: None,
                 });
                 plan.install = true;
             }

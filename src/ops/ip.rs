@@ -96,14 +96,11 @@ fn agent_answer(
     by_mac: Option<&HashMap<MacAddr, Vec<AgentIface>>>,
     mac: MacAddr,
 ) -> Option<(Vec<IpAnswer>, Option<String>, Option<String>)> {
-    let ifaces = match by_mac?.get(&mac) {
-        Some(found) => found,
-        None => {
-            let note = format!(
-                "the guest agent reports no interface with MAC {mac}; the guest may have no driver for the NIC's model"
-            );
-            return Some((Vec::new(), None, Some(note)));
-        }
+    let Some(ifaces) = by_mac?.get(&mac) else {
+        let note = format!(
+            "the guest agent reports no interface with MAC {mac}; the guest may have no driver for the NIC's model"
+        );
+        return Some((Vec::new(), None, Some(note)));
     };
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).filter(|n| !n.is_empty()).collect();
     let name = (!names.is_empty()).then(|| names.join(", "));

@@ -47,6 +47,8 @@ impl Ops {
                         format!("profile {:?} of VM {name:?} has no CD-ROM bus", profile.name),
                     ));
                 }
+                // What is there keeps its place; the drive takes a free port.
+                crate::qemu::addresses::record(&mut vm.spec, profile).map_err(OpsError::addresses(name))?;
                 vm.spec.disks.push(DiskSpec {
                     path: iso.clone(),
                     format: DiskFormat::Raw,
@@ -54,7 +56,9 @@ impl Ops {
                     readonly: true,
                     owned: false,
                     ejected: true,
+                    addr: None,
                 });
+                crate::qemu::addresses::record(&mut vm.spec, profile).map_err(OpsError::addresses(name))?;
                 vm.spec.disks.len() - 1
             }
         };

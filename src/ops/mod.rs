@@ -42,7 +42,7 @@ use std::time::Duration;
 
 pub use crate::progress::{Progress, ProgressFn, no_progress};
 pub use agent::GuestExecRequest;
-pub use clone::CloneRequest;
+pub use clone::{CloneIdentity, CloneReport, CloneRequest};
 pub use console::ConsoleQuery;
 pub use create::CreateRequest;
 pub use disks::{DeleteOptions, DeleteReport, DiskSource};
@@ -148,6 +148,12 @@ pub enum OpsError {
         #[source]
         source: crate::agent::AgentError,
     },
+    #[error("VM {name:?}: device addresses")]
+    Addresses {
+        name: String,
+        #[source]
+        source: crate::qemu::addresses::AddrError,
+    },
 }
 
 impl OpsError {
@@ -175,6 +181,7 @@ impl OpsError {
             OpsError::Console { source, .. } => source.kind(),
             OpsError::Display { source, .. } => source.kind(),
             OpsError::Agent { source, .. } => source.kind(),
+            OpsError::Addresses { .. } => ErrorKind::InvalidInput,
         }
     }
 
@@ -185,6 +192,11 @@ impl OpsError {
 
     pub(crate) fn invalid(field: &str, reason: impl Into<String>) -> Self {
         OpsError::Invalid { field: field.into(), reason: reason.into() }
+    }
+
+    pub(crate) fn addresses(name: &str) -> impl FnOnce(crate::qemu::addresses::AddrError) -> Self {
+        let name = name.to_owned();
+        move |source| OpsError::Addresses { name, source }
     }
 
     pub(crate) fn storage(field: &str) -> impl FnOnce(crate::storage::StorageError) -> Self {

@@ -25,14 +25,13 @@ pub const NIC_MODELS: &[&str] =
 pub struct NicRequest {
     /// "user" (QEMU's NAT) or a bridge name.
     pub network: String,
-    /// MAC address, for example "52:54:00:12:34:56"; default: derived from the VM and NIC index.
+    /// MAC address; default: derived from the VM and NIC index.
     #[serde(default)]
     pub mac: Option<String>,
-    /// Device model (virtio-net-pci, virtio-net-device, e1000, e1000e, rtl8139, vmxnet3, ne2k_pci, pcnet);
-    /// default: the profile's.
+    /// Device model, e.g. e1000; default: the profile's.
     #[serde(default)]
     pub model: Option<String>,
-    /// Host ports forwarded into the guest ("user" NICs only).
+    /// Forwards into the guest ("user" NICs).
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
 }
@@ -92,6 +91,56 @@ impl Ops {
                         by: format!("VM {:?} (NIC {i}); pick another host port", s.name.as_str()),
                     });
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Forwards like `wanted` (same protocol, host address and guest side) on host
+    /// ports that no defined VM forwards, that `planned` does not hold, and that can be
+    /// bound now: from the wanted port up.
+    pub(crate) fn free_forwards(
+        &self,
+        wanted: &[PortForward],
+        planned: &mut Vec<PortForward>,
+    ) -> Result<Vec<PortForward>, OpsError> {
+        /// Candidates tried per forward before giving up.
+        const TRIES: u32 = 2000;
+        let specs = self.defined_specs();
+        let mut out = Vec::with_capacity(wanted.len());
+        for w in wanted {
+            let mut found = None;
+            for k in 1..=TRIES {
+                // Unprivileged ports only, wrapping round below 65536.
+                let port = (u32::from(w.host_port).max(1024) - 1024 + k) % (65536 - 1024) + 1024;
+                let f = PortForward { host_port: u16::try_from(port).unwrap_or(u16::MAX), ..*w };
+                let free = Self::check_forward_free(&f, &specs).is_ok()
+                    && !planned.iter().any(|p| p.clashes_with(&f))
+                    && crate::network::probe_host_port(&f).is_ok();
+                if free {
+                    found = Some(f);
+                    break;
+                }
+            }
+            let f = found.ok_or_else(|| OpsError::Taken {
+                what: format!("every host port tried for {}", w.host_rule()),
+                by: "other VMs or programs; give port_forwards".into(),
+            })?;
+            planned.push(f);
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    /// Checks forwards a caller gave for a new NIC: valid, not forwarded by any defined
+    /// VM, not twice among themselves.
+    pub(crate) fn check_new_forwards(&self, field: &str, forwards: &[PortForward]) -> Result<(), OpsError> {
+        let specs = self.defined_specs();
+        for (i, f) in forwards.iter().enumerate() {
+            f.validate().map_err(|e| OpsError::invalid(field, e.to_string()))?;
+            Self::check_forward_free(f, &specs)?;
+            if forwards[..i].iter().any(|p| p.clashes_with(f)) {
+                return Err(OpsError::invalid(field, format!("host port {} is forwarded twice", f.host_rule())));
             }
         }
         Ok(())
@@ -199,7 +248,7 @@ impl Ops {
                     format!("{m:?} is not one of {}", NIC_MODELS.join(", ")),
                 ));
             }
-            out.push(NicSpec { mode, mac, model: r.model.clone() });
+            out.push(NicSpec { mode, mac, model: r.model.clone(), addr: None });
         }
         Ok(out)
     }

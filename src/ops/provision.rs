@@ -109,6 +109,7 @@ impl Ops {
                 readonly: true,
                 owned: true,
                 ejected: false,
+                addr: None,
             });
         }
         if let Some(text) = &plan.ignition {

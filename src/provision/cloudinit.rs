@@ -1,12 +1,18 @@
 //! cloud-init NoCloud seeds: `meta-data`, `user-data` (`#cloud-config`) and
-//! `network-config` (version 2) built from per-call fields. Every scalar is written as
-//! a JSON string, which YAML reads as a double-quoted scalar, so no value can break
-//! out of its place.
+//! `network-config` (version 2) built from per-call fields, plus a caller's raw
+//! cloud-config merged beside them (see [`super::cloudconfig`]). Every generated scalar
+//! is written as a JSON string, which YAML reads as a double-quoted scalar, so no value
+//! can break out of its place.
+//!
+//! The host name goes into `meta-data` (`local-hostname`), which cloud-init uses when
+//! the user-data names none; `manage_etc_hosts: true` (the default) makes it resolvable
+//! in the guest. A copy of the VM gets a new seed from [`super::reseed`].
 
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::cloudconfig::{self, UserData, Y, q};
 use super::keys::{self, KeyDirs, MAX_SSH_KEYS};
 use super::{ProvisionError, check_hostname, check_user};
 
@@ -21,7 +27,7 @@ pub enum SeedNetwork {
     Dhcp,
     /// A fixed address.
     Static {
-        /// Address with prefix length, e.g. `192.168.122.10/24`.
+        /// e.g. `192.168.122.10/24`.
         address: String,
         /// Default gateway.
         #[serde(default)]
@@ -30,6 +36,29 @@ pub enum SeedNetwork {
         #[serde(default)]
         dns: Vec<String>,
     },
+}
+
+/// One file cloud-init writes on first boot (`write_files`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFile {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Text, or base64 when `base64`.
+    #[serde(default)]
+    pub content: String,
+    /// `content` is base64.
+    #[serde(default)]
+    pub base64: bool,
+    /// Octal mode, e.g. "0600".
+    #[serde(default)]
+    pub permissions: Option<String>,
+    /// "user:group".
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Append, not replace.
+    #[serde(default)]
+    pub append: bool,
 }
 
 /// What goes into a NoCloud seed.
@@ -42,8 +71,11 @@ pub struct CloudInitRequest {
     /// A user to create (with passwordless sudo); the image's default user when unset.
     #[serde(default)]
     pub user: Option<String>,
-    /// SSH public keys, each the key text (`ssh-ed25519 AAAA… comment`); at most 64.
-    /// A `.pub` file path is accepted only inside the server's key directories.
+    /// Extra groups of `user` (created when missing); at most 32.
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// SSH public keys as text; at most 64. Key file paths only from the server's key
+    /// directories.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
     /// crypt(3) hash of the user's password.
@@ -55,7 +87,24 @@ pub struct CloudInitRequest {
     /// Shell commands to run once on first boot (`runcmd`).
     #[serde(default)]
     pub run_commands: Vec<String>,
-    /// Network of the first NIC; the image's default (usually DHCP) when unset.
+    /// Files written on first boot; at most 64, 256 KiB in all.
+    #[serde(default)]
+    pub write_files: Vec<WriteFile>,
+    /// IANA time zone, e.g. "UTC".
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// cloud-init's `manage_etc_hosts`; default true.
+    #[serde(default)]
+    pub manage_etc_hosts: Option<bool>,
+    /// cloud-init's instance-id (letters, digits, '.', '_', '-'); default: the VM's
+    /// UUID. A new one makes the guest a new machine.
+    #[serde(default)]
+    pub instance_id: Option<String>,
+    /// More cloud-config, YAML or a JSON object (≤64 KiB), merged beside the fields
+    /// above; a key set both ways is refused. No scripts or multipart.
+    #[serde(default)]
+    pub user_data: Option<String>,
+    /// First NIC's network; default: the image's (usually DHCP).
     #[serde(default)]
     pub network: Option<SeedNetwork>,
 }
@@ -68,8 +117,23 @@ pub struct Seed {
     pub network_config: Option<String>,
 }
 
-fn q(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+impl Seed {
+    /// The files as the seed image holds them.
+    #[must_use]
+    pub fn files(&self) -> Vec<(&'static str, &[u8])> {
+        let mut files: Vec<(&'static str, &[u8])> =
+            vec![("meta-data", self.meta_data.as_bytes()), ("user-data", self.user_data.as_bytes())];
+        if let Some(n) = &self.network_config {
+            files.push(("network-config", n.as_bytes()));
+        }
+        files
+    }
+}
+
+/// `meta-data` naming the instance and the host.
+#[must_use]
+pub fn meta_data(instance_id: &str, hostname: &str) -> String {
+    format!("instance-id: {}\nlocal-hostname: {}\n", q(instance_id), q(hostname))
 }
 
 fn ip(field: &str, s: &str) -> Result<IpAddr, ProvisionError> {
@@ -111,9 +175,15 @@ fn network_config(net: &SeedNetwork, mac: Option<&str>) -> Result<String, Provis
     Ok(y)
 }
 
-/// Builds the seed for instance `instance_id`; `vm_name` is the default host name and
-/// `mac` the first NIC's address (matched by the network config); key files are read
-/// only from `key_dirs`.
+/// The host name a VM called `vm_name` gets when none is given.
+#[must_use]
+pub fn default_hostname(vm_name: &str) -> String {
+    vm_name.replace(['_', '.'], "-")
+}
+
+/// Builds the seed; `instance_id` is the default instance-id (the VM's UUID),
+/// `vm_name` gives the default host name and `mac` is the first NIC's address
+/// (matched by the network config); key files are read only from `key_dirs`.
 ///
 /// # Errors
 /// [`ProvisionError`] naming the field.
@@ -124,9 +194,27 @@ pub fn build(
     mac: Option<&str>,
     key_dirs: KeyDirs<'_>,
 ) -> Result<Seed, ProvisionError> {
-    let hostname = req.hostname.clone().unwrap_or_else(|| vm_name.replace(['_', '.'], "-"));
+    let hostname = req.hostname.clone().unwrap_or_else(|| default_hostname(vm_name));
     check_hostname("cloud_init.hostname", &hostname)?;
-    let meta_data = format!("instance-id: {}\nlocal-hostname: {}\n", q(instance_id), q(&hostname));
+    let instance_id = match &req.instance_id {
+        Some(i) => {
+            check_instance_id(i)?;
+            i.as_str()
+        }
+        None => instance_id,
+    };
+    let meta_data = meta_data(instance_id, &hostname);
+    let theirs =
+        req.user_data.as_deref().map(|t| cloudconfig::parse_user_data("cloud_init.user_data", t)).transpose()?;
+    let their_keys = theirs.as_ref().map(UserData::keys).unwrap_or_default();
+    let mut ours: Vec<(String, Y, &str)> = Vec::new();
+    match req.manage_etc_hosts {
+        Some(m) => ours.push(("manage_etc_hosts".into(), Y::Bool(m), "cloud_init.manage_etc_hosts")),
+        None if !their_keys.iter().any(|k| k == "manage_etc_hosts") => {
+            ours.push(("manage_etc_hosts".into(), Y::Bool(true), "cloud_init.manage_etc_hosts"));
+        }
+        None => {}
+    }
     if req.ssh_keys.len() > MAX_SSH_KEYS {
         return Err(keys::too_many("cloud_init.ssh_keys"));
     }
@@ -137,27 +225,39 @@ pub fn build(
             return Err(keys::too_many("cloud_init.ssh_keys"));
         }
     }
-    let mut u = format!("#cloud-config\nhostname: {}\n", q(&hostname));
-    let key_list = |indent: &str| keys.iter().map(|k| format!("{indent}- {}\n", q(k))).collect::<String>();
     if let Some(user) = &req.user {
         check_user("cloud_init.user", user)?;
-        u.push_str(&format!("users:\n  - default\n  - name: {}\n", q(user)));
-        u.push_str("    sudo: \"ALL=(ALL) NOPASSWD:ALL\"\n    shell: \"/bin/bash\"\n");
+        let mut u = vec![
+            ("name".to_owned(), Y::str(user)),
+            ("sudo".into(), Y::str("ALL=(ALL) NOPASSWD:ALL")),
+            ("shell".into(), Y::str("/bin/bash")),
+        ];
         if let Some(h) = &req.password_hash {
-            u.push_str(&format!("    lock_passwd: false\n    passwd: {}\n", q(h)));
+            u.push(("lock_passwd".into(), Y::Bool(false)));
+            u.push(("passwd".into(), Y::str(h)));
+        }
+        if !req.groups.is_empty() {
+            check_groups(&req.groups)?;
+            u.push(("groups".into(), Y::strs(&req.groups)));
         }
         if !keys.is_empty() {
-            u.push_str("    ssh_authorized_keys:\n");
-            u.push_str(&key_list("      "));
+            u.push(("ssh_authorized_keys".into(), Y::strs(&keys)));
         }
+        ours.push(("users".into(), Y::Seq(vec![Y::str("default"), Y::Map(u)]), "cloud_init.user"));
     } else {
         if req.password_hash.is_some() {
             return Err(ProvisionError::invalid("cloud_init.password_hash", "set user too: the hash is that user's"));
         }
-        if !keys.is_empty() {
-            u.push_str("ssh_authorized_keys:\n");
-            u.push_str(&key_list("  "));
+        if !req.groups.is_empty() {
+            return Err(ProvisionError::invalid("cloud_init.groups", "set user too: the groups are that user's"));
         }
+        if !keys.is_empty() {
+            ours.push(("ssh_authorized_keys".into(), Y::strs(&keys), "cloud_init.ssh_keys"));
+        }
+    }
+    if let Some(tz) = &req.timezone {
+        check_timezone(tz)?;
+        ours.push(("timezone".into(), Y::str(tz), "cloud_init.timezone"));
     }
     if req.packages.len() > MAX_PACKAGES {
         return Err(ProvisionError::invalid(
@@ -166,11 +266,13 @@ pub fn build(
         ));
     }
     if !req.packages.is_empty() {
-        u.push_str("packages:\n");
         for p in &req.packages {
             check_package(p)?;
-            u.push_str(&format!("  - {}\n", q(p)));
         }
+        ours.push(("packages".into(), Y::strs(&req.packages), "cloud_init.packages"));
+    }
+    if !req.write_files.is_empty() {
+        ours.push(("write_files".into(), write_files(&req.write_files)?, "cloud_init.write_files"));
     }
     if req.run_commands.len() > MAX_RUN_COMMANDS {
         return Err(ProvisionError::invalid(
@@ -179,14 +281,133 @@ pub fn build(
         ));
     }
     if !req.run_commands.is_empty() {
-        u.push_str("runcmd:\n");
         for c in &req.run_commands {
             check_command(c)?;
-            u.push_str(&format!("  - {}\n", q(c)));
         }
+        ours.push(("runcmd".into(), Y::strs(&req.run_commands), "cloud_init.run_commands"));
     }
+    if let Some((k, _, by)) = ours.iter().find(|(k, ..)| their_keys.contains(k)) {
+        return Err(ProvisionError::invalid(
+            "cloud_init.user_data",
+            format!("sets {}, which {by} sets too; set it in one place", q(k)),
+        ));
+    }
+    let ours: Vec<(String, Y)> = ours.into_iter().map(|(k, v, _)| (k, v)).collect();
+    let user_data = cloudconfig::document("cloud_init.user_data", &ours, theirs.as_ref())?;
     let network_config = req.network.as_ref().map(|n| network_config(n, mac)).transpose()?;
-    Ok(Seed { meta_data, user_data: u, network_config })
+    Ok(Seed { meta_data, user_data, network_config })
+}
+
+/// Most files one seed writes.
+pub const MAX_WRITE_FILES: usize = 64;
+/// Most content bytes of all `write_files` together.
+pub const MAX_WRITE_FILES_BYTES: usize = 256 << 10;
+/// Most supplementary groups.
+pub const MAX_GROUPS: usize = 32;
+/// Longest instance-id.
+pub const MAX_INSTANCE_ID_CHARS: usize = 128;
+
+fn write_files(files: &[WriteFile]) -> Result<Y, ProvisionError> {
+    let field = "cloud_init.write_files";
+    if files.len() > MAX_WRITE_FILES {
+        return Err(ProvisionError::invalid(field, format!("{} files given; at most {MAX_WRITE_FILES}", files.len())));
+    }
+    let total: usize = files.iter().map(|f| f.content.len()).sum();
+    if total > MAX_WRITE_FILES_BYTES {
+        return Err(ProvisionError::invalid(
+            field,
+            format!("{total} bytes of content; at most {MAX_WRITE_FILES_BYTES} in all (copy bigger files in later)"),
+        ));
+    }
+    let mut out = Vec::with_capacity(files.len());
+    for (i, f) in files.iter().enumerate() {
+        let at = |what: &str| format!("{field}[{i}].{what}");
+        let path_ok = f.path.starts_with('/')
+            && f.path.len() <= 4096
+            && !f.path.chars().any(char::is_control)
+            && !f.path.ends_with('/');
+        if !path_ok {
+            return Err(ProvisionError::invalid(
+                &at("path"),
+                format!("{} is not an absolute file path (one line, at most 4096 bytes)", crate::error::quote(&f.path)),
+            ));
+        }
+        let mut e = vec![("path".to_owned(), Y::str(&f.path)), ("content".into(), Y::str(&f.content))];
+        if f.base64 {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(f.content.trim())
+                .map_err(|err| ProvisionError::invalid(&at("content"), format!("is not base64: {err}")))?;
+            e.push(("encoding".into(), Y::str("b64")));
+        }
+        if let Some(p) = &f.permissions {
+            let ok = (3..=4).contains(&p.len()) && p.chars().all(|c| ('0'..='7').contains(&c));
+            if !ok {
+                return Err(ProvisionError::invalid(
+                    &at("permissions"),
+                    format!("{} is not an octal mode such as \"0644\"", crate::error::quote(p)),
+                ));
+            }
+            let mode = if p.len() == 3 { format!("0{p}") } else { p.clone() };
+            e.push(("permissions".into(), Y::str(mode)));
+        }
+        if let Some(o) = &f.owner {
+            let (u, g) = o.split_once(':').unwrap_or((o, o));
+            check_user(&at("owner"), u).and_then(|()| check_user(&at("owner"), g))?;
+            e.push(("owner".into(), Y::str(o)));
+        }
+        if f.append {
+            e.push(("append".into(), Y::Bool(true)));
+        }
+        out.push(Y::Map(e));
+    }
+    Ok(Y::Seq(out))
+}
+
+fn check_groups(groups: &[String]) -> Result<(), ProvisionError> {
+    if groups.len() > MAX_GROUPS {
+        return Err(ProvisionError::invalid(
+            "cloud_init.groups",
+            format!("{} groups given; at most {MAX_GROUPS}", groups.len()),
+        ));
+    }
+    groups.iter().try_for_each(|g| check_user("cloud_init.groups", g))
+}
+
+/// An IANA time zone name: `UTC`, `Area/City`, `Area/Sub/City`.
+fn check_timezone(tz: &str) -> Result<(), ProvisionError> {
+    let ok = !tz.is_empty()
+        && tz.len() <= 64
+        && tz.split('/').all(|p| {
+            !p.is_empty() && p != "." && p != ".." && p.chars().all(|c| c.is_ascii_alphanumeric() || "_+-".contains(c))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::invalid(
+            "cloud_init.timezone",
+            format!("{} is not a time zone name such as \"Europe/Berlin\" or \"UTC\"", crate::error::quote(tz)),
+        ))
+    }
+}
+
+/// An instance-id: cloud-init makes it a directory name.
+pub(crate) fn check_instance_id(id: &str) -> Result<(), ProvisionError> {
+    let ok = !id.is_empty()
+        && id.chars().count() <= MAX_INSTANCE_ID_CHARS
+        && !id.starts_with('.')
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProvisionError::invalid(
+            "cloud_init.instance_id",
+            format!(
+                "{} is not an instance-id (letters, digits, '.', '_' and '-', at most {MAX_INSTANCE_ID_CHARS}, not starting with '.')",
+                crate::error::quote(id)
+            ),
+        ))
+    }
 }
 
 /// Most packages one seed installs.

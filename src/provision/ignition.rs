@@ -16,18 +16,17 @@ pub const IGNITION_VERSION: &str = "3.4.0";
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IgnitionRequest {
-    /// Host name (`/etc/hostname`).
+    /// Host name.
     pub hostname: Option<String>,
-    /// User to create (FCOS's is `core`).
+    /// User to create.
     pub user: Option<String>,
-    /// An SSH public key as text (`ssh-ed25519 AAAA… comment`). A `.pub` file path is
-    /// accepted only inside the server's key directories.
+    /// SSH public key as text; key file paths only from the server's key directories.
     pub ssh_key: Option<String>,
-    /// Time zone such as `Europe/Berlin` (`/etc/localtime`).
+    /// Time zone, e.g. `UTC`.
     pub timezone: Option<String>,
-    /// Locale such as `en_US.UTF-8` (`/etc/locale.conf`).
+    /// Locale, e.g. `en_US.UTF-8`.
     pub locale: Option<String>,
-    /// crypt(3) hash of the user's password (`mkpasswd -m sha-512`).
+    /// crypt(3) password hash.
     pub password_hash: Option<String>,
 }
 

@@ -1,11 +1,14 @@
 //! Getting a new guest ready: Ignition configs for Fedora CoreOS, cloud-init NoCloud
 //! seeds, UEFI firmware, and the install phase of ISO installs (CD-ROM first until
-//! the installer reboots or powers off). Builders here are pure; `ops` writes files.
+//! the installer reboots or powers off), and the new seed a copy of a VM gets. Builders
+//! here are pure; `ops` writes files.
 
+pub mod cloudconfig;
 pub mod cloudinit;
 pub mod ignition;
 pub mod install;
 pub mod keys;
+pub mod reseed;
 
 /// A provisioning field that cannot be used.
 #[derive(Debug, thiserror::Error)]

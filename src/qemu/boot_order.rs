@@ -68,7 +68,15 @@ mod tests {
     use crate::spec::{Boot, DiskFormat, DiskSpec, RestartPolicy, SPEC_VERSION, UefiSpec};
 
     fn disk(media: Media) -> DiskSpec {
-        DiskSpec { path: "/vm/x".into(), format: DiskFormat::Raw, media, readonly: false, owned: false, ejected: false }
+        DiskSpec {
+            path: "/vm/x".into(),
+            format: DiskFormat::Raw,
+            media,
+            readonly: false,
+            owned: false,
+            ejected: false,
+            addr: None,
+        }
     }
 
     fn spec(disks: Vec<DiskSpec>, install_boot: bool) -> VmSpec {
@@ -87,6 +95,7 @@ mod tests {
             template: false,
             ignition: None,
             uefi: None,
+            addresses: crate::spec::StandardAddrs::default(),
             install_boot,
         }
     }

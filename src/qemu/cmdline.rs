@@ -12,10 +12,11 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::addresses::Layout;
 use crate::layout::VmPaths;
 use crate::qemu::accel::Accel;
-use crate::qemu::profile::{CdromBus, DiskBus, Display, Machine, Profile};
-use crate::spec::{Boot, Media, NetworkMode, VmSpec};
+use crate::qemu::profile::{Display, Machine, Profile};
+use crate::spec::{Boot, DevAddr, Media, NetworkMode, VmSpec};
 use crate::storage::ImageFormat;
 
 /// QEMU's seccomp filter: every option QEMU 7.2 offers, at its strictest. `obsolete`
@@ -145,12 +146,16 @@ pub enum CmdlineError {
     MicrovmNeedsKernel { profile: String },
     #[error("profile {profile:?} has no CD-ROM bus; use another os_variant for ISO media")]
     NoCdromBus { profile: String },
-    #[error("{disks} disks do not fit on the {bus} bus of profile {profile:?} (at most {max})")]
-    TooManyDisks { profile: String, bus: &'static str, disks: usize, max: usize },
     #[error("NIC {index} is bridged but no tap descriptor was planned for it")]
     MissingTap { index: usize },
     #[error("disk {index} has no checked backing chain")]
     MissingChain { index: usize },
+    #[error("device addresses of profile {profile:?}")]
+    Addresses {
+        profile: String,
+        #[source]
+        source: super::addresses::AddrError,
+    },
 }
 
 /// `a,b` → `a,,b` for QEMU's key=value parser.
@@ -182,6 +187,12 @@ pub fn build(
 ) -> Result<Vec<String>, CmdlineError> {
     let mmio = profile.is_mmio();
     let dev = |pci: &str, mmio_name: &str| if mmio { mmio_name.to_owned() } else { pci.to_owned() };
+    let layout = match super::addresses::resolve(spec, profile) {
+        Ok(l) => l,
+        Err(super::addresses::AddrError::NoCdromBus { profile }) => return Err(CmdlineError::NoCdromBus { profile }),
+        Err(source) => return Err(CmdlineError::Addresses { profile: profile.name.clone(), source }),
+    };
+    let at = |a: Option<DevAddr>| a.map(|a| place(a, profile.machine)).unwrap_or_default();
     let mut a = Args(Vec::with_capacity(64));
     a.push("-name", format!("{},debug-threads=on", spec.name));
     a.push("-uuid", spec.uuid.to_string());
@@ -237,11 +248,12 @@ pub fn build(
     );
     a.push("-serial", "chardev:serial0");
 
+    let video = at(layout.video);
     match profile.display {
         Display::None => {}
-        Display::Std => a.push("-device", "VGA,id=video0"),
-        Display::Virtio => a.push("-device", "virtio-vga,id=video0"),
-        Display::Cirrus => a.push("-device", "cirrus-vga,id=video0"),
+        Display::Std => a.push("-device", format!("VGA,id=video0{video}")),
+        Display::Virtio => a.push("-device", format!("virtio-vga,id=video0{video}")),
+        Display::Cirrus => a.push("-device", format!("cirrus-vga,id=video0{video}")),
     }
     if profile.machine != Machine::Microvm {
         // Lets a panicking guest report it (GUEST_PANICKED), so crashes get a reason.
@@ -249,20 +261,29 @@ pub fn build(
     }
     if profile.devices.rng {
         a.push("-object", "rng-random,id=rng0,filename=/dev/urandom");
-        a.push("-device", format!("{},rng=rng0,id=rng0-dev", dev("virtio-rng-pci", "virtio-rng-device")));
+        a.push(
+            "-device",
+            format!("{},rng=rng0,id=rng0-dev{}", dev("virtio-rng-pci", "virtio-rng-device"), at(layout.rng)),
+        );
     }
     if profile.devices.balloon {
-        a.push("-device", format!("{},id=balloon0", dev("virtio-balloon-pci", "virtio-balloon-device")));
+        a.push(
+            "-device",
+            format!("{},id=balloon0{}", dev("virtio-balloon-pci", "virtio-balloon-device"), at(layout.balloon)),
+        );
     }
     if profile.devices.guest_agent {
-        a.push("-device", format!("{},id=vser0", dev("virtio-serial-pci", "virtio-serial-device")));
+        a.push(
+            "-device",
+            format!("{},id=vser0{}", dev("virtio-serial-pci", "virtio-serial-device"), at(layout.serial)),
+        );
         a.push("-chardev", format!("socket,id=qga0,path={},server=on,wait=off", esc(&paths.qga_sock())));
         a.push("-device", "virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0");
     }
 
     super::boot_order::firmware(&mut a.0, spec);
-    disks(&mut a, spec, profile, &host.chains)?;
-    nics(&mut a, spec, profile, fds)?;
+    disks(&mut a, spec, profile, &host.chains, &layout)?;
+    nics(&mut a, spec, profile, fds, &layout)?;
 
     match &spec.boot {
         Boot::Disk => {
@@ -306,13 +327,27 @@ fn blockdev(node: &str, chain: &[ChainNode], read_only_top: bool) -> Value {
     below
 }
 
-fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile, chains: &[Vec<ChainNode>]) -> Result<(), CmdlineError> {
+/// `,addr=…` / `,bus=…` for a device at `a` (a leading comma, so it appends).
+fn place(a: DevAddr, machine: Machine) -> String {
+    match a {
+        DevAddr::Pci { slot, function } => format!(",addr={slot:02x}.{function}"),
+        DevAddr::Mmio(n) => format!(",bus=virtio-mmio-bus.{n}"),
+        DevAddr::Ata(n) if machine == Machine::Q35 => format!(",bus=ide.{n}"),
+        DevAddr::Ata(n) => format!(",bus=ide.{},unit={}", n / 2, n % 2),
+        DevAddr::Scsi(n) => format!(",bus=scsi0.0,scsi-id={n},lun=0"),
+    }
+}
+
+fn disks(
+    a: &mut Args,
+    spec: &VmSpec,
+    profile: &Profile,
+    chains: &[Vec<ChainNode>],
+    layout: &Layout,
+) -> Result<(), CmdlineError> {
     let mmio = profile.is_mmio();
     let boot_from_disk = matches!(spec.boot, Boot::Disk);
     let mut scsi_added = false;
-    // Slots on the machine's built-in IDE/AHCI controllers, shared by disks and CD-ROMs.
-    let mut ata_slot = 0usize;
-    let ata_max = if profile.machine == Machine::Q35 { 6 } else { 4 };
     let boot_index = super::boot_order::boot_indexes(spec);
     for (i, d) in spec.disks.iter().enumerate() {
         let node = format!("disk{i}");
@@ -321,52 +356,28 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile, chains: &[Vec<ChainNode
             let chain = chains.get(i).filter(|c| !c.is_empty()).ok_or(CmdlineError::MissingChain { index: i })?;
             a.push("-blockdev", blockdev(&node, chain, ro).to_string());
         }
-        let bus = match d.media {
-            Media::Disk => match profile.disk_bus {
-                DiskBus::Virtio => "virtio",
-                DiskBus::Scsi => "scsi",
-                DiskBus::Sata | DiskBus::Ide => "ata",
-            },
-            Media::Cdrom => match profile.cdrom_bus {
-                CdromBus::None => return Err(CmdlineError::NoCdromBus { profile: profile.name.clone() }),
-                CdromBus::Scsi => "scsi",
-                CdromBus::Ide | CdromBus::Sata => "ata",
-            },
-        };
-        let mut device = match (bus, d.media) {
-            ("virtio", _) => {
-                format!("{},drive={node},id={node}-dev", if mmio { "virtio-blk-device" } else { "virtio-blk-pci" })
+        let addr = layout.disks[i];
+        let place = place(addr, profile.machine);
+        let drive = if d.ejected { String::new() } else { format!(",drive={node}") };
+        let mut device = match (addr, d.media) {
+            (DevAddr::Pci { .. } | DevAddr::Mmio(_), _) => {
+                let model = if mmio { "virtio-blk-device" } else { "virtio-blk-pci" };
+                format!("{model}{drive},id={node}-dev{place}")
             }
-            ("scsi", media) => {
+            (DevAddr::Scsi(_), media) => {
                 if !scsi_added {
-                    a.push("-device", "virtio-scsi-pci,id=scsi0");
+                    let ctl = layout.scsi.map(|c| self::place(c, profile.machine)).unwrap_or_default();
+                    a.push("-device", format!("virtio-scsi-pci,id=scsi0{ctl}"));
                     scsi_added = true;
                 }
                 let kind = if media == Media::Cdrom { "scsi-cd" } else { "scsi-hd" };
-                format!("{kind},drive={node},bus=scsi0.0,id={node}-dev")
+                format!("{kind}{drive},id={node}-dev{place}")
             }
-            (_, media) => {
-                if ata_slot >= ata_max {
-                    return Err(CmdlineError::TooManyDisks {
-                        profile: profile.name.clone(),
-                        bus: "IDE/SATA",
-                        disks: spec.disks.len(),
-                        max: ata_max,
-                    });
-                }
+            (DevAddr::Ata(_), media) => {
                 let kind = if media == Media::Cdrom { "ide-cd" } else { "ide-hd" };
-                let place = if profile.machine == Machine::Q35 {
-                    format!("bus=ide.{ata_slot}")
-                } else {
-                    format!("bus=ide.{},unit={}", ata_slot / 2, ata_slot % 2)
-                };
-                ata_slot += 1;
-                format!("{kind},drive={node},{place},id={node}-dev")
+                format!("{kind}{drive},id={node}-dev{place}")
             }
         };
-        if d.ejected {
-            device = device.replace(&format!("drive={node},"), "");
-        }
         if let Some(n) = boot_index[i].filter(|_| boot_from_disk && !mmio) {
             let _ = write!(device, ",bootindex={n}");
         }
@@ -375,7 +386,7 @@ fn disks(a: &mut Args, spec: &VmSpec, profile: &Profile, chains: &[Vec<ChainNode
     Ok(())
 }
 
-fn nics(a: &mut Args, spec: &VmSpec, profile: &Profile, fds: &FdPlan) -> Result<(), CmdlineError> {
+fn nics(a: &mut Args, spec: &VmSpec, profile: &Profile, fds: &FdPlan, layout: &Layout) -> Result<(), CmdlineError> {
     let mut taps = fds.taps.iter();
     for (i, n) in spec.nics.iter().enumerate() {
         let id = format!("net{i}");
@@ -394,7 +405,10 @@ fn nics(a: &mut Args, spec: &VmSpec, profile: &Profile, fds: &FdPlan) -> Result<
         }
         let model = n.model.clone().unwrap_or_else(|| profile.nic_model.clone());
         let model = if profile.is_mmio() { "virtio-net-device".to_owned() } else { model };
-        a.push("-device", format!("{model},netdev={id},mac={},id={id}-dev", n.mac));
+        a.push(
+            "-device",
+            format!("{model},netdev={id},mac={},id={id}-dev{}", n.mac, place(layout.nics[i], profile.machine)),
+        );
     }
     Ok(())
 }
@@ -423,19 +437,27 @@ mod tests {
                 readonly: false,
                 owned: false,
                 ejected: false,
+                addr: None,
             }],
             nics: vec![
-                NicSpec { mode: NetworkMode::user(), mac: "52:54:00:12:34:56".parse().unwrap(), model: None },
+                NicSpec {
+                    mode: NetworkMode::user(),
+                    mac: "52:54:00:12:34:56".parse().unwrap(),
+                    model: None,
+                    addr: None,
+                },
                 NicSpec {
                     mode: NetworkMode::Bridge { bridge: "brforvms".into() },
                     mac: "52:54:00:12:34:57".parse().unwrap(),
                     model: None,
+                    addr: None,
                 },
             ],
             restart_policy: RestartPolicy::Never,
             template: false,
             ignition: None,
             uefi: None,
+            addresses: crate::spec::StandardAddrs::default(),
             install_boot: false,
         }
     }

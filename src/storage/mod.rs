@@ -29,7 +29,7 @@ pub use qcow2::{
     CreateOptions, MAX_CHAIN_LEN, SnapshotInfo, create_blank, create_overlay, inspect, inspect_as, inspect_host_file,
     resize_offline, resize_offline_as, resolve_chain, snapshots,
 };
-pub use seed::{fat_image, write_fat_image};
+pub use seed::{fat_image, read_fat_files, write_fat_image};
 
 /// On-disk format of an image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]

@@ -47,6 +47,48 @@ pub fn fat_image(label: &str, files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8
     Ok(buf)
 }
 
+/// Reads `names` from the root of the FAT image `path` (a file kvm-mcp wrote, read
+/// with caps: the image at most `max_image` bytes, each file at most `max_file`); a
+/// name that is not there is `None`.
+///
+/// # Errors
+/// The image is missing, too big or not FAT, or a file is too big.
+pub fn read_fat_files(
+    path: &Path,
+    names: &[&str],
+    max_image: u64,
+    max_file: u64,
+) -> std::io::Result<Vec<Option<Vec<u8>>>> {
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len > max_image {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{len} bytes; at most {max_image}")));
+    }
+    let mut image = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    (&mut f).take(max_image).read_to_end(&mut image)?;
+    let fs = fatfs::FileSystem::new(Cursor::new(image), fatfs::FsOptions::new())?;
+    let root = fs.root_dir();
+    names
+        .iter()
+        .map(|n| match root.open_file(n) {
+            Ok(file) => {
+                let mut data = Vec::new();
+                file.take(max_file + 1).read_to_end(&mut data)?;
+                if data.len() as u64 > max_file {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{n} is larger than {max_file} bytes"),
+                    ));
+                }
+                Ok(Some(data))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .collect()
+}
+
 /// Writes a FAT image (see [`fat_image`]) to the new file `path`, atomically.
 ///
 /// # Errors
@@ -70,6 +112,17 @@ mod tests {
         std::io::Read::read_to_string(&mut fs.root_dir().open_file("meta-data").unwrap(), &mut text).unwrap();
 
         assert_eq!((fs.volume_label(), text.as_str()), ("cidata".to_owned(), "instance-id: x\n"));
+    }
+
+    #[test]
+    fn files_read_back_by_name_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seed.img");
+        std::fs::write(&p, fat_image("cidata", &[("user-data", b"#cloud-config\n")]).unwrap()).unwrap();
+
+        let got = read_fat_files(&p, &["user-data", "network-config"], 16 << 20, 1 << 20).unwrap();
+
+        assert_eq!(got, vec![Some(b"#cloud-config\n".to_vec()), None]);
     }
 
     #[test]

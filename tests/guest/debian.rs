@@ -121,3 +121,33 @@ fn get_vm_ip_of_a_guest_whose_nic_is_down_reports_no_address() {
     let note = nic["note"].as_str().unwrap_or_default();
     assert!(note.contains("no IPv4 or global IPv6 address on en"), "{ips:#}");
 }
+
+/// Issue 13, items 1 and 2: a linked clone of a cloud-init VM comes up with network (its
+/// NIC in the slot the source's guest configured), its own host name (resolvable, so
+/// `sudo` does not warn), new SSH host keys and a new machine-id.
+#[test]
+fn linked_clone_of_a_cloud_init_vm_is_a_new_machine_with_network() {
+    let cmd = "hostname; cat /etc/ssh/ssh_host_ed25519_key.pub; cat /etc/machine-id; sudo -n true 2>&1; ip -o link";
+    let (source, clone, identity) = in_netns(|| async {
+        let env = debian_env();
+        let key = ssh_key(env.dir.path());
+        let mcp = Mcp::connect(env.ops.clone()).await;
+        mcp.ok("create_vm", debian_vm("deb-src", "deb-src", 2224, &key.public)).await;
+        wait_ready(&mcp, "deb-src").await;
+        let source = ssh(&key, "tester", 2224, cmd).await;
+        mcp.ok("stop_vm", json!({ "name": "deb-src" })).await;
+        let args = json!({ "source": "deb-src", "name": "deb-cl", "start": true,
+                           "port_forwards": [{ "host_port": 2225, "guest_port": 22 }] });
+        let (cloned, _) = mcp.ok("clone_vm", args).await;
+        wait_ready(&mcp, "deb-cl").await;
+        let clone = ssh(&key, "tester", 2225, cmd).await;
+        mcp.ok("stop_vm", json!({ "name": "deb-cl" })).await;
+        (source, clone, cloned["identity"].clone())
+    });
+    let (s, c): (Vec<&str>, Vec<&str>) = (source.lines().collect(), clone.lines().collect());
+    assert_eq!((s[0], c[0]), ("deb-src", "deb-cl"), "source:\n{source}\nclone:\n{clone}");
+    assert_ne!(s[1], c[1], "SSH host key unchanged");
+    assert_ne!(s[2], c[2], "machine-id unchanged");
+    assert!(!clone.contains("unable to resolve host"), "{clone}");
+    assert!(identity["reset"].to_string().contains("machine-id"), "{identity:#}");
+}

@@ -1,6 +1,7 @@
 //! Tests that boot real TCG guests through kvm-mcp. nextest runs at most two at once
 //! (test group `guest` in `.config/nextest.toml`).
 
+mod addresses;
 mod agent;
 mod bridged;
 mod consistency;

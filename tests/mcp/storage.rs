@@ -116,7 +116,7 @@ async fn storage_tools_work_on_stopped_vms() {
     assert_eq!(d, json!({ "name": "src", "deleted": "clean" }));
 
     let c = ok(&client, "clone_vm", json!({ "source": "src", "name": "copy" })).await;
-    assert_eq!(c["name"], "copy", "{c}");
+    assert_eq!(c["vm"]["name"], "copy", "{c}");
     let c = ok(&client, "get_vm", json!({ "name": "copy" })).await;
     let clone_disk = c["vm"]["disks"][0]["path"].as_str().expect("clone disk").to_owned();
     assert_ne!(clone_disk, disk);

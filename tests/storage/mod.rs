@@ -155,7 +155,7 @@ async fn linked_clone_is_overlay_on_source_disk() {
     let env = storage_env(serde_json::json!({}));
     let src = from_master(&env, "src").await.disks[0].path.clone();
     let req = CloneRequest { source: "src".into(), name: "c1".into(), ..CloneRequest::default() };
-    let disk = env.ops.clone_vm(req).await.unwrap().disks[0].path.clone();
+    let disk = env.ops.clone_vm(req).await.unwrap().vm.disks[0].path.clone();
     assert_check_clean(&disk);
     let chain = qemu_img_info(&disk);
     assert_eq!(
@@ -193,8 +193,8 @@ async fn base_of_linked_clone_is_never_deleted() {
 async fn full_clone_copies_disk_and_leaves_source_startable() {
     let env = storage_env(serde_json::json!({}));
     from_master(&env, "fsrc").await;
-    let req = CloneRequest { source: "fsrc".into(), name: "full".into(), full: true, start: false };
-    let disk = env.ops.clone_vm(req).await.unwrap().disks[0].path.clone();
+    let req = CloneRequest { source: "fsrc".into(), name: "full".into(), full: true, ..CloneRequest::default() };
+    let disk = env.ops.clone_vm(req).await.unwrap().vm.disks[0].path.clone();
     assert_check_clean(&disk);
     let spec = std::fs::read_to_string(env.dir.path().join("state/vms/fsrc/spec.json")).unwrap();
     assert_eq!(
@@ -250,6 +250,7 @@ fn cli_creates_from_master_and_lists_images() {
     let users: Vec<&str> = list.as_array().unwrap().iter().filter_map(|i| i["used_by"][0].as_str()).collect();
     assert_eq!(users, ["cli1", "cli1"]);
 }
+mod clone;
 mod containment;
 mod provision;
 

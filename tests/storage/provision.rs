@@ -79,3 +79,64 @@ async fn bad_cloud_init_field_leaves_nothing_behind() {
     assert_eq!(err.to_string(), "cloud_init.hostname: \"bad host\" is not a valid host name");
     assert_eq!((env.dir.path().join("disks/badci.qcow2").exists(), env.ops.info("badci").is_err()), (false, true));
 }
+
+fn seed_text(info: &kvm_mcp::ops::VmInfo, file: &str) -> String {
+    let seed = info.disks.iter().find(|d| d.readonly).unwrap().path.clone();
+    let files = kvm_mcp::storage::read_fat_files(&seed, &[file], 16 << 20, 1 << 20).unwrap();
+    String::from_utf8(files[0].clone().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn cloud_init_fields_and_user_data_land_in_one_cloud_config() {
+    let env = storage_env(serde_json::json!({}));
+    let ci = CloudInitRequest {
+        user: Some("ops".into()),
+        groups: vec!["docker".into()],
+        timezone: Some("Europe/Berlin".into()),
+        instance_id: Some("web-1.v2".into()),
+        write_files: vec![kvm_mcp::provision::cloudinit::WriteFile {
+            path: "/etc/motd".into(),
+            content: "hi\n".into(),
+            permissions: Some("644".into()),
+            ..Default::default()
+        }],
+        user_data: Some("#cloud-config\nlocale: C.UTF-8\nntp:\n  enabled: yes\n".into()),
+        ..CloudInitRequest::default()
+    };
+    let info = env.ops.create(CreateRequest { cloud_init: Some(ci), ..req("fields") }).await.unwrap();
+    let user: serde_json::Value = serde_yaml_ng::from_str(&seed_text(&info, "user-data")).unwrap();
+    let meta = seed_text(&info, "meta-data");
+    assert_eq!(
+        (&user["users"][1]["groups"], &user["timezone"], &user["write_files"][0]["permissions"]),
+        (&serde_json::json!(["docker"]), &serde_json::json!("Europe/Berlin"), &serde_json::json!("0644"))
+    );
+    assert_eq!((&user["manage_etc_hosts"], &user["locale"]), (&serde_json::json!(true), &serde_json::json!("C.UTF-8")));
+    assert!(meta.starts_with("instance-id: \"web-1.v2\"\n"), "{meta}");
+}
+
+#[tokio::test]
+async fn user_data_setting_a_key_a_field_sets_is_refused_and_nothing_is_left() {
+    let env = storage_env(serde_json::json!({}));
+    let ci = CloudInitRequest {
+        packages: vec!["nginx".into()],
+        user_data: Some("packages: [curl]\n".into()),
+        ..CloudInitRequest::default()
+    };
+    let err = env.ops.create(CreateRequest { cloud_init: Some(ci), ..req("clash") }).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "cloud_init.user_data: sets \"packages\", which cloud_init.packages sets too; set it in one place"
+    );
+    assert!(!env.dir.path().join("state/vms/clash").exists() && !env.dir.path().join("disks/clash.qcow2").exists());
+}
+
+#[tokio::test]
+async fn write_files_outside_the_limits_name_the_file() {
+    let env = storage_env(serde_json::json!({}));
+    let ci = CloudInitRequest {
+        write_files: vec![kvm_mcp::provision::cloudinit::WriteFile { path: "etc/x".into(), ..Default::default() }],
+        ..CloudInitRequest::default()
+    };
+    let err = env.ops.create(CreateRequest { cloud_init: Some(ci), ..req("wf") }).await.unwrap_err();
+    assert!(err.to_string().starts_with("cloud_init.write_files[0].path: \"etc/x\" is not an absolute"), "{err}");
+}
