@@ -11,6 +11,7 @@ mod args;
 mod args_console;
 mod args_net;
 mod args_storage;
+mod decode;
 mod notify;
 mod reply;
 mod resources;
@@ -28,6 +29,8 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use args::{CreateVmArgs, DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
+#[doc(hidden)]
+pub use decode::decode_tool_arguments;
 pub use notify::Level;
 pub use reply::{Reply, fail, out};
 pub use resources::{VM_PREFIX, VMS_URI};
