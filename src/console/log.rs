@@ -299,6 +299,10 @@ pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Most bytes of an unfinished line the matcher keeps: of a longer one, only the last
+/// this many are searched (a guest printing no newline must not grow it forever).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Incremental line matcher over console bytes.
 #[derive(Debug)]
 pub struct Matcher {
@@ -336,6 +340,11 @@ impl Matcher {
             self.line.clear();
         }
         self.line.extend_from_slice(rest);
+        if self.line.len() > MAX_LINE_BYTES {
+            let cut = self.line.len() - MAX_LINE_BYTES;
+            self.line.drain(..cut);
+            self.line_start += cut as u64;
+        }
         let text = clean(&self.line);
         if !self.line.is_empty() && self.re.is_match(&text) {
             let found = (text.trim_end().to_owned(), self.line_start, self.line_start + self.line.len() as u64);
@@ -477,4 +486,21 @@ mod tests {
         let mut m = Matcher::new(regex::Regex::new("END").unwrap(), 0);
         let mb = 1 << 20;
         for i in 0..8u64 {
-            let c = Chunk { start: i * mb, bytes: 
+            let c = Chunk { start: i * mb, bytes: vec![b'x'; 1 << 20], skipped: false };
+            assert_eq!(m.feed(&c), None);
+        }
+        assert_eq!(m.line.len(), MAX_LINE_BYTES);
+
+        let c = Chunk { start: 8 * mb, bytes: b"END".to_vec(), skipped: false };
+        let found = m.feed(&c).unwrap();
+
+        assert_eq!((found.1, found.2), (8 * mb + 3 - MAX_LINE_BYTES as u64, 8 * mb + 3));
+    }
+
+    #[test]
+    fn matcher_sees_an_unterminated_prompt() {
+        let mut m = Matcher::new(regex::Regex::new("login: $").unwrap(), 0);
+        let c = Chunk { start: 0, bytes: b"Debian\r\nhost login: ".to_vec(), skipped: false };
+        assert_eq!(m.feed(&c).map(|f| f.1), Some(8));
+    }
+}
