@@ -8,6 +8,8 @@ pub mod console;
 pub mod display;
 pub mod error;
 pub mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ids;
 pub mod layout;

@@ -81,7 +81,14 @@ pub fn read_record<T: DeserializeOwned>(path: &Path) -> Record<T> {
     if bytes.len() as u64 > MAX_RECORD_BYTES {
         return Record::Damaged(format!("{} is larger than {MAX_RECORD_BYTES} bytes", path.display()));
     }
-    match serde_json::from_slice(&bytes) {
+    parse_record(path, &bytes)
+}
+
+/// Parses the bytes of the JSON record read from `path` (named in the reason when it
+/// does not parse).
+#[must_use]
+pub fn parse_record<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Record<T> {
+    match serde_json::from_slice(bytes) {
         Ok(t) => Record::Present(t),
         Err(e) => Record::Damaged(format!("{} does not parse: {e}", path.display())),
     }

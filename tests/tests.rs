@@ -6,6 +6,7 @@
 
 mod cli;
 mod common;
+mod fuzz_replay;
 mod guest;
 mod host;
 mod http;

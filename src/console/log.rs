@@ -265,6 +265,32 @@ pub struct ConsoleMatch {
     pub waited_ms: u64,
 }
 
+/// Longest console pattern accepted.
+pub const MAX_PATTERN_CHARS: usize = 1024;
+/// Memory a compiled pattern may use (program and lazy DFA each), so no pattern can
+/// make the matcher grow without bound.
+const MAX_PATTERN_PROGRAM_BYTES: usize = 1 << 20;
+
+/// Compiles a caller's console pattern (a regular expression) under the limits: at
+/// most [`MAX_PATTERN_CHARS`] characters, and bounded program and DFA sizes.
+///
+/// # Errors
+/// Why the pattern is refused, for [`crate::console::ConsoleError::BadPattern`].
+pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    if pattern.chars().count() > MAX_PATTERN_CHARS {
+        return Err(format!("it is longer than {MAX_PATTERN_CHARS} characters; match a shorter part of the line"));
+    }
+    regex::RegexBuilder::new(pattern)
+        .size_limit(MAX_PATTERN_PROGRAM_BYTES)
+        .dfa_size_limit(MAX_PATTERN_PROGRAM_BYTES)
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// Most bytes of an unfinished line the matcher keeps: of a longer one, only the last
+/// this many are searched (a guest printing no newline must not grow it forever).
+pub const MAX_LINE_BYTES: usize = 64 * 1024;
+
 /// Incremental line matcher over console bytes.
 #[derive(Debug)]
 pub struct Matcher {
@@ -302,6 +328,11 @@ impl Matcher {
             self.line.clear();
         }
         self.line.extend_from_slice(rest);
+        if self.line.len() > MAX_LINE_BYTES {
+            let cut = self.line.len() - MAX_LINE_BYTES;
+            self.line.drain(..cut);
+            self.line_start += cut as u64;
+        }
         let text = clean(&self.line);
         if !self.line.is_empty() && self.re.is_match(&text) {
             let found = (text.trim_end().to_owned(), self.line_start, self.line_start + self.line.len() as u64);
@@ -429,6 +460,24 @@ mod tests {
         let a = Chunk { start: 100, bytes: b"boot\nFIXTURE-RE".to_vec(), skipped: false };
         let b = Chunk { start: 115, bytes: b"ADY uptime=3\nmore".to_vec(), skipped: false };
         assert_eq!((m.feed(&a), m.feed(&b)), (None, Some(("FIXTURE-READY uptime=3".into(), 105, 128))));
+    }
+
+    /// A guest printing without newlines used to grow the unfinished line without
+    /// bound while a caller waited (and re-cleaned all of it at every read).
+    #[test]
+    fn matcher_keeps_a_bounded_tail_of_an_endless_line() {
+        let mut m = Matcher::new(regex::Regex::new("END").unwrap(), 0);
+        let mb = 1 << 20;
+        for i in 0..8u64 {
+            let c = Chunk { start: i * mb, bytes: vec![b'x'; 1 << 20], skipped: false };
+            assert_eq!(m.feed(&c), None);
+        }
+        assert_eq!(m.line.len(), MAX_LINE_BYTES);
+
+        let c = Chunk { start: 8 * mb, bytes: b"END".to_vec(), skipped: false };
+        let found = m.feed(&c).unwrap();
+
+        assert_eq!((found.1, found.2), (8 * mb + 3 - MAX_LINE_BYTES as u64, 8 * mb + 3));
     }
 
     #[test]

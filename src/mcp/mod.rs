@@ -11,6 +11,7 @@ mod args;
 mod args_console;
 mod args_net;
 mod args_storage;
+mod decode;
 mod notify;
 mod params;
 mod reply;
@@ -31,6 +32,8 @@ use rmcp::ServiceExt;
 use tokio_util::sync::CancellationToken;
 
 pub use args::{DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
+#[doc(hidden)]
+pub use decode::decode_tool_arguments;
 pub use notify::Level;
 pub use reply::{Reply, fail, out};
 pub use resources::{VM_PREFIX, VMS_URI};

@@ -48,12 +48,6 @@ fn tail_text(vm: &Vm) -> String {
     log::tail(&vm.paths, 5, 4096).map(|c| log::clean(&c.bytes)).unwrap_or_default().trim().replace('\n', " | ")
 }
 
-/// Longest console pattern accepted.
-pub const MAX_PATTERN_CHARS: usize = 1024;
-/// Memory a compiled pattern may use (program and lazy DFA each), so no pattern can
-/// make the matcher grow without bound.
-const MAX_PATTERN_PROGRAM_BYTES: usize = 1 << 20;
-
 impl Ops {
     /// The serial console log of a VM, running or not: the last `lines` lines (50 by
     /// default), or everything from `since_offset`.
@@ -98,16 +92,7 @@ impl Ops {
     ) -> Result<ConsoleMatch, OpsError> {
         let vm = self.load(name)?;
         let bad = |reason: String| console_err(&vm)(ConsoleError::BadPattern { pattern: pattern.into(), reason });
-        if pattern.chars().count() > MAX_PATTERN_CHARS {
-            return Err(bad(format!(
-                "it is longer than {MAX_PATTERN_CHARS} characters; match a shorter part of the line"
-            )));
-        }
-        let re = regex::RegexBuilder::new(pattern)
-            .size_limit(MAX_PATTERN_PROGRAM_BYTES)
-            .dfa_size_limit(MAX_PATTERN_PROGRAM_BYTES)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+        let re = log::compile_pattern(pattern).map_err(bad)?;
         let timeout = timeout.min(MAX_WAIT);
         let active = Self::observe(&vm).status.state.is_active();
         let from = since_offset

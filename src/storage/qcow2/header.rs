@@ -25,6 +25,8 @@ const HEADER_V3_MIN_LEN: u32 = 104;
 pub(crate) const MAX_BACKING_NAME_BYTES: usize = 1023;
 /// QEMU's limit on the active L1 table (`QCOW_MAX_L1_SIZE`).
 pub(crate) const MAX_L1_BYTES: u64 = 32 << 20;
+/// QEMU's limit on the refcount table (`QCOW_MAX_REFTABLE_SIZE`).
+pub(crate) const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 /// QEMU cannot open images with clusters above 2 MiB.
 const MAX_CLUSTER_BITS: u32 = 21;
 const MIN_CLUSTER_BITS: u32 = 9;
@@ -226,9 +228,18 @@ impl Header {
         if !aligned(self.l1_table_offset) || !aligned(self.refcount_table_offset) {
             return Err(HeaderError::Invalid("table offset is not cluster-aligned".into()));
         }
-        let l1_end = self.l1_table_offset + u64::from(self.l1_size) * 8;
-        let rt_end = self.refcount_table_offset + u64::from(self.refcount_table_clusters) * cs;
-        if l1_end > file_len || rt_end > file_len || self.refcount_table_clusters == 0 {
+        let l1_bytes = u64::from(self.l1_size) * 8;
+        let rt_bytes = u64::from(self.refcount_table_clusters) * cs;
+        // QEMU refuses larger tables, and they are read into memory whole.
+        if l1_bytes > MAX_L1_BYTES || rt_bytes > MAX_REFTABLE_BYTES {
+            return Err(HeaderError::Invalid("a table is larger than QEMU allows".into()));
+        }
+        // Checked: offsets near 2^64 must not wrap around to inside the file.
+        let within = |offset: u64, bytes: u64| offset.checked_add(bytes).is_some_and(|end| end <= file_len);
+        if !within(self.l1_table_offset, l1_bytes)
+            || !within(self.refcount_table_offset, rt_bytes)
+            || self.refcount_table_clusters == 0
+        {
             return Err(HeaderError::Invalid("a table lies past the end of the file".into()));
         }
         Ok(())
@@ -401,6 +412,34 @@ mod tests {
         let err = Header::parse(&buf).unwrap_err();
 
         assert!(matches!(err, HeaderError::Unsupported(ref f) if f == "external data file"));
+    }
+
+    /// A table whose end lies past 2^64 used to wrap around to inside the file (a
+    /// panic on the overflow in debug builds), and the resize path went on to
+    /// allocate the whole table: up to 8 PiB.
+    #[test]
+    fn table_end_past_two_to_the_64_is_invalid() {
+        let mut buf = blank(1 << 20);
+        put64(&mut buf, 48, 0u64.wrapping_sub(1 << 23).wrapping_add(1 << 16));
+        put32(&mut buf, 56, 1 << 7);
+        let header = Header::parse(&buf).unwrap();
+
+        let err = header.check_tables(1 << 20).unwrap_err();
+
+        assert!(matches!(err, HeaderError::Invalid(ref r) if r.contains("past the end")), "{err:?}");
+    }
+
+    /// Tables QEMU would refuse are refused before anything is read into memory,
+    /// however large the (sparse) file.
+    #[test]
+    fn tables_larger_than_qemu_allows_are_invalid() {
+        let mut buf = blank(1 << 20);
+        put32(&mut buf, 56, 1 << 20);
+        let header = Header::parse(&buf).unwrap();
+
+        let err = header.check_tables(1 << 40).unwrap_err();
+
+        assert!(matches!(err, HeaderError::Invalid(ref r) if r.contains("larger than QEMU allows")), "{err:?}");
     }
 
     #[test]

@@ -78,6 +78,8 @@ fn resize(path: &Path, format: Option<ImageFormat>, new_size_bytes: u64) -> Resu
 /// fails while QEMU has the image open, and keeps QEMU out until our file
 /// is closed.
 const QEMU_LOCK_START: i64 = 100;
+/// qcow2 table entries hold offsets below 2^56.
+const MAX_OFFSET: u64 = 1 << 56;
 const QEMU_LOCK_LEN: i64 = 200;
 
 fn lock_against_qemu(path: &Path, file: &File) -> Result<(), StorageError> {
@@ -174,6 +176,15 @@ fn grow_l1(path: &Path, file: &File, header: &Header, new_size: u64, l1_entries:
         return Err(StorageError::unsupported(path, "a full refcount table (growing it is not implemented)"));
     }
     let total = l1_clusters + new_blocks.len() as u64;
+    // Refcounts may claim clusters up to 2^64 bytes and beyond; the new ones must
+    // still be addressable, or their offsets would wrap around onto the metadata.
+    if (start + total).checked_mul(cs).is_none_or(|end| end > MAX_OFFSET) {
+        return Err(StorageError::InvalidImage {
+            path: path.to_path_buf(),
+            format: "qcow2",
+            reason: "its refcounts claim clusters past the largest offset qcow2 can address".into(),
+        });
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     ensure_free_space(path, dir, total * cs)?;
 
@@ -249,6 +260,38 @@ mod tests {
 
     fn l1_offset(path: &Path) -> u64 {
         be64(&fs::read(path).unwrap()[..48], 40)
+    }
+
+    /// Refcounts claiming a cluster 2^64 bytes in: the new L1 table's offset
+    /// wrapped around (onto the refcount table here) in release builds, which left
+    /// the header pointing at it, and overflowed in debug builds.
+    #[test]
+    fn clusters_claimed_past_the_offset_limit_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("far.qcow2");
+        let cs: u64 = 1 << 21;
+        let mut head = vec![0u8; 112];
+        head[..4].copy_from_slice(b"QFI\xfb");
+        put32(&mut head, 4, 3);
+        put32(&mut head, 20, 21); // 2 MiB clusters
+        put64(&mut head, 48, cs); // the refcount table: cluster 1 ...
+        put32(&mut head, 56, 3); // ... to 3
+        put32(&mut head, 96, 0); // 1-bit refcounts
+        put32(&mut head, 100, 112);
+        let file = File::create(&path).unwrap();
+        file.set_len(5 * cs).unwrap();
+        file.write_all_at(&head, 0).unwrap();
+        // Table entry 2^19, a refcount block at cluster 4 whose first cluster,
+        // 2^19 * 2^24 clusters (2^64 bytes) in, is in use.
+        file.write_all_at(&(4 * cs).to_be_bytes(), cs + (1 << 19) * 8).unwrap();
+        file.write_all_at(&[1], 4 * cs).unwrap();
+        let before = fs::read(&path).unwrap();
+
+        let err = resize_offline(&path, GIB).unwrap_err();
+
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("largest offset"), "{err}");
+        assert!(fs::read(&path).unwrap() == before, "the image changed");
     }
 
     #[test]

@@ -1,0 +1,6 @@
+#![no_main]
+//! See `kvm_mcp::fuzzing::console`.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| kvm_mcp::fuzzing::console(data));
