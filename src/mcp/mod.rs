@@ -12,6 +12,7 @@ mod args_console;
 mod args_net;
 mod args_storage;
 mod decode;
+mod log;
 mod notify;
 mod params;
 mod reply;
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 pub use args::{DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
 #[doc(hidden)]
 pub use decode::decode_tool_arguments;
-pub use notify::Level;
+pub use log::Level;
 pub use reply::{Reply, fail, out};
 pub use resources::{VM_PREFIX, VMS_URI};
 pub use server::{InFlight, KvmMcp, SUPPORTED_PROTOCOL_VERSIONS, Shared};

@@ -9,75 +9,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rmcp::model::{LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam, ProgressToken};
+use rmcp::model::{ProgressNotificationParam, ProgressToken};
 use rmcp::service::RequestContext;
 use rmcp::{Peer, RoleServer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use super::log::Level;
 use super::reply::{Reply, ToolResult, fail};
 use super::server::KvmMcp;
 use crate::ops::{OpsError, Progress};
 
 /// How often a long wait reports that it is still waiting.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// MCP log levels in order (RFC 5424 severities, least severe first).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Debug,
-    Info,
-    Notice,
-    Warning,
-    Error,
-    Critical,
-    Alert,
-    Emergency,
-}
-
-impl Level {
-    /// What a session gets before it calls `logging/setLevel`.
-    pub const DEFAULT: Level = Level::Info;
-
-    /// Position in severity order.
-    #[must_use]
-    pub fn rank(self) -> u8 {
-        self as u8
-    }
-
-    pub(super) fn from_mcp(l: LoggingLevel) -> Self {
-        match l {
-            LoggingLevel::Debug => Level::Debug,
-            LoggingLevel::Info => Level::Info,
-            LoggingLevel::Notice => Level::Notice,
-            LoggingLevel::Warning => Level::Warning,
-            LoggingLevel::Error => Level::Error,
-            LoggingLevel::Critical => Level::Critical,
-            LoggingLevel::Alert => Level::Alert,
-            LoggingLevel::Emergency => Level::Emergency,
-        }
-    }
-
-    fn to_mcp(self) -> LoggingLevel {
-        match self {
-            Level::Debug => LoggingLevel::Debug,
-            Level::Info => LoggingLevel::Info,
-            Level::Notice => LoggingLevel::Notice,
-            Level::Warning => LoggingLevel::Warning,
-            Level::Error => LoggingLevel::Error,
-            Level::Critical => LoggingLevel::Critical,
-            Level::Alert => LoggingLevel::Alert,
-            Level::Emergency => LoggingLevel::Emergency,
-        }
-    }
-}
-
-/// Sends one log message (`{"vm": …, "message": …}`); a closed peer is ignored.
-pub(super) async fn send_log(peer: &Peer<RoleServer>, level: Level, vm: &str, message: String) {
-    let data = serde_json::json!({ "vm": vm, "message": message });
-    let param = LoggingMessageNotificationParam::new(level.to_mcp(), data).with_logger("kvm-mcp");
-    let _ = peer.notify_logging_message(param).await;
-}
 
 /// Sends numbered progress notifications for one request, if it asked for them.
 pub(super) struct Reporter {

@@ -20,7 +20,7 @@ use rmcp::service::{NotificationContext, RequestContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tokio::sync::Notify;
 
-use super::notify::{self, Level};
+use super::log::{self, Level};
 use super::{params, schema};
 use crate::metrics::{self, CallOutcome};
 use crate::ops::{Ops, VmSetWatcher};
@@ -218,7 +218,7 @@ impl KvmMcp {
     /// Sends `message` as `notifications/message` if the session's level lets it through.
     pub(super) async fn log(&self, peer: &rmcp::Peer<RoleServer>, level: Level, vm: &str, message: String) {
         if level.rank() >= self.log_level.load(Ordering::Relaxed) {
-            notify::send_log(peer, level, vm, message).await;
+            log::send_log(peer, level, vm, message).await;
         }
     }
 

@@ -6,7 +6,7 @@
 //!
 //! The host name goes into `meta-data` (`local-hostname`), which cloud-init uses when
 //! the user-data names none; `manage_etc_hosts: true` (the default) makes it resolvable
-//! in the guest. A copy of the VM gets a new seed from [`super::reseed`].
+//! in the guest. A copy of the VM gets a new seed from the `reseed` module.
 
 use std::net::IpAddr;
 

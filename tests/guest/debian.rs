@@ -85,7 +85,7 @@ fn stop_vm_of_a_guest_that_answers_the_first_press_names_no_fallback() {
         "{messages:#?}"
     );
     assert!(messages.iter().any(|m| m.contains("the guest is shutting down (")), "{messages:#?}");
-    assert_eq!(stopped["vm"]["reason"], "guest_poweroff", "{stopped:#}");
+    assert_eq!(stopped["reason"], "guest_poweroff", "{stopped:#}");
 }
 
 /// A guest whose NIC has no address (here its first-boot commands stop systemd-networkd

@@ -170,9 +170,9 @@ fn cli_creates_a_vm_with_two_nics_and_a_forward() {
     assert_eq!(
         info["nics"],
         serde_json::json!([
-            {"mode": "user", "mac": info["nics"][0]["mac"], "model": "e1000",
+            {"addr": "pci:06.0", "mode": "user", "mac": info["nics"][0]["mac"], "model": "e1000",
              "port_forwards": [{"protocol": "tcp", "host_addr": "127.0.0.1", "host_port": 2222, "guest_port": 22}]},
-            {"mode": "bridge", "bridge": "kmbr0", "mac": "52:54:00:01:02:03", "model": null}
+            {"addr": "pci:07.0", "mode": "bridge", "bridge": "kmbr0", "mac": "52:54:00:01:02:03", "model": null}
         ])
     );
 }
