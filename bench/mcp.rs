@@ -17,6 +17,7 @@ use rmcp::model::{CallToolRequestParams, ClientConfig};
 const VMS: usize = 50;
 const IN_PROCESS_CALLS: usize = 1000;
 const ONE_SHOT_RUNS: usize = 40;
+const HTTP_CALLS: usize = 200;
 const BIN: &str = env!("CARGO_BIN_EXE_kvm-mcp");
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -40,6 +41,8 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
         "qemu": { "accel": "tcg" },
         "vm": { "default_network": "none", "disk_path": dir },
         "logging": { "level": "warn", "file": dir.join("kvm_mcp.log") },
+        // The HTTP figures time calls back to back, which the default limits would cut.
+        "server": { "rate_limit": { "per_second": 100_000, "burst": 100_000, "client_per_second": 100_000, "client_burst": 100_000 } },
     });
     std::fs::write(&path, text.to_string()).expect("write config");
     path
@@ -196,8 +199,8 @@ fn rss_stdio(config: &Path) -> (u64, u64) {
     figures
 }
 
-/// `serve --http` (multi-thread runtime) after serving `/metrics`, which lists the VMs.
-fn rss_http(config: &Path) -> (u64, u64) {
+/// Starts `serve --http` on a free loopback port without auth; returns it and its address.
+fn spawn_http(config: &Path) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
         .args(["--config", &config.to_string_lossy(), "serve", "--http", "127.0.0.1:0", "--no-auth"])
         .env("KVM_MCP_LOG_LEVEL", "info")
@@ -215,6 +218,64 @@ fn rss_http(config: &Path) -> (u64, u64) {
             break rest.trim().trim_end_matches("/mcp").to_owned();
         }
     };
+    // Keep reading, so a full pipe never blocks the server's logging.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, addr)
+}
+
+/// One POST to `/mcp` on a new connection (`Connection: close`); the whole response.
+fn post(addr: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+    let mut head = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    write!(conn, "{head}\r\n{body}").expect("request");
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut out).expect("response");
+    out
+}
+
+/// Medians of `tools/call list_vms` over HTTP: in a 2025-11-25 session, and as a
+/// stateless 2026-07-28 request (no session; `_meta` and `Mcp-Method`/`Mcp-Name`).
+fn http_calls(config: &Path) -> (Duration, Duration) {
+    let (mut child, addr) = spawn_http(config);
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}"#;
+    let reply = post(&addr, &[], init);
+    let session = reply
+        .lines()
+        .find_map(|l| l.strip_prefix("mcp-session-id: ").or_else(|| l.strip_prefix("Mcp-Session-Id: ")))
+        .expect("a session id")
+        .trim()
+        .to_owned();
+    let in_session = [("Mcp-Session-Id", session.as_str()), ("MCP-Protocol-Version", "2025-11-25")];
+    post(&addr, &in_session, r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let call_2025 = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"list_vms"}}"#;
+    let call_2026 = r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"list_vms","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"bench","version":"1"}}}}"#;
+    let stateless = [("MCP-Protocol-Version", "2026-07-28"), ("Mcp-Method", "tools/call"), ("Mcp-Name", "list_vms")];
+    let (mut old, mut new) = (Vec::new(), Vec::new());
+    for _ in 0..HTTP_CALLS {
+        let t = Instant::now();
+        let r = post(&addr, &in_session, call_2025);
+        old.push(t.elapsed());
+        assert!(r.contains("vm49"), "{r}");
+        let t = Instant::now();
+        let r = post(&addr, &stateless, call_2026);
+        new.push(t.elapsed());
+        assert!(r.contains("vm49"), "{r}");
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    (median(old), median(new))
+}
+
+/// `serve --http` (multi-thread runtime) after serving `/metrics`, which lists the VMs.
+fn rss_http(config: &Path) -> (u64, u64) {
+    let (mut child, addr) = spawn_http(config);
     let mut conn = std::net::TcpStream::connect(&addr).expect("connect");
     write!(conn, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").expect("request");
     let mut body = String::new();
@@ -262,6 +323,10 @@ fn main() {
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!("resident memory of `kvm-mcp serve` (stdio) after list_vms, {VMS} VMs:");
     println!("  VmRSS {:.1} MiB  VmHWM {:.1} MiB  (goal < 12 MiB)", mib(rss), mib(hwm));
+    let (old, new) = http_calls(&config_path);
+    println!("tools/call list_vms over HTTP, a new connection each, {VMS} VMs ({HTTP_CALLS} calls each):");
+    println!("  2025-11-25 session median {}  2026-07-28 stateless median {}", ms(old), ms(new));
+
     let (rss, hwm) = rss_http(&config_path);
     println!("resident memory of `kvm-mcp serve --http` after /metrics, {VMS} VMs:");
     println!("  VmRSS {:.1} MiB  VmHWM {:.1} MiB", mib(rss), mib(hwm));

@@ -2,12 +2,13 @@
 //! reject unknown keys, in the original kvm-mcp layout plus sections of our own), the
 //! `VM_*`/`KVM_MCP_*` environment overrides ([`env`]), and the resolved [`Config`] with
 //! defaults applied and every value checked (`vm`, `qemu`, `logging`, `network` with its
-//! DHCP bridge, `storage`, `server`, and the guest-facing `console`, `display`, `agent`).
+//! DHCP bridge, `storage`, `server`, the guest-facing `console`, `display`, `agent`, and `mcp`).
 //! A bad value is an error that names the key and the reason.
 
 mod env;
 mod guest;
 mod logging;
+mod mcp;
 mod network;
 mod qemu;
 mod raw;
@@ -24,6 +25,7 @@ pub use guest::{
     DEFAULT_EXEC_OUTPUT_MAX_BYTES, DEFAULT_FILE_MAX_BYTES, DisplaySettings, MAX_TRANSFER_BYTES,
 };
 pub use logging::{DEFAULT_LOG_KEEP_FILES, DEFAULT_LOG_MAX_BYTES, LogSettings};
+pub use mcp::{ConfirmDestructive, McpSettings};
 pub use network::{DEFAULT_LEASE_TIME_S, DhcpSettings, NetworkSettings};
 pub use qemu::{AccelChoice, DEFAULT_STOP_TIMEOUT_S, QemuSettings};
 pub use server::{ConnectionLimits, RateLimit, RateLimits, ServerSettings, TlsSettings, TokenSource};
@@ -99,6 +101,8 @@ pub struct Config {
     pub display: DisplaySettings,
     /// Guest agent limits (`agent.*`).
     pub agent: AgentSettings,
+    /// The MCP front end (`mcp.*`).
+    pub mcp: McpSettings,
 }
 
 impl Config {
@@ -225,6 +229,7 @@ fn resolve(source: ConfigSource, raw: raw::RawConfig) -> Result<Config, ConfigEr
         console: raw.console.resolve()?,
         display: raw.display.resolve(),
         agent: raw.agent.resolve()?,
+        mcp: raw.mcp.resolve(),
     })
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{ConfigError, ConfigSource, guest, logging, network, qemu, server, storage, vm};
+use super::{ConfigError, ConfigSource, guest, logging, mcp, network, qemu, server, storage, vm};
 
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +22,7 @@ pub(super) struct RawConfig {
     pub(super) console: guest::RawConsole,
     pub(super) display: guest::RawDisplay,
     pub(super) agent: guest::RawAgent,
+    pub(super) mcp: mcp::RawMcp,
 }
 
 /// `paths.*`: where state and runtime files go.

@@ -12,26 +12,32 @@ use std::time::{Duration, Instant};
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject,
-    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ProtocolVersion,
-    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams, Tool,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, DiscoverResult, Implementation,
+    JsonObject, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ProtocolVersion,
+    ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
 };
-use rmcp::service::{NotificationContext, RequestContext};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use tokio::sync::Notify;
 
+use super::confirm::{self, Asked};
 use super::log::{self, Level};
+use super::subscribe::{self, Watched};
 use super::{params, schema};
 use crate::metrics::{self, CallOutcome};
 use crate::ops::{Ops, VmSetWatcher};
 
 /// The protocol revisions this server speaks, each with its own wire (see [`Wire`]).
 /// A client asking for another one is answered with the newest of these.
-pub static SUPPORTED_PROTOCOL_VERSIONS: [ProtocolVersion; 4] = [
+/// 2026-07-28 has no handshake: its requests carry their revision in `_meta`, and an
+/// `initialize` asking for it is answered with 2025-11-25, the newest with a handshake.
+pub static SUPPORTED_PROTOCOL_VERSIONS: [ProtocolVersion; 5] = [
     ProtocolVersion::V_2024_11_05,
     ProtocolVersion::V_2025_03_26,
     ProtocolVersion::V_2025_06_18,
     ProtocolVersion::V_2025_11_25,
+    ProtocolVersion::V_2026_07_28,
 ];
 
 /// What a session's protocol revision has on the wire, for the items that came later.
@@ -41,16 +47,31 @@ struct Wire {
     structured: bool,
     /// Tool `annotations` (2025-03-26).
     annotations: bool,
+    /// Cache hints on list and read results (2026-07-28).
+    cache_hints: bool,
 }
 
 impl Wire {
     fn of(context: &RequestContext<RoleServer>) -> Self {
-        // Revision names are dates, so they order as strings.
-        let version = context.peer.peer_info().map(|i| i.protocol_version.clone());
+        // Revision names are dates, so they order as strings. A 2026 request names its
+        // revision in `_meta`; a session's is the one its handshake agreed.
+        let version = context.protocol_version();
         let at_least = |v: &ProtocolVersion| version.as_ref().is_none_or(|n| n.as_str() >= v.as_str());
         Self {
             structured: at_least(&ProtocolVersion::V_2025_06_18),
             annotations: at_least(&ProtocolVersion::V_2025_03_26),
+            cache_hints: at_least(&ProtocolVersion::V_2026_07_28),
+        }
+    }
+
+    /// How long a 2026 client may keep a result: `ttl` for what one server process never
+    /// changes (tools, templates, discovery), nothing for what follows the VMs. Earlier
+    /// revisions have no such fields.
+    fn hints(self, ttl: Duration) -> (Option<u64>, Option<CacheScope>) {
+        if self.cache_hints {
+            (Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)), Some(CacheScope::Public))
+        } else {
+            (None, None)
         }
     }
 
@@ -75,6 +96,10 @@ impl Wire {
         result
     }
 }
+
+/// How long a 2026 client may cache the tool list, the resource templates and the
+/// discovery result: they change only with the server's version.
+const STATIC_TTL: Duration = Duration::from_secs(3600);
 
 /// Time given to the last responses to be written before sessions close on shutdown.
 const RESPONSE_FLUSH_GRACE: Duration = Duration::from_millis(500);
@@ -163,6 +188,10 @@ pub struct Shared {
     pub(super) watcher: VmSetWatcher,
     /// Tool calls in flight, for graceful shutdown.
     pub inflight: InFlight,
+    /// Destructive calls asked about and not yet answered (2026 clients).
+    pub(super) questions: confirm::Pending,
+    /// Starting points of `subscriptions/listen` requests being acknowledged.
+    pub(super) baselines: subscribe::Baselines,
 }
 
 impl Shared {
@@ -179,6 +208,8 @@ pub struct KvmMcp {
     pub(super) shared: Arc<Shared>,
     /// The session's `logging/setLevel`, as [`Level`] rank.
     pub(super) log_level: Arc<AtomicU8>,
+    /// The session's `resources/subscribe` set (2025 revisions).
+    subscribed: Arc<std::sync::Mutex<subscribe::SessionWatch>>,
 }
 
 impl KvmMcp {
@@ -187,7 +218,14 @@ impl KvmMcp {
     #[must_use]
     pub fn shared(ops: Ops) -> Arc<Shared> {
         let watcher = ops.watch_vm_set(VM_SET_POLL);
-        Arc::new(Shared { ops, tools: Self::router(), watcher, inflight: InFlight::default() })
+        Arc::new(Shared {
+            ops,
+            tools: Self::router(),
+            watcher,
+            inflight: InFlight::default(),
+            questions: confirm::Pending::default(),
+            baselines: subscribe::Baselines::default(),
+        })
     }
 
     /// Every tool. A later area adds its tools in a file of its own with
@@ -206,7 +244,7 @@ impl KvmMcp {
     /// A handler for one new session.
     #[must_use]
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared, log_level: Arc::new(AtomicU8::new(Level::DEFAULT.rank())) }
+        Self { shared, log_level: Arc::new(AtomicU8::new(Level::DEFAULT.rank())), subscribed: Arc::default() }
     }
 
     /// The operations this server calls.
@@ -220,6 +258,27 @@ impl KvmMcp {
         if level.rank() >= self.log_level.load(Ordering::Relaxed) {
             log::send_log(peer, level, vm, message).await;
         }
+    }
+
+    /// Watches the session's `resources/subscribe` set until the session ends, sending
+    /// `notifications/resources/updated` for each resource that changed.
+    fn watch_subscriptions(&self, peer: rmcp::Peer<RoleServer>) {
+        let (subscribed, ops) = (self.subscribed.clone(), self.ops().clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(subscribe::POLL).await;
+                if peer.is_transport_closed() {
+                    break;
+                }
+                let changed = subscribed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).poll(&ops);
+                for uri in changed {
+                    let update = rmcp::model::ResourceUpdatedNotificationParam::new(uri);
+                    if peer.notify_resource_updated(update).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Tells the VM-set watcher to look now (after a create or delete).
@@ -281,6 +340,7 @@ impl ServerHandler for KvmMcp {
                 .enable_tools()
                 .enable_resources()
                 .enable_resources_list_changed()
+                .enable_resources_subscribe()
                 .enable_logging()
                 .build(),
         )
@@ -292,6 +352,13 @@ impl ServerHandler for KvmMcp {
 
     fn supported_protocol_versions(&self) -> Cow<'static, [ProtocolVersion]> {
         Cow::Borrowed(&SUPPORTED_PROTOCOL_VERSIONS)
+    }
+
+    async fn discover(&self, _context: RequestContext<RoleServer>) -> Result<DiscoverResult, McpError> {
+        let mut result = DiscoverResult::from_server_info(SUPPORTED_PROTOCOL_VERSIONS.to_vec(), self.get_info());
+        result.ttl_ms = u64::try_from(STATIC_TTL.as_millis()).unwrap_or(u64::MAX);
+        result.cache_scope = CacheScope::Public;
+        Ok(result)
     }
 
     async fn call_tool(
@@ -311,6 +378,17 @@ impl ServerHandler for KvmMcp {
             .into());
         }
         let started = Instant::now();
+        if let Some(message) = request.arguments.as_ref().and_then(|a| confirm::question(self.ops(), &request.name, a))
+        {
+            let policy = self.ops().config().mcp.confirm_destructive;
+            if let Asked::Answer(answer) =
+                confirm::ask(policy, &self.shared.questions, &request, &context, message).await
+            {
+                let outcome = outcome_of(&Ok(answer.clone()), false);
+                metrics::observe_tool_call(&name, outcome, started.elapsed());
+                return Ok(answer);
+            }
+        }
         let ct = context.ct.clone();
         let wire = Wire::of(&context);
         let result = match self.shared.tools.call(ToolCallContext::new(self, request, context)).await {
@@ -336,7 +414,9 @@ impl ServerHandler for KvmMcp {
     ) -> Result<rmcp::model::ListToolsResult, McpError> {
         let wire = Wire::of(&context);
         let tools = self.shared.tools.list_all().into_iter().map(|t| wire.tool(t)).collect();
-        Ok(rmcp::model::ListToolsResult::with_all_items(tools))
+        let mut result = rmcp::model::ListToolsResult::with_all_items(tools);
+        (result.ttl_ms, result.cache_scope) = wire.hints(STATIC_TTL);
+        Ok(result)
     }
 
     fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {
@@ -393,10 +473,12 @@ impl ServerHandler for KvmMcp {
         _request: Option<PaginatedRequestParams>,
         context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
+        let wire = Wire::of(&context);
         let mut list = super::resources::templates();
-        if !Wire::of(&context).structured {
+        if !wire.structured {
             list.resource_templates.iter_mut().for_each(|r| r.title = None);
         }
+        (list.ttl_ms, list.cache_scope) = wire.hints(STATIC_TTL);
         Ok(list)
     }
 
@@ -406,6 +488,86 @@ impl ServerHandler for KvmMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<ReadResourceResponse, McpError> {
         super::resources::read(self.ops(), &request.uri).await.map(Into::into)
+    }
+
+    fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        let accepted = subscribe::accepted(requested);
+        self.shared.baselines.put(&accepted, Watched::new(self.ops(), &subscribe::uris_of(&accepted)));
+        Some(accepted)
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), McpError> {
+        let accepted = context.accepted().clone();
+        let uris = subscribe::uris_of(&accepted);
+        let list_changed = accepted.resources_list_changed == Some(true);
+        let sink = context.sink().clone();
+        let mut changes = self.shared.watcher.subscribe();
+        let mut watched = self.shared.baselines.take(&accepted, self.ops(), &uris);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + subscribe::POLL, subscribe::POLL);
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                got = changes.recv(), if list_changed => match got {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if sink.notify_resource_list_changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = tick.tick(), if !uris.is_empty() => {
+                    for uri in watched.changed(self.ops(), &uris) {
+                        if sink.notify_resource_updated(uri).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        let start = self
+            .subscribed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .add(self.ops(), request.uri)
+            .map_err(|e| McpError::invalid_params(e, None))?;
+        if start {
+            self.watch_subscriptions(context.peer);
+        }
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.subscribed.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&request.uri);
+        Ok(())
+    }
+
+    // Declared nowhere in the capabilities, so answered as unknown methods (rmcp's
+    // defaults answer them with empty results).
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::ListPromptsResult, McpError> {
+        Err(McpError::method_not_found::<rmcp::model::ListPromptsRequestMethod>())
+    }
+
+    async fn complete(
+        &self,
+        _request: rmcp::model::CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CompleteResult, McpError> {
+        Err(McpError::method_not_found::<rmcp::model::CompleteRequestMethod>())
     }
 }
 

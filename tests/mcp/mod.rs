@@ -4,6 +4,7 @@
 //! lifecycle on a TCG guest).
 
 mod arguments;
+mod confirm;
 mod console;
 mod golden;
 mod inprocess;
