@@ -20,6 +20,7 @@ mod resources;
 mod schema;
 mod server;
 mod stdio;
+mod tasks;
 mod tools_console;
 mod tools_host;
 mod tools_net;
