@@ -291,8 +291,9 @@ fn finish_call(wire: Wire, result: Result<CallToolResponse, McpError>) -> Result
 
 impl KvmMcp {
     /// Runs a long call as a task: returns its `CreateTaskResult` at once and runs the
-    /// tool on the runtime with the task's own cancellation and progress. `None` when the
-    /// task record cannot be written: the call then runs plainly.
+    /// tool on the runtime with the task's own cancellation and progress. Too many
+    /// running tasks is a tool error; `None` when the task record cannot be written: the
+    /// call then runs plainly.
     fn start_task(
         &self,
         name: Cow<'static, str>,
@@ -302,8 +303,13 @@ impl KvmMcp {
     ) -> Option<CallToolResponse> {
         let started = match self.shared.tasks.create(&name, &vm) {
             Ok(s) => s,
+            Err(e @ tasks::CreateError::Busy) => {
+                metrics::observe_tool_call(&name, CallOutcome::ToolError, Duration::ZERO);
+                return Some(CallToolResult::error(vec![ContentBlock::text(format!("{name}: {e}"))]).into());
+            }
             Err(e) => {
-                tracing::warn!(tool = %name, "cannot record a task ({e}); running the call without one");
+                let e = crate::error::chain(&e);
+                tracing::warn!(tool = %name, "{e}; running the call without a task");
                 return None;
             }
         };

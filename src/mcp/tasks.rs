@@ -43,6 +43,9 @@ const POLL_INTERVAL_MS: u64 = 1000;
 /// Records kept at most; the oldest go first.
 pub const KEEP: usize = 256;
 
+/// Tasks running at once in one server process, at most.
+pub const MAX_RUNNING: usize = 64;
+
 /// Largest result kept on disk, as JSON; a larger one is kept in memory only and the
 /// record gets its text summary.
 const RECORD_RESULT_MAX: usize = 64 * 1024;
@@ -215,6 +218,17 @@ pub struct Started {
     pub progress: TaskProgress,
 }
 
+/// Why no task was made.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error(
+        "{MAX_RUNNING} tasks are running in this server already; wait for one to end or cancel one with tasks/cancel"
+    )]
+    Busy,
+    #[error("cannot write the task's record")]
+    Record(#[source] std::io::Error),
+}
+
 /// The task table of one server process.
 #[derive(Debug)]
 pub struct Tasks {
@@ -284,8 +298,11 @@ impl Tasks {
     /// Starts a task for `tool` on `vm`: writes its record and enters it in the table.
     ///
     /// # Errors
-    /// The record could not be written (the caller then runs the call plainly).
-    pub fn create(&self, tool: &str, vm: &str) -> std::io::Result<Started> {
+    /// [`MAX_RUNNING`] tasks run already; the record could not be written.
+    pub fn create(&self, tool: &str, vm: &str) -> Result<Started, CreateError> {
+        if lock(&self.live).values().filter(|e| e.done.is_none()).count() >= MAX_RUNNING {
+            return Err(CreateError::Busy);
+        }
         self.sweep();
         let id = Uuid::new_v4();
         let now = current_timestamp();
@@ -299,7 +316,7 @@ impl Tasks {
             status_message: None,
             outcome: None,
         };
-        self.write(id, &record)?;
+        self.write(id, &record).map_err(CreateError::Record)?;
         let progress = TaskProgress::default();
         progress.set(format!("{tool} on VM {vm:?} started"));
         let ct = CancellationToken::new();

@@ -201,7 +201,15 @@ async fn task_records_are_answered_by_the_next_server_process() {
     assert_eq!(done["result"]["structuredContent"]["state"], "running", "{done:#}");
     let waiting = first.task("wait_for_console", json!({ "name": "blank", "pattern": NEVER, "timeout_s": 900 }));
     first.wait(&waiting, "a heartbeat", |t| t["statusMessage"].as_str().is_some_and(|m| m.contains("waiting for")));
-    // The server process dies in the middle of the wait.
+    // One process runs 64 tasks at most; one more is refused, saying why.
+    for _ in 1..64 {
+        first.task("wait_for_console", json!({ "name": "blank", "pattern": NEVER, "timeout_s": 900 }));
+    }
+    let refused = first.request("tools/call", json!({ "name": "start_vm", "arguments": { "name": "blank" } }));
+    assert_eq!(refused["result"]["isError"], true, "{refused:#}");
+    let why = refused["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(why.contains("64 tasks are running") && why.contains("tasks/cancel"), "{why}");
+    // The server process dies in the middle of the waits.
     first.child.kill().expect("kill serve");
     first.child.wait().expect("reap serve");
 
