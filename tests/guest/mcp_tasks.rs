@@ -1,8 +1,8 @@
 //! Long calls as tasks (the Tasks extension, SEP-2663) against TCG guests: `start_vm`
 //! as a task ends with what the plain call returns, `tasks/cancel` stops a console wait
 //! and says what the VM was left in (the VM goes on untouched), and task records
-//! written by one `kvm-mcp serve` process are answered by the next, including one the
-//! first process was killed in the middle of.
+//! written by one `kvm-mcp serve` process are answered by another, while the first runs
+//! and after it was killed in the middle of one.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -209,11 +209,19 @@ async fn task_records_are_answered_by_the_next_server_process() {
     assert_eq!(refused["result"]["isError"], true, "{refused:#}");
     let why = refused["result"]["content"][0]["text"].as_str().unwrap_or_default();
     assert!(why.contains("64 tasks are running") && why.contains("tasks/cancel"), "{why}");
-    // The server process dies in the middle of the waits.
+    // A second process sees the first one's running task as running there.
+    let mut second = Served::start(&env);
+    let elsewhere = second.get(&waiting);
+    assert_eq!(elsewhere["status"], "working", "{elsewhere:#}");
+    let pid = first.child.id();
+    let msg = elsewhere["statusMessage"].as_str().unwrap_or_default();
+    assert!(msg.contains(&format!("another server process (pid {pid})")), "{msg}");
+    let refused = second.request("tasks/cancel", json!({ "taskId": waiting }));
+    let why = refused["error"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains(&format!("pid {pid}")), "{refused:#}");
+    // The first process dies in the middle of the waits.
     first.child.kill().expect("kill serve");
     first.child.wait().expect("reap serve");
-
-    let mut second = Served::start(&env);
     let again = second.get(&started);
     for key in ["taskId", "status", "result", "createdAt", "statusMessage"] {
         assert_eq!(again[key], done[key], "{key}: {again:#} vs {done:#}");
