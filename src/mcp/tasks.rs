@@ -278,6 +278,8 @@ impl Tasks {
         self.dir.join(format!("{}.json", id.hyphenated()))
     }
 
+    /// Atomic for readers, not fsynced: a record must outlive the server process, and
+    /// a power loss ends the calls it describes anyway (as with VM status files).
     fn write(&self, id: Uuid, record: &Record) -> std::io::Result<()> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
         fsutil::write_json_volatile(&self.path(id), record)
@@ -491,6 +493,31 @@ mod tests {
             assert!(e.message.contains("taskId"), "{}", e.message);
             assert!(e.message.len() < 600, "{}", e.message.len());
         }
+    }
+
+    #[test]
+    fn a_large_result_is_kept_whole_in_memory_and_summarised_on_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tasks = Tasks::new(dir.path());
+        let s = tasks.create("guest_exec", "a").expect("create");
+        let mut big = CallToolResult::success(vec![ContentBlock::text("ran \"cat\": exit 0")]);
+        big.structured_content = Some(serde_json::json!({ "stdout": "x".repeat(RECORD_RESULT_MAX) }));
+        tasks.finish(s.id, Outcome::completed(&big), Some("ran".into()));
+        let id = s.id.hyphenated().to_string();
+        let no_vm = |_: &str| String::new();
+        let TaskPayload::Completed { result } = tasks.get(&id, &no_vm).expect("get").payload else { panic!() };
+        assert_eq!(result, object(&big));
+        let size = std::fs::metadata(tasks.path(s.id)).expect("record").len();
+        assert!(size < 4096, "record of {size} bytes");
+        // Another process over the same state directory reads the record.
+        let later = Tasks::new(dir.path());
+        let task = later.get(&id, &no_vm).expect("get");
+        assert_eq!(task.task.status_message.as_deref(), Some("ran"));
+        let TaskPayload::Completed { result } = task.payload else { panic!("{task:?}") };
+        let r: CallToolResult = serde_json::from_value(Value::Object(result)).expect("result");
+        let text = text_of(&r);
+        assert!(text.starts_with("ran \"cat\": exit 0 (the full result,") && text.contains("too large"), "{text}");
+        assert_eq!((r.is_error, r.structured_content), (Some(false), None));
     }
 
     #[test]
