@@ -326,6 +326,8 @@ impl KvmMcp {
             let call = {
                 let this = this.clone();
                 tokio::spawn(async move {
+                    // Counted on its own: after a cancel it may outlive the task.
+                    let _guard = this.shared.inflight.enter();
                     finish_call(wire, this.shared.tools.call(ToolCallContext::new(&this, request, ctx)).await)
                 })
             };

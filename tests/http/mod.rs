@@ -5,3 +5,4 @@
 mod conn;
 mod edges;
 mod ratelimit;
+mod tasks;
