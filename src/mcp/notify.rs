@@ -1,6 +1,7 @@
 //! Notifications a tool sends while it works: `notifications/message` (MCP logging,
 //! filtered by the session's `logging/setLevel`) and `notifications/progress` for long
-//! waits, plus the wrapper that races an operation against the caller's cancellation.
+//! waits (for a call run as a task, its status message instead), plus the wrapper that
+//! races an operation against the caller's cancellation.
 // MCP logging is deprecated by SEP-2577 for the 2026 revision; the revisions this
 // server speaks (2025-06-18, 2025-11-25) still define it.
 #![allow(deprecated)]
