@@ -15,6 +15,9 @@ pub const VMS_DIR: &str = "vms";
 /// directories, so a lock outlives the directory a delete removes).
 pub const LOCKS_DIR: &str = "locks";
 
+/// The state directory's folder of MCP task records (`<id>.json`, one per task).
+pub const TASKS_DIR: &str = "tasks";
+
 /// The run directory's folder of VNC display claims (one file per display).
 pub const VNC_CLAIMS_DIR: &str = ".vnc";
 

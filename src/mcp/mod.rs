@@ -1,5 +1,6 @@
 //! The MCP front end (rmcp): every operation as a tool, VMs as resources, progress and
-//! cancellation for long waits, MCP logging. It only parses, calls `ops` and formats.
+//! cancellation for long waits (or tasks, for clients that declare them), MCP logging.
+//! It only parses, calls `ops` and formats.
 //!
 //! Adding tools: write `src/mcp/tools_<area>.rs` with
 //! `#[tool_router(router = <area>_tools, vis = "pub(super)")] impl KvmMcp { … }`, return
@@ -22,6 +23,7 @@ mod schema;
 mod server;
 mod stdio;
 mod subscribe;
+mod tasks;
 mod tools_console;
 mod tools_host;
 mod tools_net;

@@ -1,6 +1,7 @@
 //! Notifications a tool sends while it works: `notifications/message` (MCP logging,
 //! filtered by the session's `logging/setLevel`) and `notifications/progress` for long
-//! waits, plus the wrapper that races an operation against the caller's cancellation.
+//! waits (for a call run as a task, its status message instead), plus the wrapper that
+//! races an operation against the caller's cancellation.
 // MCP logging is deprecated by SEP-2577 for the 2026 revision; the revisions this
 // server speaks (2025-06-18, 2025-11-25) still define it.
 #![allow(deprecated)]
@@ -18,25 +19,34 @@ use tokio_util::sync::CancellationToken;
 pub use super::log::Level;
 use super::reply::{Reply, ToolResult, fail};
 use super::server::KvmMcp;
+use super::tasks::TaskProgress;
 use crate::ops::{OpsError, Progress};
 
 /// How often a long wait reports that it is still waiting.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// Sends numbered progress notifications for one request, if it asked for them.
+/// Sends numbered progress notifications for one request, if it asked for them; for a
+/// call that runs as a task, sets the task's status message instead.
 pub(super) struct Reporter {
     peer: Peer<RoleServer>,
     token: Option<ProgressToken>,
+    task: Option<TaskProgress>,
     sent: u32,
 }
 
 impl Reporter {
-    pub(super) fn new(peer: Peer<RoleServer>, token: Option<ProgressToken>) -> Self {
-        Self { peer, token, sent: 0 }
+    /// The reporter of the request `ctx`.
+    pub(super) fn of(ctx: &RequestContext<RoleServer>) -> Self {
+        let task = ctx.extensions.get::<TaskProgress>().cloned();
+        Self { peer: ctx.peer.clone(), token: ctx.meta.get_progress_token(), task, sent: 0 }
     }
 
     /// Sends `message`; progress counts up by one each time, as the spec requires.
     pub(super) async fn send(&mut self, message: impl Into<String>) {
+        if let Some(task) = &self.task {
+            task.set(message);
+            return;
+        }
         let Some(token) = self.token.clone() else { return };
         self.sent += 1;
         let p = ProgressNotificationParam::new(token, f64::from(self.sent)).with_message(message);
@@ -82,7 +92,7 @@ impl KvmMcp {
     where
         F: Future<Output = Result<T, OpsError>>,
     {
-        let mut reporter = Reporter::new(ctx.peer.clone(), ctx.meta.get_progress_token());
+        let mut reporter = Reporter::of(ctx);
         if let Some(start) = call.start {
             reporter.send(start).await;
         }
@@ -107,11 +117,20 @@ impl KvmMcp {
 
     /// What a cancelled wait left behind, logged to the session and returned as text.
     pub(super) async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
-        let state = self.ops().info(vm).map_or_else(fail, |i| format!("VM {vm:?} is {}", i.state));
-        let msg = format!("{tool} cancelled: {state}; {note}");
+        let msg = self.cancel_text(tool, vm, note);
         tracing::warn!(vm, "{msg}");
         self.log(&ctx.peer, Level::Warning, vm, msg.clone()).await;
         msg
+    }
+
+    /// What a cancelled call of `tool` on `vm` left behind: the VM's state now and `note`.
+    pub(super) fn cancel_text(&self, tool: &str, vm: &str, note: &str) -> String {
+        format!("{tool} cancelled: {}; {note}", self.vm_state(vm))
+    }
+
+    /// "VM "x" is running", or why its state cannot be read.
+    pub(super) fn vm_state(&self, vm: &str) -> String {
+        self.ops().info(vm).map_or_else(fail, |i| format!("VM {vm:?} is {}", i.state))
     }
 
     /// Logs `summary` for `vm` to the session and wraps `value` as the reply.

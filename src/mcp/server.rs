@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
-    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, DiscoverResult, Implementation,
-    JsonObject, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ProtocolVersion,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    CreateTaskResult, DiscoverResult, GetTaskParams, GetTaskResult, Implementation, JsonObject,
+    ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ProtocolVersion,
     ReadResourceRequestParams, ReadResourceResponse, ServerCapabilities, ServerConfig, SetLevelRequestParams,
-    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams,
+    SubscribeRequestParams, SubscriptionFilter, Tool, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use super::confirm::{self, Asked};
 use super::log::{self, Level};
 use super::subscribe::{self, Watched};
+use super::tasks::{self, Outcome, Tasks};
 use super::{params, schema};
 use crate::metrics::{self, CallOutcome};
 use crate::ops::{Ops, VmSetWatcher};
@@ -100,6 +102,11 @@ impl Wire {
 /// How long a 2026 client may cache the tool list, the resource templates and the
 /// discovery result: they change only with the server's version.
 const STATIC_TTL: Duration = Duration::from_secs(3600);
+
+/// How long a task whose tool does not watch cancellation gets to end on its own after
+/// `tasks/cancel` before the task is settled as cancelled (the tool then finishes in the
+/// background).
+const TASK_CANCEL_GRACE: Duration = Duration::from_secs(2);
 
 /// Time given to the last responses to be written before sessions close on shutdown.
 const RESPONSE_FLUSH_GRACE: Duration = Duration::from_millis(500);
@@ -192,6 +199,8 @@ pub struct Shared {
     pub(super) questions: confirm::Pending,
     /// Starting points of `subscriptions/listen` requests being acknowledged.
     pub(super) baselines: subscribe::Baselines,
+    /// Long calls running as tasks, and the records of earlier ones.
+    pub(super) tasks: Tasks,
 }
 
 impl Shared {
@@ -218,6 +227,7 @@ impl KvmMcp {
     #[must_use]
     pub fn shared(ops: Ops) -> Arc<Shared> {
         let watcher = ops.watch_vm_set(VM_SET_POLL);
+        let tasks = Tasks::new(&ops.config().state_dir);
         Arc::new(Shared {
             ops,
             tools: Self::router(),
@@ -225,6 +235,7 @@ impl KvmMcp {
             inflight: InFlight::default(),
             questions: confirm::Pending::default(),
             baselines: subscribe::Baselines::default(),
+            tasks,
         })
     }
 
@@ -324,6 +335,105 @@ fn unwrap_tool_docs(tool: &mut Tool) {
     }
 }
 
+/// A routed tool call's answer as the client sees it: argument errors become tool
+/// errors, error text is clipped, and older revisions get the JSON as text.
+fn finish_call(wire: Wire, result: Result<CallToolResponse, McpError>) -> Result<CallToolResponse, McpError> {
+    match result {
+        // Wrong arguments are the model's to fix: it sees tool errors, not protocol errors.
+        Err(e) => params::into_tool_error(e).map(|r| wire.result(r).into()),
+        Ok(CallToolResponse::Complete(mut r)) => {
+            params::clip_error_text(&mut r);
+            Ok(CallToolResponse::Complete(wire.result(r)))
+        }
+        other => other,
+    }
+}
+
+impl KvmMcp {
+    /// Runs a long call as a task: returns its `CreateTaskResult` at once and runs the
+    /// tool on the runtime with the task's own cancellation and progress. Too many
+    /// running tasks is a tool error; `None` when the task record cannot be written: the
+    /// call then runs plainly.
+    fn start_task(
+        &self,
+        name: Cow<'static, str>,
+        vm: String,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Option<CallToolResponse> {
+        let started = match self.shared.tasks.create(&name, &vm) {
+            Ok(s) => s,
+            Err(e @ tasks::CreateError::Busy) => {
+                metrics::observe_tool_call(&name, CallOutcome::ToolError, Duration::ZERO);
+                return Some(CallToolResult::error(vec![ContentBlock::text(format!("{name}: {e}"))]).into());
+            }
+            Err(e) => {
+                let e = crate::error::chain(&e);
+                tracing::warn!(tool = %name, "{e}; running the call without a task");
+                return None;
+            }
+        };
+        let wire = Wire::of(&context);
+        let mut ctx = context;
+        ctx.ct = started.ct.clone();
+        ctx.extensions.insert(started.progress.clone());
+        let (id, ct) = (started.id, started.ct);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let shared = this.shared.clone();
+            let _guard = shared.inflight.enter();
+            let begun = Instant::now();
+            let call = {
+                let this = this.clone();
+                tokio::spawn(async move {
+                    // Counted on its own: after a cancel it may outlive the task.
+                    let _guard = this.shared.inflight.enter();
+                    finish_call(wire, this.shared.tools.call(ToolCallContext::new(&this, request, ctx)).await)
+                })
+            };
+            tokio::pin!(call);
+            let waited = tokio::select! {
+                r = &mut call => Some(r),
+                () = async { ct.cancelled().await; tokio::time::sleep(TASK_CANCEL_GRACE).await } => None,
+            };
+            let (outcome, message, metric) = match waited {
+                Some(Ok(Ok(CallToolResponse::Complete(r)))) if ct.is_cancelled() && r.is_error == Some(true) => {
+                    let text = tasks::text_of(&r);
+                    let message = if text.starts_with(&format!("{name} cancelled:")) {
+                        text
+                    } else {
+                        this.cancel_text(&name, &vm, &text)
+                    };
+                    (Outcome::Cancelled, message, CallOutcome::Cancelled)
+                }
+                Some(Ok(Ok(CallToolResponse::Complete(r)))) => {
+                    let metric = if r.is_error == Some(true) { CallOutcome::ToolError } else { CallOutcome::Ok };
+                    (Outcome::completed(&r), tasks::text_of(&r), metric)
+                }
+                Some(Ok(Ok(_))) => {
+                    let e = McpError::internal_error(format!("{name} gave an answer a task cannot carry"), None);
+                    (Outcome::failed(&e), e.message.to_string(), CallOutcome::ProtocolError)
+                }
+                Some(Ok(Err(e))) => (Outcome::failed(&e), e.message.to_string(), CallOutcome::ProtocolError),
+                Some(Err(join)) => {
+                    let e = McpError::internal_error(format!("{name} ended abnormally: {join}"), None);
+                    (Outcome::failed(&e), e.message.to_string(), CallOutcome::ProtocolError)
+                }
+                None => {
+                    let note = "the operation could not be interrupted and goes on in the background; its result is \
+                                not kept, check with get_vm";
+                    (Outcome::Cancelled, this.cancel_text(&name, &vm, note), CallOutcome::Cancelled)
+                }
+            };
+            let elapsed = begun.elapsed();
+            metrics::observe_tool_call(&name, metric, elapsed);
+            tracing::debug!(tool = %name, task = %id, outcome = metric.as_str(), ms = elapsed.as_secs_f64() * 1e3, "task");
+            shared.tasks.finish(id, outcome, Some(message));
+        });
+        Some(CallToolResponse::Task(CreateTaskResult::new(started.task)))
+    }
+}
+
 fn outcome_of(result: &Result<CallToolResponse, McpError>, cancelled: bool) -> CallOutcome {
     match result {
         _ if cancelled => CallOutcome::Cancelled,
@@ -342,6 +452,7 @@ impl ServerHandler for KvmMcp {
                 .enable_resources_list_changed()
                 .enable_resources_subscribe()
                 .enable_logging()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("kvm-mcp", env!("CARGO_PKG_VERSION")))
@@ -378,6 +489,7 @@ impl ServerHandler for KvmMcp {
             .into());
         }
         let started = Instant::now();
+        // The user says yes before anything happens, a task included.
         if let Some(message) = request.arguments.as_ref().and_then(|a| confirm::question(self.ops(), &request.name, a))
         {
             let policy = self.ops().config().mcp.confirm_destructive;
@@ -389,17 +501,16 @@ impl ServerHandler for KvmMcp {
                 return Ok(answer);
             }
         }
+        // A long call from a client that declared tasks runs as one (counted when it ends).
+        if context.client_capabilities().is_some_and(|c| c.supports_tasks())
+            && let Some(vm) = tasks::long_call(&name, request.arguments.as_ref(), &self.ops().config().vm.default_name)
+            && let Some(created) = self.start_task(name.clone(), vm, request.clone(), context.clone())
+        {
+            return Ok(created);
+        }
         let ct = context.ct.clone();
         let wire = Wire::of(&context);
-        let result = match self.shared.tools.call(ToolCallContext::new(self, request, context)).await {
-            // Wrong arguments are the model's to fix: it sees tool errors, not protocol errors.
-            Err(e) => params::into_tool_error(e).map(|r| wire.result(r).into()),
-            Ok(CallToolResponse::Complete(mut r)) => {
-                params::clip_error_text(&mut r);
-                Ok(CallToolResponse::Complete(wire.result(r)))
-            }
-            other => other,
-        };
+        let result = finish_call(wire, self.shared.tools.call(ToolCallContext::new(self, request, context)).await);
         let outcome = outcome_of(&result, ct.is_cancelled());
         let elapsed = started.elapsed();
         metrics::observe_tool_call(&name, outcome, elapsed);
@@ -417,6 +528,30 @@ impl ServerHandler for KvmMcp {
         let mut result = rmcp::model::ListToolsResult::with_all_items(tools);
         (result.ttl_ms, result.cache_scope) = wire.hints(STATIC_TTL);
         Ok(result)
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.shared.tasks.get(&request.task_id, &|vm| self.vm_state(vm)).map(GetTaskResult::new)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.shared.tasks.cancel(&request.task_id)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.shared.tasks.update(&request.task_id)
     }
 
     fn get_tool(&self, name: &str) -> Option<rmcp::model::Tool> {

@@ -6,7 +6,10 @@ use std::path::Path;
 use kvm_mcp::config::{Config, ConfigSource};
 use kvm_mcp::mcp::KvmMcp;
 use kvm_mcp::ops::Ops;
-use rmcp::model::{CallToolRequestParams, CallToolResult, ClientConfig, ProtocolVersion};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResult, ClientCapabilities, ClientConfig, DetailedTask, GetTaskParams,
+    ProtocolVersion, TaskPayload,
+};
 use rmcp::service::RunningService;
 use rmcp::{ClientHandler, Peer, RoleClient, ServiceExt};
 use serde_json::Value;
@@ -90,4 +93,47 @@ pub async fn ok(c: &Peer<RoleClient>, name: &'static str, args: Value) -> Value 
 /// Calls tool `name`, which must fail; its error text.
 pub async fn err(c: &Peer<RoleClient>, name: &'static str, args: Value) -> String {
     failed(name, &call(c, name, args).await)
+}
+
+/// A client that declares the Tasks extension (SEP-2663), protocol 2025-11-25.
+pub fn tasks_client_info() -> ClientConfig {
+    let mut info = ClientConfig::default();
+    info.protocol_version = ProtocolVersion::V_2025_11_25;
+    info.capabilities = ClientCapabilities::builder().enable_tasks().build();
+    info
+}
+
+/// A client declaring tasks, of a server over `ops`.
+pub async fn tasks_client(ops: Ops) -> Client {
+    serve_in_process(ops, tasks_client_info()).await
+}
+
+/// `tasks/get` until `pred` holds for the task (polling every 50 ms), or `deadline`
+/// passes (which fails the test, showing the last state).
+pub async fn wait_task(
+    c: &Peer<RoleClient>,
+    id: &str,
+    deadline: std::time::Duration,
+    what: &str,
+    pred: impl Fn(&DetailedTask) -> bool,
+) -> DetailedTask {
+    let start = std::time::Instant::now();
+    loop {
+        let got = c.get_task(GetTaskParams::new(id)).await.expect("tasks/get").task;
+        if pred(&got) {
+            return got;
+        }
+        assert!(start.elapsed() < deadline, "task {id}: {what} not reached within {deadline:?}; last: {got:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The result a completed task carries; any other final state fails the test.
+pub fn task_result(task: &DetailedTask) -> CallToolResult {
+    match &task.payload {
+        TaskPayload::Completed { result } => {
+            serde_json::from_value(Value::Object(result.clone())).expect("a CallToolResult in the task")
+        }
+        other => panic!("task {} did not complete: {other:?} ({:?})", task.task.task_id, task.task.status_message),
+    }
 }

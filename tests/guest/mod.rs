@@ -11,6 +11,7 @@ mod debian;
 mod display;
 mod lifecycle;
 mod mcp_storage;
+mod mcp_tasks;
 mod recovery;
 mod stats;
 mod storage;

@@ -6,3 +6,4 @@ mod conn;
 mod edges;
 mod ratelimit;
 mod revisions;
+mod tasks;

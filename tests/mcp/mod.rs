@@ -13,5 +13,6 @@ mod python;
 mod readme;
 mod stdio;
 mod storage;
+mod tasks;
 
 pub use crate::common::mcp::{connect, ops};
