@@ -110,7 +110,7 @@ impl KvmMcp {
         let summary = summarise(&value);
         reporter.send(summary.clone()).await;
         if call.log {
-            self.log(&ctx.peer, Level::Info, call.vm, summary.clone()).await;
+            self.log(ctx, Level::Info, call.vm, summary.clone()).await;
         }
         Ok((value, summary))
     }
@@ -119,7 +119,7 @@ impl KvmMcp {
     pub(super) async fn cancelled(&self, ctx: &RequestContext<RoleServer>, tool: &str, vm: &str, note: &str) -> String {
         let msg = self.cancel_text(tool, vm, note);
         tracing::warn!(vm, "{msg}");
-        self.log(&ctx.peer, Level::Warning, vm, msg.clone()).await;
+        self.log(ctx, Level::Warning, vm, msg.clone()).await;
         msg
     }
 
@@ -141,7 +141,7 @@ impl KvmMcp {
         value: T,
         summary: String,
     ) -> ToolResult<T> {
-        self.log(&ctx.peer, Level::Info, vm, summary.clone()).await;
+        self.log(ctx, Level::Info, vm, summary.clone()).await;
         Ok(Reply::new(value, summary))
     }
 }

@@ -49,8 +49,8 @@ struct Wire {
     structured: bool,
     /// Tool `annotations` (2025-03-26).
     annotations: bool,
-    /// Cache hints on list and read results (2026-07-28).
-    cache_hints: bool,
+    /// The 2026-07-28 wire: cache hints on list and read results, per-request log levels.
+    stateless: bool,
 }
 
 impl Wire {
@@ -62,7 +62,7 @@ impl Wire {
         Self {
             structured: at_least(&ProtocolVersion::V_2025_06_18),
             annotations: at_least(&ProtocolVersion::V_2025_03_26),
-            cache_hints: at_least(&ProtocolVersion::V_2026_07_28),
+            stateless: at_least(&ProtocolVersion::V_2026_07_28),
         }
     }
 
@@ -70,7 +70,7 @@ impl Wire {
     /// changes (tools, templates, discovery), nothing for what follows the VMs. Earlier
     /// revisions have no such fields.
     fn hints(self, ttl: Duration) -> (Option<u64>, Option<CacheScope>) {
-        if self.cache_hints {
+        if self.stateless {
             (Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)), Some(CacheScope::Public))
         } else {
             (None, None)
@@ -264,10 +264,20 @@ impl KvmMcp {
         &self.shared.ops
     }
 
-    /// Sends `message` as `notifications/message` if the session's level lets it through.
-    pub(super) async fn log(&self, peer: &rmcp::Peer<RoleServer>, level: Level, vm: &str, message: String) {
-        if level.rank() >= self.log_level.load(Ordering::Relaxed) {
-            log::send_log(peer, level, vm, message).await;
+    /// Sends `message` as `notifications/message` if the request's level lets it
+    /// through: a 2026 request's `_meta` log level (none: no messages at all), else the
+    /// session's `logging/setLevel`.
+    pub(super) async fn log(&self, ctx: &RequestContext<RoleServer>, level: Level, vm: &str, message: String) {
+        let threshold = if Wire::of(ctx).stateless {
+            match ctx.meta.log_level() {
+                Some(l) => Level::from_mcp(l).rank(),
+                None => return,
+            }
+        } else {
+            self.log_level.load(Ordering::Relaxed)
+        };
+        if level.rank() >= threshold {
+            log::send_log(&ctx.peer, level, vm, message).await;
         }
     }
 

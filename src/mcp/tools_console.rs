@@ -150,7 +150,7 @@ impl KvmMcp {
     ) -> ToolResult<KeysSent> {
         let presses = self.ops().send_keys(&a.name, &a.keys, None).await.map_err(fail)?;
         let summary = format!("sent {presses} key presses to VM {:?}: {}", a.name, a.keys.join(" "));
-        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        self.log(&ctx, Level::Info, &a.name, summary.clone()).await;
         Ok(Reply::new(KeysSent { presses }, summary))
     }
 
@@ -259,7 +259,7 @@ impl KvmMcp {
             a.path,
             a.name
         );
-        self.log(&ctx.peer, Level::Info, &a.name, summary.clone()).await;
+        self.log(&ctx, Level::Info, &a.name, summary.clone()).await;
         Ok(Reply::new(FileWritten { path: a.path, bytes_written, appended: a.append }, summary))
     }
 

@@ -84,7 +84,7 @@ impl KvmMcp {
     ) -> ToolResult<ForwardList> {
         let fwd = a.forward();
         let forwards = self.ops().add_port_forward(&a.name, a.nic, fwd).await.map_err(fail)?;
-        self.log(&ctx.peer, Level::Info, &a.name, format!("port forward {fwd} added")).await;
+        self.log(&ctx, Level::Info, &a.name, format!("port forward {fwd} added")).await;
         let summary = format!("added {fwd}; {}", forwards_summary(&a.name, &forwards));
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
@@ -103,7 +103,7 @@ impl KvmMcp {
     ) -> ToolResult<ForwardList> {
         let sel = a.selector();
         let forwards = self.ops().remove_port_forward(&a.name, a.nic, sel).await.map_err(fail)?;
-        self.log(&ctx.peer, Level::Info, &a.name, format!("port forward {sel} removed")).await;
+        self.log(&ctx, Level::Info, &a.name, format!("port forward {sel} removed")).await;
         let summary = format!("removed {sel}; {}", forwards_summary(&a.name, &forwards));
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }

@@ -321,3 +321,41 @@ fn a_2025_subscription_reports_a_vms_changes_and_refuses_other_uris() {
     let updated = notification(&s, "notifications/resources/updated");
     assert_eq!(updated["params"]["uri"], "vm://w2", "{updated}");
 }
+
+#[test]
+fn a_2026_request_gets_log_messages_only_at_the_level_it_asks_for() {
+    let env = TestEnv::new();
+    let mut s = Served::start(&env);
+    let create = |id: u64, name: &str| {
+        request_2026(
+            id,
+            "tools/call",
+            json!({ "name": "create_vm", "arguments": { "name": name, "disk": { "type": "blank" }, "disk_size_gib": 1 } }),
+        )
+    };
+    // Everything written before the answer to `id`.
+    let until_answer = |s: &Served, id: u64| {
+        let mut before = Vec::new();
+        loop {
+            let m = s.next();
+            if m["id"] == id {
+                return (m, before);
+            }
+            before.push(m);
+        }
+    };
+
+    s.send(&create(1, "quiet"));
+    let (answer, before) = until_answer(&s, 1);
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    assert!(!before.iter().any(|m| m["method"] == "notifications/message"), "{before:?}");
+
+    let mut asked = create(2, "chatty");
+    asked["params"]["_meta"]["io.modelcontextprotocol/logLevel"] = json!("info");
+    s.send(&asked);
+    let (answer, before) = until_answer(&s, 2);
+    assert_eq!(answer["result"]["isError"], false, "{answer}");
+    let logged: Vec<&Value> = before.iter().filter(|m| m["method"] == "notifications/message").collect();
+    assert_eq!(logged.len(), 1, "{before:?}");
+    assert_eq!(logged[0]["params"]["data"]["vm"], "chatty");
+}
