@@ -34,8 +34,15 @@ fn parse<T: DeserializeOwned>(value: Value) -> T {
     serde_json::from_value(value).unwrap_or_else(|e| panic!("fixture JSON does not fit its rmcp type: {e}"))
 }
 
+/// A complete result: 2026-07-28 wants `resultType` on it (rmcp strips it for older
+/// revisions).
+fn complete<T: DeserializeOwned>(mut value: Value) -> T {
+    value["resultType"] = json!("complete");
+    parse(value)
+}
+
 fn text_result(text: impl Into<String>) -> CallToolResult {
-    parse(json!({ "content": [{ "type": "text", "text": text.into() }] }))
+    complete(json!({ "content": [{ "type": "text", "text": text.into() }] }))
 }
 
 fn empty_object() -> Value {
@@ -74,6 +81,17 @@ fn tools() -> Value {
         },
         { "name": "test_elicitation_sep1034_defaults", "description": "Elicits with defaults for every primitive type", "inputSchema": none },
         { "name": "test_elicitation_sep1330_enums", "description": "Elicits with all five enum forms", "inputSchema": none },
+        { "name": "test_input_required_result_elicitation", "description": "Asks for a name with an input-required result", "inputSchema": none },
+        { "name": "test_input_required_result_sampling", "description": "Asks the model with an input-required result", "inputSchema": none },
+        { "name": "test_input_required_result_list_roots", "description": "Asks for roots with an input-required result", "inputSchema": none },
+        { "name": "test_input_required_result_request_state", "description": "Round-trips a request state", "inputSchema": none },
+        { "name": "test_input_required_result_multiple_inputs", "description": "Asks for three inputs at once", "inputSchema": none },
+        { "name": "test_input_required_result_multi_round", "description": "Asks in two rounds", "inputSchema": none },
+        { "name": "test_input_required_result_tampered_state", "description": "Refuses a tampered request state", "inputSchema": none },
+        { "name": "test_input_required_result_capabilities", "description": "Asks only for what the client declared", "inputSchema": none },
+        { "name": "test_missing_capability", "description": "Needs the client's sampling capability", "inputSchema": none },
+        { "name": "test_streaming_elicitation", "description": "Asks for input with an input-required result", "inputSchema": none },
+        { "name": "test_logging_tool", "description": "Logs at the level the request asks for", "inputSchema": none },
         {
             "name": "json_schema_2020_12_tool",
             "description": "Has a JSON Schema 2020-12 input schema",
@@ -150,6 +168,178 @@ fn sep1330_schema() -> Value {
     })
 }
 
+/// A request state the fixture can check: `payload.mac`, keyed by a per-process secret.
+fn sign(payload: &str) -> String {
+    format!("{payload}.{:016x}", mac(payload))
+}
+
+fn mac(payload: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let mut h = KEY.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
+    h.write(payload.as_bytes());
+    h.finish()
+}
+
+/// The payload of a state [`sign`] made, or an invalid-params error if it was altered.
+fn verify(state: Option<&str>) -> Result<Option<String>, McpError> {
+    let Some(state) = state else { return Ok(None) };
+    let ok = state.rsplit_once('.').filter(|(payload, tag)| format!("{:016x}", mac(payload)) == *tag);
+    match ok {
+        Some((payload, _)) => Ok(Some(payload.to_owned())),
+        None => Err(McpError::invalid_params("requestState failed its integrity check", None)),
+    }
+}
+
+fn elicit_request(message: &str, field: &str, kind: &str) -> Value {
+    json!({ "method": "elicitation/create", "params": {
+        "mode": "form",
+        "message": message,
+        "requestedSchema": { "type": "object", "properties": { field: { "type": kind } }, "required": [field] },
+    } })
+}
+
+fn sampling_request(text: &str, max_tokens: u32) -> Value {
+    json!({ "method": "sampling/createMessage", "params": {
+        "messages": [{ "role": "user", "content": { "type": "text", "text": text } }],
+        "maxTokens": max_tokens,
+    } })
+}
+
+fn roots_request() -> Value {
+    json!({ "method": "roots/list", "params": {} })
+}
+
+fn input_required(requests: Value, state: Option<String>) -> CallToolResponse {
+    let mut v = json!({ "resultType": "input_required", "inputRequests": requests });
+    if let Some(s) = state {
+        v["requestState"] = Value::String(s);
+    }
+    CallToolResponse::InputRequired(parse(v))
+}
+
+/// The accepted elicitation answer's `field`, if `response` is one.
+fn accepted(response: &Value, field: &str) -> Option<String> {
+    if response.get("action")?.as_str()? != "accept" {
+        return None;
+    }
+    let v = response.get("content")?.get(field)?;
+    Some(v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+}
+
+fn sampled(response: &Value) -> Option<String> {
+    response.get("content")?.get("text")?.as_str().map(str::to_owned)
+}
+
+fn roots(response: &Value) -> Option<Vec<String>> {
+    let roots = response.get("roots")?.as_array()?;
+    Some(roots.iter().filter_map(|r| r.get("uri")?.as_str().map(str::to_owned)).collect())
+}
+
+/// The SEP-2322 tools: what each asks for, and what it answers once it has it.
+fn input_required_tool(
+    name: &str,
+    responses: &Value,
+    state: Option<&str>,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<Option<CallToolResponse>, McpError> {
+    let got = |key: &str| responses.get(key).filter(|v| v.is_object());
+    let name_q = || elicit_request("What is your name?", "name", "string");
+    Ok(Some(match name {
+        "test_input_required_result_elicitation" | "test_streaming_elicitation" => {
+            match got("user_name").and_then(|r| accepted(r, "name")) {
+                Some(n) => text_result(format!("Hello, {n}!")).into(),
+                None => input_required(json!({ "user_name": name_q() }), None),
+            }
+        }
+        "test_input_required_result_sampling" => match got("capital_question").and_then(sampled) {
+            Some(t) => text_result(format!("The model said: {t}")).into(),
+            None => input_required(
+                json!({ "capital_question": sampling_request("What is the capital of France?", 100) }),
+                None,
+            ),
+        },
+        "test_input_required_result_list_roots" => match got("client_roots").and_then(roots) {
+            Some(r) => text_result(format!("Client roots: {}", r.join(", "))).into(),
+            None => input_required(json!({ "client_roots": roots_request() }), None),
+        },
+        "test_input_required_result_request_state" => {
+            let payload = verify(state)?;
+            match (payload.as_deref(), got("confirm")) {
+                (Some("request-state"), Some(_)) => text_result("state-ok: the request state came back intact").into(),
+                _ => input_required(
+                    json!({ "confirm": elicit_request("Please confirm", "ok", "boolean") }),
+                    Some(sign("request-state")),
+                ),
+            }
+        }
+        "test_input_required_result_multiple_inputs" => {
+            let payload = verify(state)?;
+            let all = ["user_name", "greeting", "client_roots"].iter().all(|k| got(k).is_some());
+            if payload.as_deref() == Some("multiple") && all {
+                text_result("Got a name, a greeting and the roots.").into()
+            } else {
+                input_required(
+                    json!({
+                        "user_name": name_q(),
+                        "greeting": sampling_request("Generate a greeting", 50),
+                        "client_roots": roots_request(),
+                    }),
+                    Some(sign("multiple")),
+                )
+            }
+        }
+        "test_input_required_result_multi_round" => {
+            let payload = verify(state)?;
+            match (payload.as_deref(), got("step1"), got("step2")) {
+                (Some("round2"), _, Some(r)) => {
+                    text_result(format!("Favourite color: {}", accepted(r, "color").unwrap_or_default())).into()
+                }
+                (Some("round1"), Some(_), _) => input_required(
+                    json!({ "step2": elicit_request("Step 2: What is your favorite color?", "color", "string") }),
+                    Some(sign("round2")),
+                ),
+                _ => input_required(
+                    json!({ "step1": elicit_request("Step 1: What is your name?", "name", "string") }),
+                    Some(sign("round1")),
+                ),
+            }
+        }
+        "test_input_required_result_tampered_state" => match verify(state)? {
+            Some(_) => text_result("The request state is intact.").into(),
+            None => input_required(json!({ "user_name": name_q() }), Some(sign("tamper-check"))),
+        },
+        "test_input_required_result_capabilities" => {
+            let caps =
+                ctx.client_capabilities().map(|c| serde_json::to_value(c).unwrap_or_default()).unwrap_or_default();
+            let mut requests = serde_json::Map::new();
+            if caps.get("elicitation").is_some() {
+                requests.insert("user_name".into(), name_q());
+            }
+            if caps.get("sampling").is_some() {
+                requests.insert("greeting".into(), sampling_request("Generate a greeting", 50));
+            }
+            if caps.get("roots").is_some() {
+                requests.insert("client_roots".into(), roots_request());
+            }
+            if requests.is_empty() || requests.keys().all(|k| got(k).is_some()) {
+                text_result("Asked only for what the client declared.").into()
+            } else {
+                input_required(Value::Object(requests), None)
+            }
+        }
+        "test_missing_capability" => {
+            let has = ctx.client_capabilities().is_some_and(|c| c.sampling.is_some());
+            if !has {
+                let required: rmcp::model::ClientCapabilities = parse(json!({ "sampling": {} }));
+                return Err(McpError::missing_required_client_capability(required));
+            }
+            text_result("The client declared sampling.").into()
+        }
+        _ => return Ok(None),
+    }))
+}
+
 /// The suite's fixture server; one per session.
 #[derive(Debug, Clone, Default)]
 pub struct Fixture {
@@ -195,15 +385,15 @@ impl Fixture {
         match &*request.name {
             "test_simple_text" => text_result("This is a simple text response for testing."),
             "test_image_content" => {
-                parse(json!({ "content": [{ "type": "image", "data": PNG, "mimeType": "image/png" }] }))
+                complete(json!({ "content": [{ "type": "image", "data": PNG, "mimeType": "image/png" }] }))
             }
             "test_audio_content" => {
-                parse(json!({ "content": [{ "type": "audio", "data": WAV, "mimeType": "audio/wav" }] }))
+                complete(json!({ "content": [{ "type": "audio", "data": WAV, "mimeType": "audio/wav" }] }))
             }
-            "test_embedded_resource" => parse(json!({ "content": [{ "type": "resource", "resource": {
+            "test_embedded_resource" => complete(json!({ "content": [{ "type": "resource", "resource": {
                 "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content.",
             } }] })),
-            "test_multiple_content_types" => parse(json!({ "content": [
+            "test_multiple_content_types" => complete(json!({ "content": [
                 { "type": "text", "text": "Multiple content types test:" },
                 { "type": "image", "data": PNG, "mimeType": "image/png" },
                 { "type": "resource", "resource": {
@@ -232,7 +422,7 @@ impl Fixture {
                 }
                 text_result("Progress reported.")
             }
-            "test_error_handling" => parse(json!({ "isError": true, "content": [
+            "test_error_handling" => complete(json!({ "isError": true, "content": [
                 { "type": "text", "text": "This tool intentionally returns an error for testing" },
             ] })),
             "test_sampling" => {
@@ -288,9 +478,9 @@ fn resource_not_found(uri: &str) -> McpError {
 impl ServerHandler for Fixture {
     fn get_info(&self) -> ServerConfig {
         let capabilities: ServerCapabilities = parse(json!({
-            "tools": { "listChanged": false },
-            "resources": { "subscribe": true, "listChanged": false },
-            "prompts": { "listChanged": false },
+            "tools": {},
+            "resources": {},
+            "prompts": {},
             "logging": {},
             "completions": {},
         }));
@@ -315,6 +505,26 @@ impl ServerHandler for Fixture {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let responses = request.input_responses.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default());
+        let responses = responses.unwrap_or_default();
+        if let Some(answer) =
+            input_required_tool(&request.name, &responses, request.request_state.as_deref(), &context)?
+        {
+            return Ok(answer);
+        }
+        if request.name == "test_logging_tool" {
+            // Logs only when the request's `_meta` asks for a level.
+            if let Some(level) = context.meta.log_level() {
+                for message in ["Logging tool started", "Logging tool finished"] {
+                    if rank(LoggingLevel::Info) >= rank(level) {
+                        let p: LoggingMessageNotificationParam =
+                            parse(json!({ "level": "info", "logger": "fixture", "data": message }));
+                        let _ = context.peer.notify_logging_message(p).await;
+                    }
+                }
+            }
+            return Ok(text_result("Logged at the requested level.").into());
+        }
         Ok(self.call(&request, &context).await.into())
     }
 
@@ -332,7 +542,7 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourcesResult, McpError> {
-        Ok(parse(json!({ "resources": [
+        Ok(complete(json!({ "resources": [
             { "uri": "test://static-text", "name": "static-text", "description": "A static text resource", "mimeType": "text/plain" },
             { "uri": "test://static-binary", "name": "static-binary", "description": "A static PNG", "mimeType": "image/png" },
             { "uri": "test://watched-resource", "name": "watched-resource", "description": "A resource to subscribe to", "mimeType": "text/plain" },
@@ -344,7 +554,7 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
-        Ok(parse(json!({ "resourceTemplates": [{
+        Ok(complete(json!({ "resourceTemplates": [{
             "uriTemplate": "test://template/{id}/data", "name": "template-data",
             "description": "Data for an id", "mimeType": "application/json",
         }] })))
@@ -374,7 +584,7 @@ impl ServerHandler for Fixture {
                 json!({ "uri": uri, "mimeType": "application/json", "text": text })
             }
         };
-        let result: ReadResourceResult = parse(json!({ "contents": [content] }));
+        let result: ReadResourceResult = complete(json!({ "contents": [content] }));
         Ok(result.into())
     }
 
@@ -399,7 +609,7 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListPromptsResult, McpError> {
-        Ok(parse(json!({ "prompts": [
+        Ok(complete(json!({ "prompts": [
             { "name": "test_simple_prompt", "description": "A prompt without arguments" },
             { "name": "test_prompt_with_arguments", "description": "A prompt with two arguments", "arguments": [
                 { "name": "arg1", "description": "First test argument", "required": true },
@@ -409,6 +619,7 @@ impl ServerHandler for Fixture {
                 { "name": "resourceUri", "description": "URI of the resource to embed", "required": true },
             ] },
             { "name": "test_prompt_with_image", "description": "A prompt with an image" },
+            { "name": "test_input_required_result_prompt", "description": "A prompt that asks for context first" },
         ] })))
     }
 
@@ -434,13 +645,28 @@ impl ServerHandler for Fixture {
                 } })),
                 user(json!({ "type": "text", "text": "Please process the embedded resource above." })),
             ],
+            "test_input_required_result_prompt" => {
+                let responses = request.input_responses.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default());
+                let context =
+                    responses.as_ref().and_then(|r| r.get("user_context")).and_then(|r| accepted(r, "context"));
+                match context {
+                    Some(c) => vec![user(json!({ "type": "text", "text": format!("Use this context: {c}") }))],
+                    None => {
+                        let requests = json!({ "user_context":
+                            elicit_request("What context should the prompt use?", "context", "string") });
+                        return Ok(GetPromptResponse::InputRequired(parse(
+                            json!({ "resultType": "input_required", "inputRequests": requests }),
+                        )));
+                    }
+                }
+            }
             "test_prompt_with_image" => vec![
                 user(json!({ "type": "image", "data": PNG, "mimeType": "image/png" })),
                 user(json!({ "type": "text", "text": "Please analyze the image above." })),
             ],
             other => return Err(McpError::invalid_params(format!("unknown prompt {other:?}"), None)),
         };
-        let result: GetPromptResult = parse(json!({ "messages": messages }));
+        let result: GetPromptResult = complete(json!({ "messages": messages }));
         Ok(result.into())
     }
 
@@ -449,6 +675,6 @@ impl ServerHandler for Fixture {
         _request: CompleteRequestParams,
         _context: RequestContext<RoleServer>,
     ) -> Result<CompleteResult, McpError> {
-        Ok(parse(json!({ "completion": { "values": ["paris", "park", "party"], "total": 3, "hasMore": false } })))
+        Ok(complete(json!({ "completion": { "values": ["paris", "park", "party"], "total": 3, "hasMore": false } })))
     }
 }

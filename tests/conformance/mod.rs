@@ -45,8 +45,9 @@ fn suite() -> (PathBuf, PathBuf) {
 async fn run_suite(url: &str, args: &[&str]) {
     let (node, cli) = suite();
     let expected = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/expected-failures.yaml");
+    let results = tempfile::tempdir().expect("tempdir");
     let mut cmd = tokio::process::Command::new(&node);
-    cmd.arg(&cli).args(["server", "--url", url]).args(args);
+    cmd.arg(&cli).args(["server", "--url", url]).args(args).arg("-o").arg(results.path());
     if expected.is_file() {
         cmd.arg("--expected-failures").arg(&expected);
     }
@@ -57,8 +58,47 @@ async fn run_suite(url: &str, args: &[&str]) {
         .expect("run node");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "conformance {args:?} against {url} failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "conformance {args:?} against {url} failed ({}):\n{stdout}\n{stderr}\nfailing checks:\n{}",
+        out.status,
+        failing_checks(results.path()).join("\n")
+    );
     println!("conformance {args:?}:\n{stdout}");
+}
+
+/// The checks that failed in the suite's result files under `dir`: scenario, check id
+/// and the suite's message.
+fn failing_checks(dir: &Path) -> Vec<String> {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if let Ok(text) = std::fs::read_to_string(&path)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            {
+                collect(&path, &v, found);
+            }
+        }
+    }
+    fn collect(path: &Path, v: &serde_json::Value, found: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Array(items) => items.iter().for_each(|i| collect(path, i, found)),
+            serde_json::Value::Object(map) => {
+                if map.get("status").and_then(|s| s.as_str()) == Some("FAILURE") {
+                    let scenario = path.parent().and_then(Path::file_name).unwrap_or_default().to_string_lossy();
+                    found.push(format!("{scenario}: {} {}", map["id"], map.get("errorMessage").unwrap_or(&json!(""))));
+                } else {
+                    map.values().for_each(|i| collect(path, i, found));
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    walk(dir, &mut found);
+    found
 }
 
 /// A loopback port nothing listens on right now.
@@ -112,6 +152,12 @@ async fn wait_healthy(addr: SocketAddr) {
 async fn fixture_passes_requirements_2025_11_25() {
     let server = FixtureServer::start().await;
     run_suite(&server.url, &["--requirements", "2025-11-25"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_passes_requirements_2026_07_28() {
+    let server = FixtureServer::start().await;
+    run_suite(&server.url, &["--requirements", "2026-07-28"]).await;
 }
 
 /// The scenarios that need no fixture, against the real server.
