@@ -129,20 +129,22 @@ impl FixtureServer {
         let addr = free_port();
         let opts = HttpOptions { addr, no_auth: true, settings, state_dir: dir.path().join("state") };
         let stop = CancellationToken::new();
-        tokio::spawn(serve_with(shared, opts, stop.clone(), fixture::Fixture::default));
+        let serving = tokio::spawn(serve_with(shared, opts, stop.clone(), fixture::Fixture::default));
         let url = format!("http://{addr}/mcp");
-        wait_healthy(addr).await;
+        wait_listening(addr, &serving).await;
         Self { url, stop, _dir: dir }
     }
 }
 
-/// Waits until `/healthz` at `addr` answers.
-async fn wait_healthy(addr: SocketAddr) {
+/// Waits until the server `serving` listens on `addr`; panics if it stopped instead
+/// (say, another process took the port between [`free_port`] and the bind).
+async fn wait_listening<T: std::fmt::Debug>(addr: SocketAddr, serving: &tokio::task::JoinHandle<T>) {
     let end = tokio::time::Instant::now() + DEADLINE;
     while tokio::time::Instant::now() < end {
         if tokio::net::TcpStream::connect(addr).await.is_ok() {
             return;
         }
+        assert!(!serving.is_finished(), "the fixture server stopped before it listened on {addr}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the fixture server never listened on {addr}");
