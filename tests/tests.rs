@@ -6,6 +6,7 @@
 
 mod cli;
 mod common;
+mod conformance;
 mod fuzz_replay;
 mod guest;
 mod host;

@@ -170,11 +170,31 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Serves until `shutdown` fires, then drains and returns.
+/// Serves kvm-mcp's tools until `shutdown` fires, then drains and returns.
 ///
 /// # Errors
 /// `--no-auth` off loopback, token or TLS files unusable, or the address cannot be bound.
 pub async fn serve(shared: Arc<Shared>, opts: HttpOptions, shutdown: CancellationToken) -> Result<(), HttpError> {
+    let factory_shared = shared.clone();
+    serve_with(shared, opts, shutdown, move || KvmMcp::new(factory_shared.clone())).await
+}
+
+/// [`serve`] with another MCP handler, made by `handler` once per session, behind
+/// exactly the same gate, edges and connection limits (the conformance tests mount a
+/// fixture handler this way). `shared` still feeds `/metrics` and the drain.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with<S, F>(
+    shared: Arc<Shared>,
+    opts: HttpOptions,
+    shutdown: CancellationToken,
+    handler: F,
+) -> Result<(), HttpError>
+where
+    S: rmcp::ServerHandler + Send + 'static,
+    F: Fn() -> S + Send + Sync + 'static,
+{
     let HttpOptions { addr, no_auth, settings, state_dir } = opts;
     let tokens = if no_auth {
         if !addr.ip().is_loopback() {
@@ -195,9 +215,8 @@ pub async fn serve(shared: Arc<Shared>, opts: HttpOptions, shutdown: Cancellatio
         .disable_allowed_hosts()
         .with_cancellation_token(sessions_ct.clone());
     let max_body_bytes = mcp_config.max_request_body_bytes;
-    let factory_shared = shared.clone();
     let sessions = Arc::new(LocalSessionManager::default());
-    let mcp = StreamableHttpService::new(move || Ok(KvmMcp::new(factory_shared.clone())), sessions.clone(), mcp_config);
+    let mcp = StreamableHttpService::new(move || Ok(handler()), sessions.clone(), mcp_config);
     let edges_state = Arc::new(edges::Edges { sessions: sessions.clone(), max_body_bytes });
     let gate_state = Arc::new(Gate {
         tokens,

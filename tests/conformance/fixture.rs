@@ -1,0 +1,680 @@
+//! The fixture server the MCP conformance suite expects: its `test_*` tools, `test://`
+//! resources and template, prompts and completion, each answering exactly what the
+//! suite's scenario text asks for. Test-only: it lives in the test crate and is mounted
+//! on kvm-mcp's own HTTP stack by `kvm_mcp::http::serve_with`, never in the shipped
+//! tool list. Results are written as JSON and parsed into rmcp's types, so each reads
+//! like the scenario it answers.
+// Logging, sampling and server-to-client elicitation are deprecated by SEP-2577 for the
+// 2026 revision; the 2025-11-25 scenarios still test them.
+#![allow(deprecated)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult, ElicitRequest,
+    GetPromptRequestParams, GetPromptResponse, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
+    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
+    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
+    ServerConfig, ServerRequest, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// A 1x1 red PNG.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
+/// A WAV file with a header and no samples.
+const WAV: &str = "UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=";
+
+/// `value` as an rmcp type; the fixture's JSON is fixed, so a mismatch is a bug here.
+fn parse<T: DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).unwrap_or_else(|e| panic!("fixture JSON does not fit its rmcp type: {e}"))
+}
+
+/// A complete result: 2026-07-28 wants `resultType` on it (rmcp strips it for older
+/// revisions).
+fn complete<T: DeserializeOwned>(mut value: Value) -> T {
+    value["resultType"] = json!("complete");
+    parse(value)
+}
+
+fn text_result(text: impl Into<String>) -> CallToolResult {
+    complete(json!({ "content": [{ "type": "text", "text": text.into() }] }))
+}
+
+fn empty_object() -> Value {
+    json!({ "type": "object", "properties": {} })
+}
+
+/// The tools the suite calls, in a fixed order.
+fn tools() -> Value {
+    let none = empty_object();
+    json!([
+        { "name": "test_simple_text", "description": "Returns simple text", "inputSchema": none },
+        { "name": "test_image_content", "description": "Returns a PNG image", "inputSchema": none },
+        { "name": "test_audio_content", "description": "Returns a WAV clip", "inputSchema": none },
+        { "name": "test_embedded_resource", "description": "Returns an embedded resource", "inputSchema": none },
+        { "name": "test_multiple_content_types", "description": "Returns text, an image and a resource", "inputSchema": none },
+        { "name": "test_tool_with_logging", "description": "Logs three messages while it runs", "inputSchema": none },
+        { "name": "test_tool_with_progress", "description": "Reports progress 0, 50, 100 of 100", "inputSchema": none },
+        { "name": "test_error_handling", "description": "Always fails", "inputSchema": none },
+        {
+            "name": "test_sampling",
+            "description": "Asks the client's model to answer a prompt",
+            "inputSchema": {
+                "type": "object",
+                "properties": { "prompt": { "type": "string", "description": "What to ask the model" } },
+                "required": ["prompt"],
+            },
+        },
+        {
+            "name": "test_elicitation",
+            "description": "Asks the user for a username and an email",
+            "inputSchema": {
+                "type": "object",
+                "properties": { "message": { "type": "string", "description": "What to show the user" } },
+                "required": ["message"],
+            },
+        },
+        { "name": "test_elicitation_sep1034_defaults", "description": "Elicits with defaults for every primitive type", "inputSchema": none },
+        { "name": "test_elicitation_sep1330_enums", "description": "Elicits with all five enum forms", "inputSchema": none },
+        { "name": "test_input_required_result_elicitation", "description": "Asks for a name with an input-required result", "inputSchema": none },
+        { "name": "test_input_required_result_sampling", "description": "Asks the model with an input-required result", "inputSchema": none },
+        { "name": "test_input_required_result_list_roots", "description": "Asks for roots with an input-required result", "inputSchema": none },
+        { "name": "test_input_required_result_request_state", "description": "Round-trips a request state", "inputSchema": none },
+        { "name": "test_input_required_result_multiple_inputs", "description": "Asks for three inputs at once", "inputSchema": none },
+        { "name": "test_input_required_result_multi_round", "description": "Asks in two rounds", "inputSchema": none },
+        { "name": "test_input_required_result_tampered_state", "description": "Refuses a tampered request state", "inputSchema": none },
+        { "name": "test_input_required_result_capabilities", "description": "Asks only for what the client declared", "inputSchema": none },
+        { "name": "test_missing_capability", "description": "Needs the client's sampling capability", "inputSchema": none },
+        { "name": "test_streaming_elicitation", "description": "Asks for input with an input-required result", "inputSchema": none },
+        { "name": "test_logging_tool", "description": "Logs at the level the request asks for", "inputSchema": none },
+        {
+            "name": "json_schema_2020_12_tool",
+            "description": "Has a JSON Schema 2020-12 input schema",
+            "inputSchema": {
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "type": "object",
+                "$defs": {
+                    "address": {
+                        "$anchor": "addressDef",
+                        "type": "object",
+                        "properties": { "street": { "type": "string" }, "city": { "type": "string" } },
+                    },
+                },
+                "properties": {
+                    "name": { "type": "string" },
+                    "address": { "$ref": "#/$defs/address" },
+                    "contactMethod": { "type": "string", "enum": ["phone", "email"] },
+                    "phone": { "type": "string" },
+                    "email": { "type": "string" },
+                },
+                "allOf": [{ "anyOf": [{ "required": ["phone"] }, { "required": ["email"] }] }],
+                "if": { "properties": { "contactMethod": { "const": "phone" } }, "required": ["contactMethod"] },
+                "then": { "required": ["phone"] },
+                "else": { "required": ["email"] },
+                "additionalProperties": false,
+            },
+        },
+    ])
+}
+
+fn sep1034_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "name": { "type": "string", "description": "Name", "default": "John Doe" },
+            "age": { "type": "integer", "description": "Age", "default": 30 },
+            "score": { "type": "number", "description": "Score", "default": 95.5 },
+            "status": { "type": "string", "description": "Status", "enum": ["active", "inactive", "pending"], "default": "active" },
+            "verified": { "type": "boolean", "description": "Verified", "default": true },
+        },
+    })
+}
+
+fn sep1330_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "untitledSingle": { "type": "string", "enum": ["option1", "option2", "option3"] },
+            "titledSingle": {
+                "type": "string",
+                "oneOf": [
+                    { "const": "value1", "title": "First Option" },
+                    { "const": "value2", "title": "Second Option" },
+                    { "const": "value3", "title": "Third Option" },
+                ],
+            },
+            "legacyEnum": {
+                "type": "string",
+                "enum": ["opt1", "opt2", "opt3"],
+                "enumNames": ["Option One", "Option Two", "Option Three"],
+            },
+            "untitledMulti": { "type": "array", "items": { "type": "string", "enum": ["option1", "option2", "option3"] } },
+            "titledMulti": {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        { "const": "value1", "title": "First Choice" },
+                        { "const": "value2", "title": "Second Choice" },
+                        { "const": "value3", "title": "Third Choice" },
+                    ],
+                },
+            },
+        },
+    })
+}
+
+/// A request state the fixture can check: `payload.mac`, keyed by a per-process secret.
+fn sign(payload: &str) -> String {
+    format!("{payload}.{:016x}", mac(payload))
+}
+
+fn mac(payload: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+    let mut h = KEY.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
+    h.write(payload.as_bytes());
+    h.finish()
+}
+
+/// The payload of a state [`sign`] made, or an invalid-params error if it was altered.
+fn verify(state: Option<&str>) -> Result<Option<String>, McpError> {
+    let Some(state) = state else { return Ok(None) };
+    let ok = state.rsplit_once('.').filter(|(payload, tag)| format!("{:016x}", mac(payload)) == *tag);
+    match ok {
+        Some((payload, _)) => Ok(Some(payload.to_owned())),
+        None => Err(McpError::invalid_params("requestState failed its integrity check", None)),
+    }
+}
+
+fn elicit_request(message: &str, field: &str, kind: &str) -> Value {
+    json!({ "method": "elicitation/create", "params": {
+        "mode": "form",
+        "message": message,
+        "requestedSchema": { "type": "object", "properties": { field: { "type": kind } }, "required": [field] },
+    } })
+}
+
+fn sampling_request(text: &str, max_tokens: u32) -> Value {
+    json!({ "method": "sampling/createMessage", "params": {
+        "messages": [{ "role": "user", "content": { "type": "text", "text": text } }],
+        "maxTokens": max_tokens,
+    } })
+}
+
+fn roots_request() -> Value {
+    json!({ "method": "roots/list", "params": {} })
+}
+
+fn input_required(requests: Value, state: Option<String>) -> CallToolResponse {
+    let mut v = json!({ "resultType": "input_required", "inputRequests": requests });
+    if let Some(s) = state {
+        v["requestState"] = Value::String(s);
+    }
+    CallToolResponse::InputRequired(parse(v))
+}
+
+/// The accepted elicitation answer's `field`, if `response` is one.
+fn accepted(response: &Value, field: &str) -> Option<String> {
+    if response.get("action")?.as_str()? != "accept" {
+        return None;
+    }
+    let v = response.get("content")?.get(field)?;
+    Some(v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+}
+
+fn sampled(response: &Value) -> Option<String> {
+    response.get("content")?.get("text")?.as_str().map(str::to_owned)
+}
+
+fn roots(response: &Value) -> Option<Vec<String>> {
+    let roots = response.get("roots")?.as_array()?;
+    Some(roots.iter().filter_map(|r| r.get("uri")?.as_str().map(str::to_owned)).collect())
+}
+
+/// The SEP-2322 tools: what each asks for, and what it answers once it has it.
+fn input_required_tool(
+    name: &str,
+    responses: &Value,
+    state: Option<&str>,
+    ctx: &RequestContext<RoleServer>,
+) -> Result<Option<CallToolResponse>, McpError> {
+    let got = |key: &str| responses.get(key).filter(|v| v.is_object());
+    let name_q = || elicit_request("What is your name?", "name", "string");
+    Ok(Some(match name {
+        "test_input_required_result_elicitation" | "test_streaming_elicitation" => {
+            match got("user_name").and_then(|r| accepted(r, "name")) {
+                Some(n) => text_result(format!("Hello, {n}!")).into(),
+                None => input_required(json!({ "user_name": name_q() }), None),
+            }
+        }
+        "test_input_required_result_sampling" => match got("capital_question").and_then(sampled) {
+            Some(t) => text_result(format!("The model said: {t}")).into(),
+            None => input_required(
+                json!({ "capital_question": sampling_request("What is the capital of France?", 100) }),
+                None,
+            ),
+        },
+        "test_input_required_result_list_roots" => match got("client_roots").and_then(roots) {
+            Some(r) => text_result(format!("Client roots: {}", r.join(", "))).into(),
+            None => input_required(json!({ "client_roots": roots_request() }), None),
+        },
+        "test_input_required_result_request_state" => {
+            let payload = verify(state)?;
+            match (payload.as_deref(), got("confirm")) {
+                (Some("request-state"), Some(_)) => text_result("state-ok: the request state came back intact").into(),
+                _ => input_required(
+                    json!({ "confirm": elicit_request("Please confirm", "ok", "boolean") }),
+                    Some(sign("request-state")),
+                ),
+            }
+        }
+        "test_input_required_result_multiple_inputs" => {
+            let payload = verify(state)?;
+            let all = ["user_name", "greeting", "client_roots"].iter().all(|k| got(k).is_some());
+            if payload.as_deref() == Some("multiple") && all {
+                text_result("Got a name, a greeting and the roots.").into()
+            } else {
+                input_required(
+                    json!({
+                        "user_name": name_q(),
+                        "greeting": sampling_request("Generate a greeting", 50),
+                        "client_roots": roots_request(),
+                    }),
+                    Some(sign("multiple")),
+                )
+            }
+        }
+        "test_input_required_result_multi_round" => {
+            let payload = verify(state)?;
+            match (payload.as_deref(), got("step1"), got("step2")) {
+                (Some("round2"), _, Some(r)) => {
+                    text_result(format!("Favourite color: {}", accepted(r, "color").unwrap_or_default())).into()
+                }
+                (Some("round1"), Some(_), _) => input_required(
+                    json!({ "step2": elicit_request("Step 2: What is your favorite color?", "color", "string") }),
+                    Some(sign("round2")),
+                ),
+                _ => input_required(
+                    json!({ "step1": elicit_request("Step 1: What is your name?", "name", "string") }),
+                    Some(sign("round1")),
+                ),
+            }
+        }
+        "test_input_required_result_tampered_state" => match verify(state)? {
+            Some(_) => text_result("The request state is intact.").into(),
+            None => input_required(json!({ "user_name": name_q() }), Some(sign("tamper-check"))),
+        },
+        "test_input_required_result_capabilities" => {
+            let caps =
+                ctx.client_capabilities().map(|c| serde_json::to_value(c).unwrap_or_default()).unwrap_or_default();
+            let mut requests = serde_json::Map::new();
+            if caps.get("elicitation").is_some() {
+                requests.insert("user_name".into(), name_q());
+            }
+            if caps.get("sampling").is_some() {
+                requests.insert("greeting".into(), sampling_request("Generate a greeting", 50));
+            }
+            if caps.get("roots").is_some() {
+                requests.insert("client_roots".into(), roots_request());
+            }
+            if requests.is_empty() || requests.keys().all(|k| got(k).is_some()) {
+                text_result("Asked only for what the client declared.").into()
+            } else {
+                input_required(Value::Object(requests), None)
+            }
+        }
+        "test_missing_capability" => {
+            let has = ctx.client_capabilities().is_some_and(|c| c.sampling.is_some());
+            if !has {
+                let required: rmcp::model::ClientCapabilities = parse(json!({ "sampling": {} }));
+                return Err(McpError::missing_required_client_capability(required));
+            }
+            text_result("The client declared sampling.").into()
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// The suite's fixture server; one per session.
+#[derive(Debug, Clone, Default)]
+pub struct Fixture {
+    /// The session's `logging/setLevel`, as a rank (0 = debug).
+    log_level: Arc<AtomicU8>,
+}
+
+fn rank(level: LoggingLevel) -> u8 {
+    match level {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+impl Fixture {
+    async fn log(&self, ctx: &RequestContext<RoleServer>, message: &str) {
+        if rank(LoggingLevel::Info) >= self.log_level.load(Ordering::Relaxed) {
+            let p: LoggingMessageNotificationParam =
+                parse(json!({ "level": "info", "logger": "fixture", "data": message }));
+            let _ = ctx.peer.notify_logging_message(p).await;
+        }
+    }
+
+    async fn elicit(&self, ctx: &RequestContext<RoleServer>, message: &str, schema: Value) -> Result<Value, String> {
+        let params = parse(json!({ "mode": "form", "message": message, "requestedSchema": schema }));
+        let request = ServerRequest::ElicitRequest(ElicitRequest::new(params));
+        match ctx.peer.send_request(request).await {
+            Ok(answer) => Ok(serde_json::to_value(answer).unwrap_or_default()),
+            Err(e) => Err(format!("elicitation failed: {e}")),
+        }
+    }
+
+    async fn call(&self, request: &CallToolRequestParams, ctx: &RequestContext<RoleServer>) -> CallToolResult {
+        let arg = |name: &str| {
+            request.arguments.as_ref().and_then(|a| a.get(name)).and_then(Value::as_str).unwrap_or_default().to_owned()
+        };
+        match &*request.name {
+            "test_simple_text" => text_result("This is a simple text response for testing."),
+            "test_image_content" => {
+                complete(json!({ "content": [{ "type": "image", "data": PNG, "mimeType": "image/png" }] }))
+            }
+            "test_audio_content" => {
+                complete(json!({ "content": [{ "type": "audio", "data": WAV, "mimeType": "audio/wav" }] }))
+            }
+            "test_embedded_resource" => complete(json!({ "content": [{ "type": "resource", "resource": {
+                "uri": "test://embedded-resource", "mimeType": "text/plain", "text": "This is an embedded resource content.",
+            } }] })),
+            "test_multiple_content_types" => complete(json!({ "content": [
+                { "type": "text", "text": "Multiple content types test:" },
+                { "type": "image", "data": PNG, "mimeType": "image/png" },
+                { "type": "resource", "resource": {
+                    "uri": "test://mixed-content-resource", "mimeType": "application/json",
+                    "text": json!({ "test": "data", "value": 123 }).to_string(),
+                } },
+            ] })),
+            "test_tool_with_logging" => {
+                self.log(ctx, "Tool execution started").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.log(ctx, "Tool processing data").await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                self.log(ctx, "Tool execution completed").await;
+                text_result("Logged three messages.")
+            }
+            "test_tool_with_progress" => {
+                let token = ctx.meta.get_progress_token();
+                for (i, progress) in [0, 50, 100].into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    if let Some(token) = &token {
+                        let p = ProgressNotificationParam::new(token.clone(), f64::from(progress)).with_total(100.0);
+                        let _ = ctx.peer.notify_progress(p).await;
+                    }
+                }
+                text_result("Progress reported.")
+            }
+            "test_error_handling" => complete(json!({ "isError": true, "content": [
+                { "type": "text", "text": "This tool intentionally returns an error for testing" },
+            ] })),
+            "test_sampling" => {
+                let params = parse(json!({
+                    "messages": [{ "role": "user", "content": { "type": "text", "text": arg("prompt") } }],
+                    "maxTokens": 100,
+                }));
+                match ctx.peer.create_message(params).await {
+                    Ok(answer) => {
+                        let v = serde_json::to_value(answer).unwrap_or_default();
+                        let said =
+                            v["content"]["text"].as_str().map_or_else(|| v["content"].to_string(), str::to_owned);
+                        text_result(format!("LLM response: {said}"))
+                    }
+                    Err(e) => {
+                        CallToolResult::error(vec![rmcp::model::ContentBlock::text(format!("sampling failed: {e}"))])
+                    }
+                }
+            }
+            "test_elicitation" => {
+                let schema = json!({
+                    "type": "object",
+                    "properties": {
+                        "username": { "type": "string", "description": "User's response" },
+                        "email": { "type": "string", "description": "User's email address" },
+                    },
+                    "required": ["username", "email"],
+                });
+                match self.elicit(ctx, &arg("message"), schema).await {
+                    Ok(v) => text_result(format!("User response: action={}, content={}", v["action"], v["content"])),
+                    Err(e) => CallToolResult::error(vec![rmcp::model::ContentBlock::text(e)]),
+                }
+            }
+            name @ ("test_elicitation_sep1034_defaults" | "test_elicitation_sep1330_enums") => {
+                let schema = if name.ends_with("defaults") { sep1034_schema() } else { sep1330_schema() };
+                match self.elicit(ctx, "Please review and submit the form", schema).await {
+                    Ok(v) => {
+                        text_result(format!("Elicitation completed: action={}, content={}", v["action"], v["content"]))
+                    }
+                    Err(e) => CallToolResult::error(vec![rmcp::model::ContentBlock::text(e)]),
+                }
+            }
+            "json_schema_2020_12_tool" => text_result("Schema accepted."),
+            other => CallToolResult::error(vec![rmcp::model::ContentBlock::text(format!("unknown tool {other:?}"))]),
+        }
+    }
+}
+
+fn resource_not_found(uri: &str) -> McpError {
+    McpError::invalid_params("Resource not found", Some(json!({ "uri": uri })))
+}
+
+impl ServerHandler for Fixture {
+    fn get_info(&self) -> ServerConfig {
+        let capabilities: ServerCapabilities = parse(json!({
+            "tools": {},
+            "resources": {},
+            "prompts": {},
+            "logging": {},
+            "completions": {},
+        }));
+        let mut info = ServerConfig::new(capabilities).with_server_info(rmcp::model::Implementation::new(
+            "kvm-mcp-conformance-fixture",
+            env!("CARGO_PKG_VERSION"),
+        ));
+        info.protocol_version = rmcp::model::ProtocolVersion::V_2025_11_25;
+        info
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        Ok(ListToolsResult::with_all_items(parse(tools())))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let responses = request.input_responses.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default());
+        let responses = responses.unwrap_or_default();
+        if let Some(answer) =
+            input_required_tool(&request.name, &responses, request.request_state.as_deref(), &context)?
+        {
+            return Ok(answer);
+        }
+        if request.name == "test_logging_tool" {
+            // Logs only when the request's `_meta` asks for a level.
+            if let Some(level) = context.meta.log_level() {
+                for message in ["Logging tool started", "Logging tool finished"] {
+                    if rank(LoggingLevel::Info) >= rank(level) {
+                        let p: LoggingMessageNotificationParam =
+                            parse(json!({ "level": "info", "logger": "fixture", "data": message }));
+                        let _ = context.peer.notify_logging_message(p).await;
+                    }
+                }
+            }
+            return Ok(text_result("Logged at the requested level.").into());
+        }
+        Ok(self.call(&request, &context).await.into())
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.log_level.store(rank(request.level), Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(complete(json!({ "resources": [
+            { "uri": "test://static-text", "name": "static-text", "description": "A static text resource", "mimeType": "text/plain" },
+            { "uri": "test://static-binary", "name": "static-binary", "description": "A static PNG", "mimeType": "image/png" },
+            { "uri": "test://watched-resource", "name": "watched-resource", "description": "A resource to subscribe to", "mimeType": "text/plain" },
+        ] })))
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, McpError> {
+        Ok(complete(json!({ "resourceTemplates": [{
+            "uriTemplate": "test://template/{id}/data", "name": "template-data",
+            "description": "Data for an id", "mimeType": "application/json",
+        }] })))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let uri = request.uri.as_str();
+        let content = match uri {
+            "test://static-text" => {
+                json!({ "uri": uri, "mimeType": "text/plain", "text": "This is the content of the static text resource." })
+            }
+            "test://static-binary" => json!({ "uri": uri, "mimeType": "image/png", "blob": PNG }),
+            "test://watched-resource" => {
+                json!({ "uri": uri, "mimeType": "text/plain", "text": "Watched resource content." })
+            }
+            _ => {
+                let id = uri
+                    .strip_prefix("test://template/")
+                    .and_then(|r| r.strip_suffix("/data"))
+                    .filter(|id| !id.is_empty() && !id.contains('/'))
+                    .ok_or_else(|| resource_not_found(uri))?;
+                let text = json!({ "id": id, "templateTest": true, "data": format!("Data for ID: {id}") }).to_string();
+                json!({ "uri": uri, "mimeType": "application/json", "text": text })
+            }
+        };
+        let result: ReadResourceResult = complete(json!({ "contents": [content] }));
+        Ok(result.into())
+    }
+
+    async fn subscribe(
+        &self,
+        _request: SubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(
+        &self,
+        _request: UnsubscribeRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        Ok(())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(complete(json!({ "prompts": [
+            { "name": "test_simple_prompt", "description": "A prompt without arguments" },
+            { "name": "test_prompt_with_arguments", "description": "A prompt with two arguments", "arguments": [
+                { "name": "arg1", "description": "First test argument", "required": true },
+                { "name": "arg2", "description": "Second test argument", "required": true },
+            ] },
+            { "name": "test_prompt_with_embedded_resource", "description": "A prompt embedding a resource", "arguments": [
+                { "name": "resourceUri", "description": "URI of the resource to embed", "required": true },
+            ] },
+            { "name": "test_prompt_with_image", "description": "A prompt with an image" },
+            { "name": "test_input_required_result_prompt", "description": "A prompt that asks for context first" },
+        ] })))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let arg = |name: &str| {
+            request.arguments.as_ref().and_then(|a| a.get(name)).and_then(Value::as_str).unwrap_or_default().to_owned()
+        };
+        let user = |content: Value| json!({ "role": "user", "content": content });
+        let messages = match &*request.name {
+            "test_simple_prompt" => {
+                vec![user(json!({ "type": "text", "text": "This is a simple prompt for testing." }))]
+            }
+            "test_prompt_with_arguments" => vec![user(json!({ "type": "text", "text": format!(
+                "Prompt with arguments: arg1='{}', arg2='{}'", arg("arg1"), arg("arg2")
+            ) }))],
+            "test_prompt_with_embedded_resource" => vec![
+                user(json!({ "type": "resource", "resource": {
+                    "uri": arg("resourceUri"), "mimeType": "text/plain", "text": "Embedded resource content for testing.",
+                } })),
+                user(json!({ "type": "text", "text": "Please process the embedded resource above." })),
+            ],
+            "test_input_required_result_prompt" => {
+                let responses = request.input_responses.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default());
+                let context =
+                    responses.as_ref().and_then(|r| r.get("user_context")).and_then(|r| accepted(r, "context"));
+                match context {
+                    Some(c) => vec![user(json!({ "type": "text", "text": format!("Use this context: {c}") }))],
+                    None => {
+                        let requests = json!({ "user_context":
+                            elicit_request("What context should the prompt use?", "context", "string") });
+                        return Ok(GetPromptResponse::InputRequired(parse(
+                            json!({ "resultType": "input_required", "inputRequests": requests }),
+                        )));
+                    }
+                }
+            }
+            "test_prompt_with_image" => vec![
+                user(json!({ "type": "image", "data": PNG, "mimeType": "image/png" })),
+                user(json!({ "type": "text", "text": "Please analyze the image above." })),
+            ],
+            other => return Err(McpError::invalid_params(format!("unknown prompt {other:?}"), None)),
+        };
+        let result: GetPromptResult = complete(json!({ "messages": messages }));
+        Ok(result.into())
+    }
+
+    async fn complete(
+        &self,
+        _request: CompleteRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, McpError> {
+        Ok(complete(json!({ "completion": { "values": ["paris", "park", "party"], "total": 3, "hasMore": false } })))
+    }
+}
