@@ -114,12 +114,12 @@ pub(super) fn question(ops: &Ops, tool: &str, args: &JsonObject) -> Option<Strin
             Some(format!("{what}?{power}{kept}"))
         }
         "revert_snapshot" => {
-            let snap = text("snapshot")?;
+            let snap = existing_snapshot(ops, name, text("snapshot")?)?;
             let ram = if running { " and its running state" } else { "" };
             Some(format!("Revert VM {vm} to snapshot {snap}? What was written to its disk{ram} since then is lost."))
         }
         "delete_snapshot" => {
-            let snap = text("snapshot")?;
+            let snap = existing_snapshot(ops, name, text("snapshot")?)?;
             Some(format!("Delete snapshot {snap} of VM {vm}? The VM can no longer go back to it."))
         }
         "reset_vm_disk" => Some(format!(
@@ -130,6 +130,12 @@ pub(super) fn question(ops: &Ops, tool: &str, args: &JsonObject) -> Option<Strin
         }
         _ => None,
     }
+}
+
+/// `snapshot` if the VM has it: a name that is not there is the tool's to refuse, and
+/// is never quoted into a question.
+fn existing_snapshot<'a>(ops: &Ops, vm: &str, snapshot: &'a str) -> Option<&'a str> {
+    ops.list_snapshots(vm).ok()?.iter().any(|s| s.name == snapshot).then_some(snapshot)
 }
 
 fn gib(bytes: u64) -> String {

@@ -159,3 +159,29 @@ fn a_bad_policy_is_a_config_error_naming_the_key() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("mcp.confirm_destructive"), "{err}");
 }
+
+#[test]
+fn only_snapshots_that_exist_are_asked_about() {
+    let env = TestEnv::new();
+    let mut s = Served::start(&env);
+    handshake_with_elicitation(&mut s);
+    create(&mut s, 1, "snappy");
+    let call = |id: u64, tool: &str, snapshot: &str| json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":{"name":"snappy","snapshot":snapshot}}});
+    s.send(&call(2, "create_snapshot", "clean"));
+    assert_eq!(s.answer()["result"]["isError"], false);
+
+    // A name that is not there (here a 100 kB one) is the tool's to refuse: no question.
+    s.send(&call(3, "delete_snapshot", &"x".repeat(100_000)));
+    let a = s.answer();
+    assert_eq!(a["id"], 3, "asked about a snapshot that does not exist: {a}");
+    assert_eq!(a["result"]["isError"], true, "{a}");
+
+    s.send(&call(4, "revert_snapshot", "clean"));
+    let question = answer_elicitation(&mut s, "cancel");
+    assert!(question.starts_with("Revert VM snappy to snapshot clean?"), "{question}");
+    assert_eq!(s.answer()["result"]["isError"], true);
+    s.send(&call(5, "delete_snapshot", "clean"));
+    let question = answer_elicitation(&mut s, "accept");
+    assert!(question.starts_with("Delete snapshot clean of VM snappy?"), "{question}");
+    assert_eq!(s.answer()["result"]["isError"], false);
+}
