@@ -270,9 +270,14 @@ pub const MAX_PATTERN_CHARS: usize = 1024;
 /// Memory a compiled pattern may use (program and lazy DFA each), so no pattern can
 /// make the matcher grow without bound.
 const MAX_PATTERN_PROGRAM_BYTES: usize = 1 << 20;
+/// Deepest nesting of groups and repetitions in a pattern: the parser recurses per
+/// level, and the regex crate's default (250) overflowed a 2 MiB thread stack in a debug
+/// build (the console fuzzer's corpus, replayed by the tests).
+const MAX_PATTERN_NESTING: u32 = 32;
 
 /// Compiles a caller's console pattern (a regular expression) under the limits: at
-/// most [`MAX_PATTERN_CHARS`] characters, and bounded program and DFA sizes.
+/// most [`MAX_PATTERN_CHARS`] characters, at most [`MAX_PATTERN_NESTING`] levels deep,
+/// and bounded program and DFA sizes.
 ///
 /// # Errors
 /// Why the pattern is refused, for [`crate::console::ConsoleError::BadPattern`].
@@ -283,6 +288,7 @@ pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, String> {
     regex::RegexBuilder::new(pattern)
         .size_limit(MAX_PATTERN_PROGRAM_BYTES)
         .dfa_size_limit(MAX_PATTERN_PROGRAM_BYTES)
+        .nest_limit(MAX_PATTERN_NESTING)
         .build()
         .map_err(|e| e.to_string())
 }
@@ -348,6 +354,21 @@ impl Matcher {
 mod tests {
     use super::*;
     use crate::ids::VmName;
+
+    #[test]
+    fn deeply_nested_patterns_are_refused_on_a_worker_sized_stack() {
+        let nested = |n: usize| format!("{}a{}", "(".repeat(n), ")*".repeat(n));
+        // Each level here is a group and a repetition (two toward the limit). On a 2 MiB
+        // stack (a tokio worker's): the refusal must not need deep recursion either.
+        let result = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || (super::compile_pattern(&nested(200)), super::compile_pattern(&nested(10))))
+            .unwrap()
+            .join()
+            .expect("no stack overflow");
+        assert!(result.0.unwrap_err().contains("nest"));
+        assert!(result.1.is_ok());
+    }
 
     fn setup() -> (tempfile::TempDir, VmPaths) {
         let d = tempfile::tempdir().unwrap();
