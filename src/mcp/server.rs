@@ -281,6 +281,15 @@ impl KvmMcp {
         }
     }
 
+    /// Where a listen on `filter` starts from: its resources as they are now, and the
+    /// VM-set changes from now on.
+    fn listen_start(&self, filter: &SubscriptionFilter) -> subscribe::Start {
+        subscribe::Start {
+            watched: Watched::new(self.ops(), &subscribe::uris_of(filter)),
+            changes: self.shared.watcher.subscribe(),
+        }
+    }
+
     /// Watches the session's `resources/subscribe` set until the session ends, sending
     /// `notifications/resources/updated` for each resource that changed.
     fn watch_subscriptions(&self, peer: rmcp::Peer<RoleServer>) {
@@ -637,7 +646,7 @@ impl ServerHandler for KvmMcp {
 
     fn accepted_subscription_filter(&self, requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
         let accepted = subscribe::accepted(requested);
-        self.shared.baselines.put(&accepted, Watched::new(self.ops(), &subscribe::uris_of(&accepted)));
+        self.shared.baselines.put(&accepted, self.listen_start(&accepted));
         Some(accepted)
     }
 
@@ -646,8 +655,8 @@ impl ServerHandler for KvmMcp {
         let uris = subscribe::uris_of(&accepted);
         let list_changed = accepted.resources_list_changed == Some(true);
         let sink = context.sink().clone();
-        let mut changes = self.shared.watcher.subscribe();
-        let mut watched = self.shared.baselines.take(&accepted, self.ops(), &uris);
+        let subscribe::Start { mut watched, mut changes } =
+            self.shared.baselines.take(&accepted, || self.listen_start(&accepted));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + subscribe::POLL, subscribe::POLL);
         loop {
             tokio::select! {

@@ -13,6 +13,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::Duration;
 
 use rmcp::model::SubscriptionFilter;
+use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use super::resources::{VM_PREFIX, VMS_URI, VMSTATS_PREFIX};
@@ -63,27 +64,35 @@ pub(super) fn accepted(requested: &SubscriptionFilter) -> SubscriptionFilter {
     filter
 }
 
-/// Baselines taken when a `subscriptions/listen` request is accepted, before its
+/// Where a `subscriptions/listen` starts: the watched resources as they were and a
+/// receiver of VM-set changes, both taken when the request is accepted, before its
 /// acknowledgement goes out, so a change made right after the client saw the
-/// acknowledgement is never taken for the starting point. Keyed by the accepted filter.
+/// acknowledgement is never missed.
+#[derive(Debug)]
+pub(super) struct Start {
+    pub(super) watched: Watched,
+    pub(super) changes: broadcast::Receiver<()>,
+}
+
+/// The [`Start`]s of listens being acknowledged, keyed by the accepted filter.
 #[derive(Debug, Default)]
-pub(super) struct Baselines(std::sync::Mutex<HashMap<String, Vec<Watched>>>);
+pub(super) struct Baselines(std::sync::Mutex<HashMap<String, Vec<Start>>>);
 
 /// At most this many baselines wait for their listen (one whose acknowledgement could
 /// not be sent is never taken).
 const MAX_BASELINES: usize = 64;
 
 impl Baselines {
-    pub(super) fn put(&self, filter: &SubscriptionFilter, watched: Watched) {
+    pub(super) fn put(&self, filter: &SubscriptionFilter, start: Start) {
         let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if map.values().map(Vec::len).sum::<usize>() >= MAX_BASELINES {
             map.clear();
         }
-        map.entry(key(filter)).or_default().push(watched);
+        map.entry(key(filter)).or_default().push(start);
     }
 
-    /// The baseline taken for `filter`, or one taken now.
-    pub(super) fn take(&self, filter: &SubscriptionFilter, ops: &Ops, uris: &BTreeSet<String>) -> Watched {
+    /// The start taken for `filter`, or `fresh()` now.
+    pub(super) fn take(&self, filter: &SubscriptionFilter, fresh: impl FnOnce() -> Start) -> Start {
         let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let k = key(filter);
         let found = map.get_mut(&k).and_then(Vec::pop);
@@ -91,7 +100,7 @@ impl Baselines {
             map.remove(&k);
         }
         drop(map);
-        found.unwrap_or_else(|| Watched::new(ops, uris))
+        found.unwrap_or_else(fresh)
     }
 }
 
