@@ -7,4 +7,5 @@ pub mod mcp;
 pub mod net;
 pub mod netns;
 pub mod qemu;
+pub mod serve;
 pub mod vm;

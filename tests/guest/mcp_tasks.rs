@@ -4,9 +4,6 @@
 //! written by one `kvm-mcp serve` process are answered by another, while the first runs
 //! and after it was killed in the middle of one.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kvm_mcp::ops::{CreateRequest, DiskSource, StopOptions};
@@ -15,6 +12,7 @@ use rmcp::model::{CallToolResponse, CancelTaskParams, ProtocolVersion, TaskStatu
 use serde_json::{Value, json};
 
 use crate::common::mcp::{connect, ok, params, succeeded, task_result, tasks_client, text, wait_task};
+use crate::common::serve::ServeProcess;
 use crate::common::vm::{GUEST_DEADLINE, TestEnv};
 
 /// A pattern no guest prints.
@@ -87,37 +85,16 @@ async fn start_as_a_task_then_cancel_a_console_wait_leaves_the_vm_running() {
     ok(&plain, "stop_vm", json!({ "name": "tk", "force": true })).await;
 }
 
-/// A `serve` process and the lines it writes.
+/// A `serve` process that declared the tasks extension, numbering its requests.
 struct Served {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
+    process: ServeProcess,
     next_id: u64,
 }
 
 impl Served {
     /// Starts `kvm-mcp serve` and shakes hands declaring the tasks extension.
     fn start(env: &TestEnv) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvm-mcp"))
-            .arg("--config")
-            .arg(&env.config_path)
-            .arg("serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run kvm-mcp serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take().expect("stdin");
-        let mut s = Self { child, stdin, lines, next_id: 1 };
+        let mut s = Self { process: ServeProcess::start(&env.config_path), next_id: 1 };
         let caps = json!({ "extensions": { "io.modelcontextprotocol/tasks": {} } });
         let init = s.request(
             "initialize",
@@ -129,8 +106,7 @@ impl Served {
     }
 
     fn send(&mut self, message: &Value) {
-        writeln!(self.stdin, "{message}").expect("write stdin");
-        self.stdin.flush().expect("flush stdin");
+        self.process.send(message);
     }
 
     /// Sends a request and returns its answer (notifications in between are skipped).
@@ -139,7 +115,7 @@ impl Served {
         self.next_id += 1;
         self.send(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }));
         loop {
-            let line = self.lines.recv_timeout(Duration::from_secs(60)).expect("an answer from the server");
+            let line = self.process.lines.recv_timeout(Duration::from_secs(60)).expect("an answer from the server");
             let m: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
             if m.get("method").is_none() && m["id"] == id {
                 return m;
@@ -170,13 +146,6 @@ impl Served {
         let got = self.request("tools/call", json!({ "name": tool, "arguments": args }));
         assert_eq!(got["result"]["resultType"], "task", "{got:#}");
         got["result"]["taskId"].as_str().expect("taskId").to_owned()
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -213,15 +182,15 @@ async fn task_records_are_answered_by_the_next_server_process() {
     let mut second = Served::start(&env);
     let elsewhere = second.get(&waiting);
     assert_eq!(elsewhere["status"], "working", "{elsewhere:#}");
-    let pid = first.child.id();
+    let pid = first.process.child.id();
     let msg = elsewhere["statusMessage"].as_str().unwrap_or_default();
     assert!(msg.contains(&format!("another server process (pid {pid})")), "{msg}");
     let refused = second.request("tasks/cancel", json!({ "taskId": waiting }));
     let why = refused["error"]["message"].as_str().unwrap_or_default();
     assert!(why.contains(&format!("pid {pid}")), "{refused:#}");
     // The first process dies in the middle of the waits.
-    first.child.kill().expect("kill serve");
-    first.child.wait().expect("reap serve");
+    first.process.child.kill().expect("kill serve");
+    first.process.child.wait().expect("reap serve");
     let again = second.get(&started);
     for key in ["taskId", "status", "result", "createdAt", "statusMessage"] {
         assert_eq!(again[key], done[key], "{key}: {again:#} vs {done:#}");

@@ -2,61 +2,35 @@
 //! predecessor's one-shot), lines that are not JSON, batches, and a line over the
 //! limit all get an answer, and serving goes on after each.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write as _;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::common::serve::ServeProcess;
 use crate::common::vm::TestEnv;
 
 /// A `serve` process and the lines it writes.
-pub(super) struct Served {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-}
+pub(super) struct Served(ServeProcess);
 
 /// Generous: nothing here waits on a guest.
 const DEADLINE: Duration = Duration::from_secs(60);
 
 impl Served {
     pub(super) fn start(env: &TestEnv) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kvm-mcp"))
-            .arg("--config")
-            .arg(&env.config_path)
-            .arg("serve")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("run kvm-mcp serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stdin = child.stdin.take();
-        Self { child, stdin, lines }
+        Self(ServeProcess::start(&env.config_path))
     }
 
     pub(super) fn send_raw(&mut self, bytes: &[u8]) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(bytes).expect("write stdin");
-        stdin.flush().expect("flush stdin");
+        self.0.send_raw(bytes);
     }
 
     pub(super) fn send(&mut self, message: &Value) {
-        self.send_raw(format!("{message}\n").as_bytes());
+        self.0.send(message);
     }
 
     pub(super) fn next(&self) -> Value {
-        let line = self.lines.recv_timeout(DEADLINE).expect("a line from the server");
+        let line = self.0.lines.recv_timeout(DEADLINE).expect("a line from the server");
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
     }
 
@@ -84,12 +58,12 @@ impl Served {
 
     /// Closes stdin; the exit code and whatever else was written.
     pub(super) fn finish(mut self) -> (Option<i32>, Vec<String>) {
-        drop(self.stdin.take());
+        drop(self.0.stdin.take());
         let mut rest = Vec::new();
-        while let Ok(line) = self.lines.recv_timeout(DEADLINE) {
+        while let Ok(line) = self.0.lines.recv_timeout(DEADLINE) {
             rest.push(line);
         }
-        let status = self.child.wait().expect("wait");
+        let status = self.0.child.wait().expect("wait");
         (status.code(), rest)
     }
 }
@@ -146,13 +120,13 @@ fn an_over_long_line_gets_an_error_with_its_id_and_serving_goes_on() {
     line.resize(limit + 1024, b'a');
     line.extend_from_slice(b"\"}}}\n");
     // Written from another thread: the pipe is smaller than the line.
-    let mut stdin = s.stdin.take().expect("stdin");
+    let mut stdin = s.0.stdin.take().expect("stdin");
     let writer = std::thread::spawn(move || {
         stdin.write_all(&line).expect("write the long line");
         stdin
     });
     let e = s.answer();
-    s.stdin = Some(writer.join().expect("writer"));
+    s.0.stdin = Some(writer.join().expect("writer"));
     assert_eq!((e["id"].clone(), e["error"]["code"].clone()), (json!(7), json!(-32600)), "{e}");
     assert!(e["error"]["message"].as_str().expect("message").contains("over the limit"), "{e}");
     s.ping(8);
