@@ -81,9 +81,8 @@ impl Pending {
 pub(super) fn question(ops: &Ops, tool: &str, args: &JsonObject) -> Option<String> {
     let text = |k: &str| args.get(k).and_then(serde_json::Value::as_str);
     let flag = |k: &str| args.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
-    let name = text("name")?;
-    let info = ops.info(name).ok()?;
-    let vm = name;
+    let vm = text("name")?;
+    let info = ops.info(vm).ok()?;
     let running = info.state.is_active();
     match tool {
         "delete_vm" => {
@@ -99,7 +98,7 @@ pub(super) fn question(ops: &Ops, tool: &str, args: &JsonObject) -> Option<Strin
                 if info.disks.iter().any(|d| d.owned) {
                     lost.push(format!("its disk files ({} used)", gib(used)));
                 }
-                match ops.list_snapshots(name).map(|s| s.len()) {
+                match ops.list_snapshots(vm).map(|s| s.len()) {
                     Ok(0) | Err(_) => {}
                     Ok(1) => lost.push("1 snapshot".into()),
                     Ok(n) => lost.push(format!("{n} snapshots")),
@@ -114,12 +113,12 @@ pub(super) fn question(ops: &Ops, tool: &str, args: &JsonObject) -> Option<Strin
             Some(format!("{what}?{power}{kept}"))
         }
         "revert_snapshot" => {
-            let snap = existing_snapshot(ops, name, text("snapshot")?)?;
+            let snap = existing_snapshot(ops, vm, text("snapshot")?)?;
             let ram = if running { " and its running state" } else { "" };
             Some(format!("Revert VM {vm} to snapshot {snap}? What was written to its disk{ram} since then is lost."))
         }
         "delete_snapshot" => {
-            let snap = existing_snapshot(ops, name, text("snapshot")?)?;
+            let snap = existing_snapshot(ops, vm, text("snapshot")?)?;
             Some(format!("Delete snapshot {snap} of VM {vm}? The VM can no longer go back to it."))
         }
         "reset_vm_disk" => Some(format!(
@@ -139,7 +138,7 @@ fn existing_snapshot<'a>(ops: &Ops, vm: &str, snapshot: &'a str) -> Option<&'a s
 }
 
 fn gib(bytes: u64) -> String {
-    // Display only: two decimals of GiB.
+    // Display only: GiB to one decimal.
     #[allow(clippy::cast_precision_loss)]
     let g = bytes as f64 / f64::from(1u32 << 30);
     format!("{g:.1} GiB")
