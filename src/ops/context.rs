@@ -51,15 +51,19 @@ impl Ops {
         }
     }
 
-    /// Takes the VM's mutation lock (outside its directory, so it outlives a delete).
+    /// Takes the VM's mutation lock (outside its directory, so a delete holds it to the
+    /// end; the file goes when it is released and the VM does not exist).
     pub(crate) async fn lock(&self, vm_name: &str, paths: &VmPaths) -> Result<FileLock, OpsError> {
         let path = paths.lock();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(OpsError::io("cannot create lock directory", dir))?;
         }
+        // The lock file goes with its release when the VM does not exist (deleted, a
+        // create that failed, a name nobody defined), so names leave no files behind.
         FileLock::acquire(&path, LOCK_TIMEOUT)
             .await
             .map_err(OpsError::io("cannot open lock file", &path))?
+            .map(|l| l.remove_unless(&path, &paths.state))
             .ok_or_else(|| OpsError::Busy { name: vm_name.into(), secs: LOCK_TIMEOUT.as_secs() })
     }
 
