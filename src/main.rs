@@ -7,6 +7,7 @@ use kvm_mcp::config::Config;
 use kvm_mcp::error::{ErrorKind, chain};
 use kvm_mcp::ids::VmName;
 use kvm_mcp::ops::Ops;
+use kvm_mcp::supervise::vm::Finished;
 
 fn fail(kind: ErrorKind, err: &(dyn std::error::Error + 'static)) -> std::process::ExitCode {
     eprintln!("kvm-mcp: {}", chain(err));
@@ -23,7 +24,7 @@ fn main() -> std::process::ExitCode {
     // warnings only. Long-running commands log at the configured level.
     let quiet = matches!(
         cli.command,
-        Command::Vm(_) | Command::Host(_) | Command::Net(_) | Command::Profiles | Command::Storage(_)
+        Command::Vm(_) | Command::Host(_) | Command::Net(_) | Command::Profiles | Command::Storage(_) | Command::Run(_)
     );
     let mut log = cfg.logging.clone();
     if matches!(cli.command, Command::Serve(_)) && log.file.is_none() {
@@ -50,7 +51,20 @@ fn main() -> std::process::ExitCode {
                     Err(e) => return fail(ErrorKind::InvalidInput, &e),
                 };
                 match kvm_mcp::supervise::vm::run(&cfg, &name, adopt, ready_fd).await {
-                    Ok(()) => std::process::ExitCode::SUCCESS,
+                    Ok(Finished::Off) => std::process::ExitCode::SUCCESS,
+                    // The supervisor has let go of the VM: delete it as any front end would.
+                    Ok(Finished::LeaseEnded(end)) => match Ops::new(cfg) {
+                        Ok(ops) => match ops.delete(name.as_str(), false).await {
+                            Ok(()) => {
+                                tracing::info!(vm = %name, %end, "deleted: its lease ended");
+                                std::process::ExitCode::SUCCESS
+                            }
+                            // Deleted meanwhile by a front end.
+                            Err(e) if e.kind() == ErrorKind::NotFound => std::process::ExitCode::SUCCESS,
+                            Err(e) => fail(e.kind(), &e),
+                        },
+                        Err(e) => fail(e.kind(), &e),
+                    },
                     Err(e) => fail(ErrorKind::Internal, &e),
                 }
             }
@@ -64,6 +78,13 @@ fn main() -> std::process::ExitCode {
                     Err(e) => fail(ErrorKind::Internal, &e),
                 }
             }
+            Command::Run(args) => match Ops::new(cfg) {
+                Ok(ops) => std::process::ExitCode::from(kvm_mcp::cli::run::run(&ops, cli.json, &args).await),
+                Err(e) => {
+                    eprintln!("kvm-mcp run: {}", chain(&e));
+                    std::process::ExitCode::from(kvm_mcp::cli::run::EXIT_FAILED)
+                }
+            },
             cmd => {
                 let ops = match Ops::new(cfg) {
                     Ok(o) => o,

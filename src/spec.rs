@@ -313,10 +313,79 @@ pub struct VmSpec {
     /// Addresses of the profile's standard devices (disks and NICs carry their own).
     #[serde(default, skip_serializing_if = "StandardAddrs::is_empty")]
     pub addresses: StandardAddrs,
+    /// When the VM ends by itself: at a time, or with the process it was made for.
+    #[serde(default, skip_serializing_if = "Lease::is_unset")]
+    pub lease: Lease,
     /// Not stored: set by the supervisor for the runs of an ISO install, so the CD-ROM
     /// boots first and a guest reboot ends the run (the next run boots the disk).
     #[serde(skip)]
     pub install_boot: bool,
+}
+
+/// Longest time limit a VM may be given: 30 days.
+pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
+
+/// When a throw-away VM ends: its supervisor stops it and the VM is deleted once its time
+/// limit passes or the process it was made for is gone (`kvm-mcp run`), whether or not
+/// any front end runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Lease {
+    /// Unix milliseconds after which the VM is stopped and deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    /// The process the VM lives for: when it exits, the VM is stopped and deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<crate::procid::ProcIdentity>,
+}
+
+/// Why a lease ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// The time limit passed.
+    Expired,
+    /// The owning process (pid) is gone.
+    OwnerGone(i32),
+}
+
+impl std::fmt::Display for LeaseEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LeaseEnd::Expired => f.write_str("its time limit passed"),
+            LeaseEnd::OwnerGone(pid) => write!(f, "the process it was made for (pid {pid}) is gone"),
+        }
+    }
+}
+
+impl Lease {
+    /// A lease that never ends.
+    #[must_use]
+    pub fn is_unset(&self) -> bool {
+        self.expires_at_ms.is_none() && self.owner.is_none()
+    }
+
+    /// A lease ending `ttl_s` seconds after `now_ms` (none for no limit).
+    #[must_use]
+    pub fn with_ttl(now_ms: u64, ttl_s: Option<u64>) -> Self {
+        Self { expires_at_ms: ttl_s.map(|t| now_ms.saturating_add(t.saturating_mul(1000))), owner: None }
+    }
+
+    /// Whether (and why) the lease has ended at `now_ms`.
+    #[must_use]
+    pub fn ended(&self, now_ms: u64) -> Option<LeaseEnd> {
+        if self.expires_at_ms.is_some_and(|at| now_ms >= at) {
+            return Some(LeaseEnd::Expired);
+        }
+        match &self.owner {
+            Some(o) if !o.is_alive() => Some(LeaseEnd::OwnerGone(o.pid)),
+            _ => None,
+        }
+    }
+
+    /// Whole seconds left before the time limit, if there is one.
+    #[must_use]
+    pub fn seconds_left(&self, now_ms: u64) -> Option<u64> {
+        self.expires_at_ms.map(|at| at.saturating_sub(now_ms).div_ceil(1000))
+    }
 }
 
 impl VmSpec {
@@ -334,6 +403,22 @@ impl VmSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_ends_at_its_time_and_with_its_owner() {
+        let lease = Lease::with_ttl(1_000, Some(5));
+        assert_eq!(lease.ended(5_999), None);
+        assert_eq!(lease.seconds_left(5_001), Some(1));
+        assert_eq!(lease.ended(6_000), Some(LeaseEnd::Expired));
+        assert_eq!(lease.seconds_left(7_000), Some(0));
+        assert!(Lease::with_ttl(0, None).is_unset());
+        assert_eq!(Lease::with_ttl(0, Some(u64::MAX)).expires_at_ms, Some(u64::MAX));
+        let me = crate::procid::ProcIdentity::capture(std::process::id().cast_signed()).unwrap();
+        let mine = Lease { expires_at_ms: None, owner: Some(me.clone()) };
+        assert_eq!(mine.ended(u64::MAX), None);
+        let gone = Lease { owner: Some(crate::procid::ProcIdentity { starttime: me.starttime + 1, ..me }), ..mine };
+        assert!(matches!(gone.ended(0), Some(LeaseEnd::OwnerGone(_))));
+    }
 
     #[test]
     fn user_nic_without_forwards_loads_from_older_spec() {

@@ -74,25 +74,26 @@ struct Started {
     pid: i64,
 }
 
+/// `guest-exec-status`'s answer.
 #[derive(Debug, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
-struct Status {
-    exited: bool,
+pub(super) struct ExecStatus {
+    pub(super) exited: bool,
     #[serde(default)]
-    exitcode: Option<i64>,
+    pub(super) exitcode: Option<i64>,
     #[serde(default)]
-    signal: Option<i64>,
+    pub(super) signal: Option<i64>,
     #[serde(default)]
-    out_data: Option<String>,
+    pub(super) out_data: Option<String>,
     #[serde(default)]
-    err_data: Option<String>,
+    pub(super) err_data: Option<String>,
     #[serde(default)]
     out_truncated: bool,
     #[serde(default)]
     err_truncated: bool,
 }
 
-async fn status(sock: &Path, timeout: Duration, pid: i64) -> Result<Status, AgentError> {
+pub(super) async fn status(sock: &Path, timeout: Duration, pid: i64) -> Result<ExecStatus, AgentError> {
     let mut c = AgentClient::connect(sock, timeout).await?;
     c.call_as("guest-exec-status", json!({ "pid": pid })).await
 }
@@ -104,7 +105,7 @@ fn decode(data: Option<&str>, max: usize, agent_truncated: bool) -> (String, boo
 }
 
 /// Kills the process tree rooted at `pid`; returns whether the kill command ran.
-async fn kill(sock: &Path, timeout: Duration, pid: i64) -> bool {
+pub(super) async fn kill(sock: &Path, timeout: Duration, pid: i64) -> bool {
     let Ok(mut c) = AgentClient::connect(sock, timeout).await else { return false };
     let windows = c
         .call("guest-get-osinfo", serde_json::Value::Null)

@@ -1,12 +1,14 @@
 //! The guest agent (qemu-ga on the virtio-serial port `org.qemu.guest_agent.0`, the
 //! VM's `qga.sock`): one client that syncs on every connection and puts a deadline on
 //! every read (`client`), and the operations built on it — running commands with a
-//! timeout and a kill (`exec`), size-capped file transfer and guest facts (`files`).
+//! timeout and a kill (`exec`), or with their output shown as it comes (`stream`),
+//! size-capped file transfer and guest facts (`files`).
 //! Guest IP discovery (`ops::ip`) uses the client directly.
 
 pub mod client;
 pub mod exec;
 pub mod files;
+pub mod stream;
 
 use std::path::PathBuf;
 

@@ -4,6 +4,7 @@
 
 mod guest;
 mod net;
+pub mod run;
 mod storage;
 
 use std::path::PathBuf;
@@ -50,6 +51,8 @@ pub enum Command {
     /// Images, ISOs, clones, disk growth and reset, CD-ROM media.
     #[command(subcommand)]
     Storage(storage::StorageCommand),
+    /// Run a command in a throw-away VM: made, booted, used and deleted (for CI jobs).
+    Run(Box<run::RunArgs>),
     /// Serve MCP: on stdin/stdout for an MCP host, or Streamable HTTP with --http.
     Serve(ServeArgs),
     /// Run the per-VM supervisor (started by `vm start`; not for direct use).
@@ -179,6 +182,9 @@ pub struct CreateArgs {
     /// Start it right away.
     #[arg(long)]
     pub start: bool,
+    /// Stop and delete the VM this many seconds after creation (its supervisor does it).
+    #[arg(long)]
+    pub ttl: Option<u64>,
     #[command(flatten)]
     pub storage: storage::CreateDiskArgs,
 }
@@ -349,7 +355,7 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             Ok(())
         }
         Command::Storage(c) => storage::run(ops, json, c, |i| print(json, &i, info_text)).await,
-        Command::Supervise { .. } | Command::DhcpSupervise { .. } | Command::Serve(_) => Ok(()),
+        Command::Supervise { .. } | Command::DhcpSupervise { .. } | Command::Serve(_) | Command::Run(_) => Ok(()),
     }
 }
 
@@ -357,7 +363,8 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
     let show = |i: VmInfo| print(json, &i, info_text);
     match cmd {
         VmCommand::List { live } => {
-            let vms = if live { ops.list_live().await? } else { ops.list()? };
+            let mut vms = if live { ops.list_live().await? } else { ops.list()? };
+            ops.reap_ended(&mut vms).await;
             print(json, &vms, |v| summary_rows(v));
         }
         VmCommand::Info { name } => show(ops.info_live(&name).await?),
@@ -380,6 +387,7 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
                 nics: a.nics,
                 restart_policy: a.restart,
                 start: a.start,
+                ttl_s: a.ttl,
                 ..CreateRequest::default()
             };
             a.storage.apply(&mut req, a.disk)?;

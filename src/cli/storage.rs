@@ -33,6 +33,9 @@ pub enum StorageCommand {
         /// forwards on free host ports.
         #[arg(long = "forward")]
         forwards: Vec<crate::ids::PortForward>,
+        /// Stop and delete the clone this many seconds after creation.
+        #[arg(long)]
+        ttl: Option<u64>,
     },
     /// Grow a VM's disk (live when it runs).
     Resize {
@@ -196,9 +199,10 @@ pub async fn run(ops: &Ops, json: bool, cmd: StorageCommand, show: impl Fn(VmInf
     match cmd {
         StorageCommand::Images => print(json, &ops.list_images().await?, |v| images_text(v)),
         StorageCommand::Isos => print(json, &ops.list_isos()?, |v| isos_text(v)),
-        StorageCommand::Clone { source, name, full, start, hostname, forwards } => {
+        StorageCommand::Clone { source, name, full, start, hostname, forwards, ttl } => {
             let port_forwards = (!forwards.is_empty()).then_some(forwards);
-            let r = ops.clone_vm(CloneRequest { source, name, full, start, hostname, port_forwards }).await?;
+            let req = CloneRequest { source, name, full, start, hostname, port_forwards, ttl_s: ttl, owner: None };
+            let r = ops.clone_vm(req).await?;
             if json {
                 print(true, &r, |_| String::new());
             } else {

@@ -13,7 +13,6 @@ use crate::ops::{ProfileInfo, VmInfo, VmSummary};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmNameArgs {
-    /// The VM's name.
     pub name: String,
 }
 
@@ -21,8 +20,7 @@ pub struct VmNameArgs {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListVmsArgs {
-    /// Ask each running QEMU for its state instead of reading the recorded one. Slower; for when the recorded
-    /// state looks wrong.
+    /// Ask each running QEMU for its state instead of the recorded one (slower).
     #[serde(default)]
     pub no_cache: bool,
 }
@@ -31,12 +29,11 @@ pub struct ListVmsArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopVmArgs {
-    /// The VM's name.
     pub name: String,
     /// End QEMU at once, like pulling the power cord; the guest loses unsaved data.
     #[serde(default)]
     pub force: bool,
-    /// Seconds to wait for a graceful poweroff before forcing it; default: the server's stop timeout.
+    /// Seconds to wait for a graceful poweroff before forcing; default: the server's.
     pub timeout_s: Option<u64>,
 }
 
@@ -44,7 +41,6 @@ pub struct StopVmArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteVmArgs {
-    /// The VM's name.
     pub name: String,
     /// Force a running VM off first instead of refusing.
     #[serde(default)]
@@ -71,7 +67,6 @@ pub struct VmResult {
 /// A VM after a tool changed it, in short; `get_vm` shows the whole record.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct VmChanged {
-    /// The VM's name.
     pub name: String,
     /// Its state now: shutoff, starting, running, paused, shutting-down or crashed.
     pub state: String,

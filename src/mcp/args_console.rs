@@ -10,7 +10,6 @@ use crate::ops::VncPort;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConsoleLogArgs {
-    /// The VM's name.
     pub name: String,
     /// How many last lines to return; default 50.
     pub lines: Option<usize>,
@@ -24,14 +23,12 @@ pub struct ConsoleLogArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitConsoleArgs {
-    /// The VM's name.
     pub name: String,
     /// Regular expression (Rust syntax) for one line, for example "login:".
     pub pattern: String,
     /// Seconds to wait; default 60, at most 3600.
     pub timeout_s: Option<u64>,
-    /// Byte offset to look from (a previous `next_offset`); default: the start of the current run, so earlier
-    /// lines count.
+    /// Offset to look from (a previous `next_offset`); default: the start of the current run.
     pub since_offset: Option<u64>,
 }
 
@@ -39,7 +36,6 @@ pub struct WaitConsoleArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendKeysArgs {
-    /// The VM's name.
     pub name: String,
     /// QEMU key names, '-' joining keys pressed together, e.g. ["ctrl-alt-delete"] or ["alt-f2", "ret"]
     /// (a-z, 0-9, f1-f12, ret, esc, spc, tab, up, ctrl, alt, shift, delete, …).
@@ -50,7 +46,6 @@ pub struct SendKeysArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TypeTextArgs {
-    /// The VM's name.
     pub name: String,
     /// Printable ASCII, "\n" for Enter, "\t" for Tab.
     pub text: String,
@@ -60,7 +55,6 @@ pub struct TypeTextArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestExecArgs {
-    /// The VM's name.
     pub name: String,
     /// Program to run, for example "uname" (searched in PATH). No shell: for a shell line use "/bin/sh" with
     /// args ["-c", "…"].
@@ -72,7 +66,7 @@ pub struct GuestExecArgs {
     pub stdin: Option<String>,
     /// Seconds before it is killed; default 60, at most 3600.
     pub timeout_s: Option<u64>,
-    /// Bytes kept of stdout and of stderr; default and maximum from the server's config.
+    /// Bytes kept of each of stdout and stderr; default and maximum: the server's.
     pub output_max_bytes: Option<u64>,
 }
 
@@ -80,7 +74,6 @@ pub struct GuestExecArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestFileReadArgs {
-    /// The VM's name.
     pub name: String,
     /// Absolute path in the guest.
     pub path: String,
@@ -92,7 +85,6 @@ pub struct GuestFileReadArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestFileWriteArgs {
-    /// The VM's name.
     pub name: String,
     /// Absolute path in the guest.
     pub path: String,
@@ -109,7 +101,6 @@ pub struct GuestFileWriteArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmStatsArgs {
-    /// The VM's name.
     pub name: String,
     /// CPU sampling interval; default 500, 50 to 10000.
     pub interval_ms: Option<u64>,
@@ -157,4 +148,71 @@ pub struct FileWritten {
     pub bytes_written: u64,
     /// The bytes were appended rather than replacing the file.
     pub appended: bool,
+}
+
+/// Arguments of `run_in_vm`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunInVmArgs {
+    /// Program and arguments, e.g. ["sh", "-c", "make test"].
+    pub command: Vec<String>,
+    /// A stopped VM to clone instead.
+    pub template: Option<String>,
+    /// Master image; default: the configured one.
+    pub image: Option<std::path::PathBuf>,
+    pub memory_mib: Option<u64>,
+    /// NAME=value entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Files written first.
+    #[serde(default)]
+    pub files: Vec<RunFileIn>,
+    /// Guest files returned afterwards.
+    #[serde(default)]
+    pub fetch: Vec<String>,
+    /// Default 600.
+    pub timeout_s: Option<u64>,
+}
+
+/// A file `run_in_vm` writes into the guest: give `content` or `content_base64`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunFileIn {
+    pub path: String,
+    pub content: Option<String>,
+    pub content_base64: Option<String>,
+}
+
+/// A guest file `run_in_vm` fetched.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunFileOut {
+    pub path: String,
+    pub bytes: u64,
+    /// The content when it is UTF-8.
+    pub text: Option<String>,
+    /// The content as base64 otherwise.
+    pub base64: Option<String>,
+}
+
+/// How a `run_in_vm` job ended; its VM is deleted.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RunInVmResult {
+    /// The job's VM.
+    pub vm: String,
+    /// What a shell would report: the exit code, 128 + a signal, 124 after the timeout.
+    pub status: i32,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub timed_out: bool,
+    /// Standard output, cut at the server's exec output limit.
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    pub files: Vec<RunFileOut>,
+    /// Fetches that failed, and why.
+    pub fetch_errors: Vec<String>,
+    /// Milliseconds per step: create, boot, copy_in, command, copy_out, delete, total.
+    #[schemars(with = "std::collections::BTreeMap<String, u64>")]
+    pub phases: crate::ops::RunPhases,
 }

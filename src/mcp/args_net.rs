@@ -13,11 +13,10 @@ use crate::ops::{NicStats, PortForwardInfo};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GetVmIpArgs {
-    /// The VM's name.
     pub name: String,
     /// Seconds to wait for an address while the guest boots; default 0.
     pub wait_s: Option<u64>,
-    /// Ask every source (agent, DHCP leases, neighbour table, user-mode DHCP), not just the first that knows.
+    /// Ask every source (agent, leases, neighbours, user-mode DHCP), not just the first that knows.
     #[serde(default)]
     pub all_sources: bool,
 }
@@ -26,7 +25,6 @@ pub struct GetVmIpArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddPortForwardArgs {
-    /// The VM's name.
     pub name: String,
     /// Host port to listen on, for example 2222.
     pub host_port: u16,
@@ -57,7 +55,6 @@ impl AddPortForwardArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemovePortForwardArgs {
-    /// The VM's name.
     pub name: String,
     /// Host port of the forward.
     pub host_port: u16,
@@ -83,7 +80,6 @@ impl RemovePortForwardArgs {
 /// The port forwards of a VM.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ForwardList {
-    /// The VM's name.
     pub name: String,
     /// Every forward of the VM's user-mode NICs. `active` says whether QEMU listens on
     /// it now (null while the VM is not running).
@@ -93,7 +89,6 @@ pub struct ForwardList {
 /// The NICs of a VM with their traffic counters.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct NicStatsList {
-    /// The VM's name.
     pub name: String,
     /// One entry per NIC, in definition order. Counters exist only for bridged NICs
     /// of a running VM; `note` says why when they are missing.

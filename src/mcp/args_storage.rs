@@ -12,7 +12,6 @@ use crate::ops::{CloneRequest, ImageEntry, IsoEntry, SnapshotEntry};
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachIsoArgs {
-    /// The VM's name.
     pub name: String,
     /// ISO name or path (`list_isos`); default: the configured one.
     pub iso: Option<PathBuf>,
@@ -25,7 +24,6 @@ pub type CloneVmArgs = CloneRequest;
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeDiskArgs {
-    /// The VM's name.
     pub name: String,
     /// New size in GiB; never below the current one.
     pub size_gib: u64,
@@ -37,7 +35,6 @@ pub struct ResizeDiskArgs {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotArgs {
-    /// The VM's name.
     pub name: String,
     /// The snapshot's name, for example "before-upgrade".
     pub snapshot: String,
@@ -60,7 +57,6 @@ pub struct IsoList {
 /// The snapshots of one VM.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SnapshotList {
-    /// The VM's name.
     pub name: String,
     /// Its snapshots, oldest first.
     pub snapshots: Vec<SnapshotEntry>,
@@ -69,7 +65,6 @@ pub struct SnapshotList {
 /// The snapshot `create_snapshot` made.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SnapshotResult {
-    /// The VM's name.
     pub name: String,
     /// The new snapshot.
     pub snapshot: SnapshotEntry,
@@ -78,7 +73,6 @@ pub struct SnapshotResult {
 /// What `delete_snapshot` removed.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct SnapshotDeleted {
-    /// The VM's name.
     pub name: String,
     /// Name of the snapshot that no longer exists.
     pub deleted: String,

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 
 use super::args::{DeleteVmArgs, ListVmsArgs, StopVmArgs, VmNameArgs};
 use super::args_console::{
-    ConsoleLogArgs, GuestExecArgs, GuestFileReadArgs, GuestFileWriteArgs, SendKeysArgs, TypeTextArgs, VmStatsArgs,
-    WaitConsoleArgs,
+    ConsoleLogArgs, GuestExecArgs, GuestFileReadArgs, GuestFileWriteArgs, RunInVmArgs, SendKeysArgs, TypeTextArgs,
+    VmStatsArgs, WaitConsoleArgs,
 };
 use super::args_net::{AddPortForwardArgs, GetVmIpArgs, RemovePortForwardArgs};
 use super::args_storage::{AttachIsoArgs, CloneVmArgs, ResizeDiskArgs, SnapshotArgs};
@@ -69,6 +69,7 @@ pub fn decode_tool_arguments(tool: &str, args: &JsonObject) -> Option<Result<(),
             name(&a.name).and_then(|()| keys::text_to_keys(&a.text).map(drop).map_err(|e| e.to_string()))
         }),
         "guest_exec" => parse::<GuestExecArgs>(args).and_then(|a| name(&a.name)),
+        "run_in_vm" => parse::<RunInVmArgs>(args).map(drop),
         "guest_file_read" => parse::<GuestFileReadArgs>(args).and_then(|a| name(&a.name)),
         "guest_file_write" => parse::<GuestFileWriteArgs>(args).and_then(|a| name(&a.name)),
         "vm_stats" => parse::<VmStatsArgs>(args).and_then(|a| name(&a.name)),

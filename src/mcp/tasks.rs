@@ -68,6 +68,8 @@ pub fn long_call(tool: &str, args: Option<&JsonObject>, default_vm: &str) -> Opt
             name => name,
         },
         "clone_vm" if flag("full") || flag("start") => arg("name"),
+        // The job's VM is named when it is made.
+        "run_in_vm" => return Some("a new job VM".to_owned()),
         "get_vm_ip" if arg("wait_s").and_then(Value::as_u64).is_some_and(|s| s > 0) => arg("name"),
         _ => None,
     }?;

@@ -14,16 +14,21 @@ use rmcp::{RoleServer, tool, tool_router};
 
 use super::args::VmNameArgs;
 use super::args_console::{
-    ConsoleLogArgs, FileWritten, GuestExecArgs, GuestFileReadArgs, GuestFileWriteArgs, GuestPong, KeysSent,
-    ScreenshotInfo, SendKeysArgs, TypeTextArgs, VmStatsArgs, VncPortList, WaitConsoleArgs,
+    ConsoleLogArgs, FileWritten, GuestExecArgs, GuestFileReadArgs, GuestFileWriteArgs, GuestPong, KeysSent, RunFileOut,
+    RunInVmArgs, RunInVmResult, ScreenshotInfo, SendKeysArgs, TypeTextArgs, VmStatsArgs, VncPortList, WaitConsoleArgs,
 };
 use super::notify::{Forward, Level, LongCall};
 use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
 use crate::agent::exec::ExecResult;
 use crate::agent::files::{FileData, GuestInfo};
+use crate::agent::stream::Stream;
 use crate::console::log::{ConsoleLog, ConsoleMatch};
-use crate::ops::{ConsoleQuery, GuestExecRequest, VmStats, VncInfo};
+use crate::error::quote;
+use crate::ops::{
+    ConsoleQuery, DEFAULT_BOOT_TIMEOUT, DEFAULT_RUN_TIMEOUT, FileIn, GuestExecRequest, Progress, RunBase, RunReport,
+    RunRequest, VmStats, VncInfo,
+};
 use crate::stats::host::HostStats;
 
 /// `wait_for_console`'s timeout when none is given.
@@ -45,6 +50,67 @@ impl IntoCallToolResult for ImageReply {
         result.content = vec![ContentBlock::image(B64.encode(&self.png), "image/png"), ContentBlock::text(summary)];
         Ok(result.into())
     }
+}
+
+/// The run request of `run_in_vm`'s arguments; the VM lives for this server process.
+fn run_request(a: RunInVmArgs) -> Result<RunRequest, String> {
+    let mut files_in = Vec::with_capacity(a.files.len());
+    for f in a.files {
+        let data = match (f.content, f.content_base64) {
+            (Some(t), None) => t.into_bytes(),
+            (None, Some(b)) => {
+                B64.decode(b.as_bytes()).map_err(|e| format!("files: {:?}: invalid base64 ({e})", f.path))?
+            }
+            _ => return Err(format!("files: {}: give exactly one of content and content_base64", quote(&f.path))),
+        };
+        files_in.push(FileIn { guest_path: f.path, data });
+    }
+    let base = match (a.template, a.image) {
+        (Some(_), Some(_)) => return Err("template: give a template or an image, not both".into()),
+        (Some(t), None) => RunBase::Template(t),
+        (None, image) => RunBase::Master(image),
+    };
+    Ok(RunRequest {
+        base,
+        name: None,
+        memory_mib: a.memory_mib,
+        vcpus: None,
+        argv: a.command,
+        env: a.env,
+        timeout: a.timeout_s.map_or(DEFAULT_RUN_TIMEOUT, Duration::from_secs),
+        boot_timeout: DEFAULT_BOOT_TIMEOUT,
+        files_in,
+        files_out: a.fetch,
+        owner: crate::procid::ProcIdentity::capture(std::process::id().cast_signed()),
+    })
+}
+
+/// Keeps at most `max` bytes of one output stream.
+#[derive(Default)]
+struct Kept {
+    data: Vec<u8>,
+    cut: bool,
+}
+
+impl Kept {
+    fn push(&mut self, bytes: &[u8], max: usize) {
+        let room = max.saturating_sub(self.data.len());
+        self.data.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.cut |= bytes.len() > room;
+    }
+}
+
+fn run_summary(r: &RunReport) -> String {
+    let how = match (r.exit_code, r.signal) {
+        _ if r.timed_out => "timed out and was killed".to_owned(),
+        (Some(c), _) => format!("exited with code {c}"),
+        (None, Some(s)) => format!("ended by signal {s}"),
+        (None, None) => "ended".to_owned(),
+    };
+    format!(
+        "the command {how} in VM {} (booted in {} ms, ran {} ms, {} ms in all); the VM is deleted",
+        r.vm, r.phases.boot_ms, r.phases.command_ms, r.phases.total_ms
+    )
 }
 
 fn exec_summary(r: &ExecResult) -> String {
@@ -188,8 +254,8 @@ impl KvmMcp {
         Ok(Reply::new(g, summary))
     }
 
-    /// Run a program in a running VM through its guest agent; returns exit code, stdout and stderr. It is
-    /// killed after `timeout_s` or when the call is cancelled.
+    /// Run a program in a running VM through its guest agent; returns exit code, stdout and stderr. Killed
+    /// after `timeout_s` or on cancel.
     #[tool(
         title = "Run command in guest",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
@@ -221,6 +287,76 @@ impl KvmMcp {
         let op = |p: Forward| async move { self.ops().guest_exec(name, req, &*p, ct).await };
         let (r, summary) = self.run_long(&ctx, call, op, exec_summary).await?;
         Ok(Reply::new(r, summary))
+    }
+
+    /// Run a command in a new throw-away VM (overlay on `image` or clone of `template`); returns status,
+    /// output and `fetch`ed files, then deletes the VM.
+    #[tool(
+        title = "Run command in throw-away VM",
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<RunInVmResult>()
+    )]
+    async fn run_in_vm(
+        &self,
+        Parameters(a): Parameters<RunInVmArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<RunInVmResult> {
+        let req = run_request(a)?;
+        let waiting_for = format!("{} in a throw-away VM", quote(req.argv.first().map_or("", String::as_str)));
+        let vm = "a new job VM";
+        // The job deletes its VM itself when the call is cancelled.
+        let call =
+            LongCall { tool: "run_in_vm", vm, start: None, waiting_for: &waiting_for, if_cancelled: None, log: true };
+        let max = usize::try_from(self.ops().config().agent.exec_output_max_bytes).unwrap_or(usize::MAX);
+        let ct = &ctx.ct;
+        let (out, err) = (std::sync::Mutex::new(Kept::default()), std::sync::Mutex::new(Kept::default()));
+        let op = |p: Forward| async {
+            let p = p;
+            let mut last = std::time::Instant::now();
+            let mut sink = |stream: Stream, bytes: &[u8]| {
+                let kept = if stream == Stream::Stdout { &out } else { &err };
+                kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(bytes, max);
+                // The newest line, at most once a second, as progress.
+                if last.elapsed() >= Duration::from_secs(1) {
+                    last = std::time::Instant::now();
+                    let text = String::from_utf8_lossy(bytes);
+                    if let Some(line) = text.lines().rev().find(|l| !l.trim().is_empty()) {
+                        p(Progress { step: 0, total: None, message: format!("output: {}", quote(line)) });
+                    }
+                }
+            };
+            self.ops().run_job(&req, &mut sink, &*p, ct).await
+        };
+        let (r, summary) = self.run_long(&ctx, call, op, run_summary).await?;
+        let take = |k: std::sync::Mutex<Kept>| {
+            let k = k.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (String::from_utf8_lossy(&k.data).into_owned(), k.cut)
+        };
+        let ((stdout, stdout_truncated), (stderr, stderr_truncated)) = (take(out), take(err));
+        let files = r
+            .files_out
+            .iter()
+            .map(|f| {
+                let text = String::from_utf8(f.data.clone()).ok();
+                let base64 = if text.is_none() { Some(B64.encode(&f.data)) } else { None };
+                RunFileOut { path: f.guest_path.clone(), bytes: f.bytes, text, base64 }
+            })
+            .collect();
+        let result = RunInVmResult {
+            vm: r.vm.clone(),
+            status: r.status(),
+            exit_code: r.exit_code,
+            signal: r.signal,
+            timed_out: r.timed_out,
+            stdout,
+            stderr,
+            stdout_truncated,
+            stderr_truncated,
+            files,
+            fetch_errors: r.copy_errors.clone(),
+            phases: r.phases.clone(),
+        };
+        Ok(Reply::new(result, summary))
     }
 
     /// Read a file in a running VM through its guest agent: `text` when UTF-8, else `base64`.

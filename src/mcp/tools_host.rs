@@ -9,8 +9,7 @@ use crate::ops::HostInfo;
 
 #[tool_router(router = host_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// This host: accelerator (kvm or tcg) and why, QEMU version, CPUs, memory, free disk space, VMs defined
-    /// and running.
+    /// This host: accelerator (kvm or tcg) and why, QEMU version, CPUs, memory, free disk, VM counts.
     #[tool(title = "Get host info", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<HostInfo>())]
     async fn host_info(&self) -> Result<Reply<HostInfo>, String> {
         let h = self.ops().host_info().await.map_err(fail)?;
@@ -22,8 +21,7 @@ impl KvmMcp {
         Ok(Reply::new(h, summary))
     }
 
-    /// List the QEMU profiles, the `os_variant` values of `create_vm`: machine, firmware, disk bus, NIC model
-    /// and display for a kind of guest OS.
+    /// The QEMU profiles (`os_variant` of `create_vm`): machine, firmware, disk bus, NIC model, display.
     #[tool(title = "List OS profiles", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ProfileList>())]
     async fn list_profiles(&self) -> Result<Reply<ProfileList>, String> {
         let profiles = self.ops().list_profiles();

@@ -48,8 +48,8 @@ fn ips_summary(ips: &VmIps) -> String {
 
 #[tool_router(router = net_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// A running VM's IP addresses per NIC with their source; `ip` is the one to use (null with a note when the
-    /// agent reports none). `wait_s` waits while the guest boots.
+    /// A running VM's IPs per NIC with their source; use `ip` (null with a note when the agent reports none).
+    /// `wait_s` waits while the guest boots.
     #[tool(title = "Get VM IP addresses", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
     async fn get_vm_ip(
         &self,

@@ -97,8 +97,8 @@ impl KvmMcp {
         self.logged(&ctx, &a.name, VmChanged::new(&vm, "CD-ROM ejected"), summary).await
     }
 
-    /// Define a new VM from a stopped VM's disks: a linked clone (the source cannot start while it exists) or
-    /// a copy (`full`), with new MACs and cloud-init identity; `identity` says what it still shares.
+    /// A new VM from a stopped one: a linked clone (the source cannot start while it exists) or a `full` copy,
+    /// with new MACs and cloud-init identity; `identity` says what it still shares.
     #[tool(
         title = "Clone VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -129,8 +129,8 @@ impl KvmMcp {
         self.logged(&ctx, &name, CloneResult { vm, identity: r.identity }, summary).await
     }
 
-    /// Grow a VM's disk to `size_gib`, live if it runs. Disks only grow; the guest must still grow its
-    /// partition and file system.
+    /// Grow a VM's disk to `size_gib`, live if it runs. Disks only grow; the guest then grows its partition
+    /// and file system.
     #[tool(
         title = "Grow disk",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),

@@ -41,13 +41,17 @@ impl KvmMcp {
     /// List the defined VMs with their state, vCPUs, memory, uptime and QEMU pid.
     #[tool(title = "List VMs", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmList>())]
     async fn list_vms(&self, Parameters(a): Parameters<ListVmsArgs>) -> ToolResult<VmList> {
-        let vms = if a.no_cache { self.ops().list_live().await } else { self.ops().list() }.map_err(fail)?;
+        let mut vms = if a.no_cache { self.ops().list_live().await } else { self.ops().list() }.map_err(fail)?;
+        if vms.iter().any(|v| v.lease_ended) {
+            self.ops().reap_ended(&mut vms).await;
+            self.vm_set_changed();
+        }
         let summary = list_summary(&vms);
         Ok(Reply::new(VmList { vms }, summary))
     }
 
-    /// Everything about one VM: definition, state and why, pid, uptime, how QEMU ended after a crash, serial
-    /// log path, guest IPs.
+    /// Everything about one VM: definition, state and why, pid, uptime, how QEMU ended, serial log path,
+    /// guest IPs.
     #[tool(title = "Get VM details", annotations(read_only_hint = true, open_world_hint = false), output_schema = out_record("vm"))]
     async fn get_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VmResult> {
         let vm = self.ops().info_live(&a.name).await.map_err(fail)?;
@@ -55,8 +59,8 @@ impl KvmMcp {
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
-    /// Define a new VM; unset arguments take the server's defaults. It boots from `disk`, `kernel` or the
-    /// configured master image; it starts only with `start: true`.
+    /// Define a new VM; unset arguments take the server's defaults. It boots `disk`, `kernel` or the
+    /// configured master image; starts only with `start: true`.
     #[tool(
         title = "Create VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -114,8 +118,8 @@ impl KvmMcp {
         Ok(Reply::new(VmChanged::new(&vm, "started"), summary))
     }
 
-    /// Stop a VM: press the power button (then ask its guest agent if the guest ignores it) and force it off
-    /// after `timeout_s`, or at once with `force`. `reason` says how: `guest_poweroff` or `forced`.
+    /// Stop a VM: power button (then its guest agent if ignored), forced after `timeout_s` or at once with
+    /// `force`. `reason` says how.
     #[tool(
         title = "Stop VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),
@@ -190,8 +194,8 @@ impl KvmMcp {
         self.logged(&ctx, &a.name, VmChanged::new(&vm, "resumed"), summary).await
     }
 
-    /// Delete a VM's definition and state, and the disk images kvm-mcp created for it unless `keep_disks:
-    /// true`. A running VM is refused unless `force: true`.
+    /// Delete a VM and the disk images kvm-mcp created for it (unless `keep_disks`). A running VM needs
+    /// `force: true`.
     #[tool(
         title = "Delete VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),

@@ -9,6 +9,7 @@ use super::context::Vm;
 use super::{Ops, OpsError, ProgressFn};
 use crate::agent::exec::{ExecRequest, ExecResult};
 use crate::agent::files::{FileData, GuestInfo};
+use crate::agent::stream::{self, Stream, StreamRequest, StreamResult};
 use crate::agent::{AgentError, exec, files};
 
 /// Default time a guest command may run.
@@ -87,6 +88,63 @@ impl Ops {
             output_max_bytes: usize::try_from(max).unwrap_or(usize::MAX),
         };
         exec::run(&vm.paths.qga_sock(), self.agent_timeout(), &r, progress, cancel).await.map_err(agent_err(name))
+    }
+
+    /// Runs a command in the guest, handing its stdout and stderr to `sink` as they
+    /// come (at least once a second); nothing is capped or kept here.
+    ///
+    /// # Errors
+    /// Agent failures; cancellation (the command is killed first).
+    pub async fn guest_exec_streamed(
+        &self,
+        name: &str,
+        req: &StreamRequest,
+        sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<StreamResult, OpsError> {
+        if req.argv.first().is_none_or(|p| p.trim().is_empty()) {
+            return Err(OpsError::invalid("command", "give the program to run, e.g. [\"uname\", \"-a\"]"));
+        }
+        let vm = self.agent_vm(name)?;
+        stream::run(&vm.paths.qga_sock(), self.agent_timeout(), req, sink, cancel).await.map_err(agent_err(name))
+    }
+
+    /// Waits until the guest agent answers (the guest has booted far enough to take
+    /// commands), at most `limit`; fails early when QEMU stops meanwhile.
+    ///
+    /// # Errors
+    /// [`OpsError::Timeout`]; [`OpsError::NotRunning`] when the VM went off.
+    pub async fn wait_for_agent(
+        &self,
+        name: &str,
+        limit: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<(), OpsError> {
+        let end = tokio::time::Instant::now() + limit;
+        loop {
+            let vm = self.agent_vm(name)?;
+            let left = end.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(OpsError::Timeout {
+                    name: name.into(),
+                    what: "an answer of the guest agent",
+                    secs: limit.as_secs(),
+                });
+            }
+            // A short try: the agent of a booting guest answers nothing, and each try
+            // syncs afresh, so a late start is seen within a second.
+            let sock = vm.paths.qga_sock();
+            let ping = files::ping(&sock, left.min(Duration::from_secs(1)));
+            tokio::select! {
+                r = ping => if r.is_ok() { return Ok(()) },
+                () = cancel.cancelled() => return Err(OpsError::Cancelled { what: "waiting for the guest agent" }),
+            }
+            // A refused connection comes back at once: do not spin on it.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = cancel.cancelled() => return Err(OpsError::Cancelled { what: "waiting for the guest agent" }),
+            }
+        }
     }
 
     /// Reads a guest file (at most `max_bytes`, and never more than `agent.file_max_bytes`).

@@ -43,6 +43,14 @@ pub struct CloneRequest {
     /// Forwards of the first "user" NIC; default: the source's, on free host ports.
     #[serde(default)]
     pub port_forwards: Option<Vec<PortForward>>,
+    /// Delete the clone after this many seconds.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub ttl_s: Option<u64>,
+    /// Not a request field: the process the clone lives for (see `CreateRequest::owner`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub owner: Option<crate::procid::ProcIdentity>,
 }
 
 /// How a clone was made a new machine.
@@ -125,16 +133,19 @@ impl Ops {
         if let Some(f) = &req.port_forwards {
             self.check_new_forwards("port_forwards", f)?;
         }
+        let lease = super::create::lease(req.ttl_s, req.owner.clone())?;
         let src_lock = self.lock(&req.source, &src.paths).await?;
         Self::stopped(&src, "cloning")?;
         let paths = self.paths(&name);
         let lock = self.lock(name.as_str(), &paths).await?;
         self.make_vm_dir(&name, &paths)?;
         let mut written: Vec<PathBuf> = Vec::new();
-        let res = self.clone_files(&src, &name, &paths, &req, &hostname, &mut written).and_then(|(spec, identity)| {
-            Self::commit_definition(&paths, &spec)?;
-            Ok(identity)
-        });
+        let res =
+            self.clone_files(&src, &name, &paths, &req, &hostname, &mut written).and_then(|(mut spec, identity)| {
+                spec.lease = lease;
+                Self::commit_definition(&paths, &spec)?;
+                Ok(identity)
+            });
         let identity = match res {
             Ok(i) => i,
             Err(e) => {
@@ -262,6 +273,7 @@ impl Ops {
             template: false,
             ignition: None,
             uefi,
+            lease: crate::spec::Lease::default(),
             ..base
         };
         Ok((spec, identity))

@@ -99,6 +99,7 @@ impl Ops {
             vcpus: vm.spec.vcpus,
             memory_mib: vm.spec.memory_mib,
             restart_policy: vm.spec.restart_policy,
+            expires_in_s: vm.spec.lease.seconds_left(crate::state::now_ms()),
             restarts: s.restarts,
             accel: s.accel.clone(),
             exit: s.exit.clone(),
@@ -127,6 +128,7 @@ impl Ops {
     /// The state directory exists but cannot be read.
     pub fn list(&self) -> Result<Vec<VmSummary>, OpsError> {
         let store = self.store();
+        let now = crate::state::now_ms();
         let names =
             store.names().map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(VMS_DIR)))?;
         let out: Vec<VmSummary> = names
@@ -144,6 +146,8 @@ impl Ops {
                         unsupervised: obs.unsupervised,
                         unresponsive_s: obs.unresponsive_s(),
                         incomplete: false,
+                        expires_in_s: vm.spec.lease.seconds_left(now),
+                        lease_ended: vm.spec.lease.ended(now).is_some(),
                     }
                 }
                 Loaded::Absent | Loaded::Incomplete { .. } => VmSummary {
@@ -156,6 +160,8 @@ impl Ops {
                     unsupervised: false,
                     unresponsive_s: None,
                     incomplete: true,
+                    expires_in_s: None,
+                    lease_ended: false,
                 },
             })
             .collect();

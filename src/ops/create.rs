@@ -15,7 +15,7 @@ use super::{Ops, OpsError};
 use crate::config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 use crate::ids::{PortForward, VmName};
 use crate::layout::VmPaths;
-use crate::spec::{Boot, RestartPolicy, SPEC_VERSION, VmSpec};
+use crate::spec::{Boot, Lease, MAX_TTL_S, RestartPolicy, SPEC_VERSION, VmSpec};
 use crate::state::now_ms;
 use crate::store;
 
@@ -78,6 +78,28 @@ pub struct CreateRequest {
     /// Ignition overrides for Fedora CoreOS profiles.
     #[serde(default)]
     pub ignition: Option<crate::provision::ignition::IgnitionRequest>,
+    /// Delete the VM after this many seconds.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 2_592_000))]
+    pub ttl_s: Option<u64>,
+    /// Not a request field: the process the VM lives for (`kvm-mcp run`); when it exits,
+    /// the VM's supervisor stops it and the VM is deleted.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub owner: Option<crate::procid::ProcIdentity>,
+}
+
+/// The lease of a new VM: `ttl_s` checked (1 s to [`MAX_TTL_S`]), counted from now.
+pub(super) fn lease(ttl_s: Option<u64>, owner: Option<crate::procid::ProcIdentity>) -> Result<Lease, OpsError> {
+    if let Some(t) = ttl_s
+        && !(1..=MAX_TTL_S).contains(&t)
+    {
+        return Err(OpsError::invalid(
+            "ttl_s",
+            format!("{t} is outside 1..={MAX_TTL_S} seconds (30 days); leave it out for a VM that stays"),
+        ));
+    }
+    Ok(Lease { owner, ..Lease::with_ttl(now_ms(), ttl_s) })
 }
 
 /// Longest kernel command line accepted (Linux's own limit on x86 is 2048 to 4096
@@ -159,6 +181,7 @@ impl Ops {
                 format!("{memory_mib} is outside {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB"),
             ));
         }
+        let lease = lease(req.ttl_s, req.owner.clone())?;
         let vcpus = req.vcpus.unwrap_or(d.default_vcpus);
         if !(1..=MAX_VCPUS).contains(&vcpus) {
             return Err(OpsError::invalid("vcpus", format!("{vcpus} is outside 1..={MAX_VCPUS}")));
@@ -209,6 +232,7 @@ impl Ops {
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),
+            lease,
             install_boot: false,
         };
         self.make_vm_dir(&name, &paths)?;

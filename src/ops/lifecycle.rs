@@ -121,6 +121,28 @@ impl Ops {
         Ok(out)
     }
 
+    /// Deletes the VMs of `list` whose lease ended (time limit passed, or the process
+    /// they were made for is gone) and that are off, and drops them from `list`. A VM
+    /// that still runs is left to its supervisor, which stops it and deletes it itself;
+    /// one that was off when its lease ended has no supervisor, so the next listing
+    /// deletes it.
+    pub async fn reap_ended(&self, list: &mut Vec<VmSummary>) {
+        let ended: Vec<String> = list
+            .iter()
+            .filter(|s| s.lease_ended && s.state.is_some_and(|st| !st.is_active()))
+            .map(|s| s.name.clone())
+            .collect();
+        for name in ended {
+            match self.delete(&name, false).await {
+                Ok(()) => {
+                    tracing::info!(vm = %name, "deleted: its time limit passed or its owner is gone");
+                    list.retain(|s| s.name != name);
+                }
+                Err(e) => tracing::warn!(vm = %name, error = %crate::error::chain(&e), "cannot delete an ended VM"),
+            }
+        }
+    }
+
     /// Starts a defined VM and waits until QEMU runs.
     ///
     /// # Errors

@@ -13,8 +13,8 @@
 //!   An area uses the context and never another area; a planner (`plan_disks`,
 //!   `plan_nics`, `plan_provisioning`) takes only its part of a request.
 //! - Composing modules, which alone call across areas: `create` (plans, then writes
-//!   under one rollback guard), `lifecycle` (start, stop, delete, live views) and
-//!   `clone` (clone, resize, reset).
+//!   under one rollback guard), `lifecycle` (start, stop, delete, live views),
+//!   `clone` (clone, resize, reset) and `run` (a throw-away VM for one command).
 
 mod agent;
 mod block;
@@ -31,6 +31,7 @@ mod lifecycle;
 mod media;
 mod net;
 mod provision;
+mod run;
 mod shutdown;
 mod snapshot;
 mod stats;
@@ -52,6 +53,10 @@ pub use images::{ImageEntry, IsoEntry};
 pub use ip::IpQuery;
 pub use lifecycle::StopOptions;
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, PortForwardInfo};
+pub use run::{
+    DEFAULT_BOOT_TIMEOUT, DEFAULT_RUN_TIMEOUT, FileIn, FileOut, MAX_RUN_TIMEOUT, RunBase, RunPhases, RunReport,
+    RunRequest,
+};
 pub use snapshot::SnapshotEntry;
 pub use stats::{CpuStats, DiskStats, MemoryStats, NicStats, VcpuStats, VmStats};
 pub use views::{IpAnswer, IpSource, NicIps, VmInfo, VmIps, VmSummary};
@@ -148,6 +153,8 @@ pub enum OpsError {
         #[source]
         source: crate::agent::AgentError,
     },
+    #[error("cancelled while {what}")]
+    Cancelled { what: &'static str },
     #[error("VM {name:?}: device addresses")]
     Addresses {
         name: String,
@@ -175,7 +182,7 @@ impl OpsError {
             OpsError::Profile(ProfileError::Unknown { .. }) => ErrorKind::InvalidInput,
             OpsError::Profile(_) | OpsError::Io { .. } => ErrorKind::Internal,
             OpsError::StartFailed { kind, .. } => *kind,
-            OpsError::Qmp { .. } | OpsError::Timeout { .. } => ErrorKind::Unavailable,
+            OpsError::Qmp { .. } | OpsError::Timeout { .. } | OpsError::Cancelled { .. } => ErrorKind::Unavailable,
             OpsError::Storage { source, .. } => source.kind(),
             OpsError::InUse { .. } | OpsError::MustBeStopped { .. } => ErrorKind::Conflict,
             OpsError::Console { source, .. } => source.kind(),

@@ -30,6 +30,14 @@ pub struct VmSummary {
     pub unresponsive_s: Option<u64>,
     /// Definition incomplete; `delete` removes it.
     pub incomplete: bool,
+    /// Seconds until the VM's time limit (`ttl_s`) stops and deletes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
+    /// Its time limit passed or the process it was made for is gone: the VM is being
+    /// (or, when off, will be) deleted.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub lease_ended: bool,
 }
 
 /// Everything known about one VM.
@@ -54,6 +62,9 @@ pub struct VmInfo {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub restart_policy: RestartPolicy,
+    /// Seconds until the VM's time limit (`ttl_s`) stops and deletes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_in_s: Option<u64>,
     pub restarts: u32,
     pub accel: Option<String>,
     pub exit: Option<ExitInfo>,

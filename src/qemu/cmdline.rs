@@ -458,6 +458,7 @@ mod tests {
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),
+            lease: crate::spec::Lease::default(),
             install_boot: false,
         }
     }

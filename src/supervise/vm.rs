@@ -19,9 +19,10 @@ use crate::procid::{PidFd, ProcIdentity};
 use crate::qemu::launcher;
 use crate::qmp::qmp::{self, BlockErrorAction};
 use crate::qmp::{Qmp, QmpError};
-use crate::spec::VmSpec;
+use crate::spec::{Lease, LeaseEnd, VmSpec};
 use crate::state::{EventRecord, ExitInfo, Reason, Status, VmState, now_ms};
 use crate::store::{self, LOG_TAIL_LINES};
+use nix::sys::signal::Signal;
 
 use super::launch::{self, LaunchError};
 use super::policy::{self, Exit, Next, Outcome, Seen, StopAsked};
@@ -86,11 +87,45 @@ impl Recorder {
     }
 }
 
+/// How a supervisor's work ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finished {
+    /// QEMU is gone and stays off (stopped, crashed, powered off, or no restart left).
+    Off,
+    /// The VM's lease ended (time limit, or its owning process exited): QEMU was stopped
+    /// and the VM is to be deleted, which the caller does once this process holds no
+    /// lock of the VM any more.
+    LeaseEnded(LeaseEnd),
+}
+
+/// Resolves when `lease` ends: at its time limit or when its owner exits (watched
+/// through a pidfd, so the end is seen at once). Never, for a VM without a lease.
+async fn lease_end(lease: &Lease) -> LeaseEnd {
+    if lease.is_unset() {
+        return std::future::pending().await;
+    }
+    let owner = lease.owner.as_ref().and_then(|o| PidFd::open(o.pid).ok().filter(|_| o.is_alive()));
+    loop {
+        if let Some(end) = lease.ended(now_ms()) {
+            return end;
+        }
+        // Look again at least every second: the wall clock may jump.
+        let left = lease.expires_at_ms.map_or(1000, |at| at.saturating_sub(now_ms()).clamp(1, 1000));
+        let nap = Duration::from_millis(left);
+        match &owner {
+            Some(fd) => {
+                fd.wait_exit(nap).await;
+            }
+            None => tokio::time::sleep(nap).await,
+        }
+    }
+}
+
 /// Entry point of `kvm-mcp supervise`.
 ///
 /// # Errors
 /// [`SupervisorError`] when it cannot take charge of the VM.
-pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>) -> Result<(), SupervisorError> {
+pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>) -> Result<Finished, SupervisorError> {
     // SAFETY: the front end passes the write end of a pipe at this number and nothing
     // else in this process owns it.
     let mut ready = unsafe { Reporter::from_raw_fd(ready_fd) };
@@ -112,6 +147,10 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
             return Err(refuse(&mut ready, name, ErrorKind::Conflict, format!("it is incomplete: {reason}")));
         }
     };
+    if let Some(end) = spec.lease.ended(now_ms()) {
+        ready.fail(ErrorKind::Conflict, &format!("VM {name} is not started: {end}; it is being deleted"), &[]);
+        return Ok(Finished::LeaseEnded(end));
+    }
     let old = store::read_status_record(&paths).present();
     let mut rec = Recorder { paths: paths.clone(), status: old.clone().unwrap_or_else(|| Status::created(now_ms())) };
     rec.status.supervisor_pid = Some(std::process::id().cast_signed());
@@ -126,35 +165,54 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
         tracing::info!(pid = ident.pid, "adopting running QEMU");
         let _ = rec.flush();
         ready.ok("adopted");
-        watch_adopted(&mut rec, &ident, &pidfd).await
+        let lease = lease_end(&spec.lease);
+        tokio::pin!(lease);
+        let watched = tokio::select! {
+            ended = watch_adopted(&mut rec, &ident, &pidfd) => Ok(ended),
+            end = &mut lease => Err(end),
+        };
+        match watched {
+            Ok(ended) => ended,
+            Err(end) => {
+                stop_for_lease(&rec, Some(&ident), &end);
+                let _ = pidfd.signal(Signal::SIGKILL);
+                while !pidfd.wait_exit(Duration::from_secs(3600)).await {}
+                let stop_asked = consume_stop(&paths, Some(&ident), false);
+                let outcome = policy::classify(&Exit::Unknown, &Seen::default(), &stop_asked);
+                Ended { outcome, stop_asked, lease: Some(end) }
+            }
+        }
     } else {
         rec.status.restarts = 0;
         store::clear_stop(&paths);
         run_once(cfg, &mut rec, &spec, &mut ready, Reason::Start).await
     };
 
-    loop {
-        let Ended { outcome, stop_asked } = &ended;
+    let finished = loop {
+        let Ended { outcome, stop_asked, lease } = &ended;
         let stop_asked = stop_asked.asked();
         finish(&mut rec, outcome);
+        if let Some(end) = lease.clone().or_else(|| spec.lease.ended(now_ms())) {
+            break Finished::LeaseEnded(end);
+        }
         if crate::provision::install::finish_run(&paths, outcome.reason) && !stop_asked {
             ended = run_once(cfg, &mut rec, &spec, &mut ready, Reason::GuestReset).await;
             continue;
         }
         match policy::next_step(spec.restart_policy, outcome, stop_asked, rec.status.restarts) {
-            Next::Stay => break,
+            Next::Stay => break Finished::Off,
             Next::GiveUp => {
                 rec.event(
                     rec.status.state,
                     rec.status.reason,
                     Some(format!("restart limit of {} reached; leaving it off", policy::MAX_RESTARTS)),
                 );
-                break;
+                break Finished::Off;
             }
             Next::Restart { delay } => {
                 tracing::info!(?delay, restarts = rec.status.restarts, "restarting by policy");
                 if wait_unless_stopped(&paths, delay).await {
-                    break;
+                    break Finished::Off;
                 }
             }
         }
@@ -162,9 +220,20 @@ pub async fn run(cfg: &Config, name: &VmName, adopt: bool, ready_fd: Option<i32>
         // Re-read the definition: port forwards changed at run time live there.
         let spec = store::read_spec(&paths).present().unwrap_or_else(|| spec.clone());
         ended = run_once(cfg, &mut rec, &spec, &mut ready, Reason::PolicyRestart).await;
-    }
+    };
     cleanup(cfg, name, &paths);
-    Ok(())
+    Ok(finished)
+}
+
+/// Records that the lease ended and asks for a forced stop of `qemu`'s run, so the
+/// run's end is classified as a stop kvm-mcp asked for (never restarted).
+fn stop_for_lease(rec: &Recorder, qemu: Option<&ProcIdentity>, end: &LeaseEnd) {
+    tracing::info!(%end, "the VM's lease ended; stopping it");
+    let why = format!("stopped because {end}; the VM is deleted");
+    if let Err(e) = store::request_stop(&rec.paths, qemu, Some(&why)) {
+        tracing::warn!(error = %e, "cannot record the stop request");
+    }
+    rec.event(rec.status.state, Reason::HostRequest, Some(why));
 }
 
 fn refuse(ready: &mut Reporter, name: &VmName, kind: ErrorKind, reason: String) -> SupervisorError {
@@ -217,15 +286,17 @@ fn launch_failed(ready: &mut Reporter, paths: &VmPaths, e: &LaunchError) -> Outc
     start_failed(ready, paths, e.kind(), crate::error::chain(e))
 }
 
-/// How a run ended, and the stop request that applied to it.
+/// How a run ended, the stop request that applied to it, and whether the VM's lease
+/// ended it.
 struct Ended {
     outcome: Outcome,
     stop_asked: StopAsked,
+    lease: Option<LeaseEnd>,
 }
 
 impl From<Outcome> for Ended {
     fn from(outcome: Outcome) -> Self {
-        Self { outcome, stop_asked: StopAsked::No }
+        Self { outcome, stop_asked: StopAsked::No, lease: None }
     }
 }
 
@@ -345,6 +416,9 @@ async fn start_and_follow(
     // The event monitor, dropped while QEMU does not answer (a command without its
     // answer leaves a connection unusable) and opened again once it greets.
     let mut monitor = Some((qmp, events));
+    let lease = lease_end(&spec.lease);
+    tokio::pin!(lease);
+    let mut lease_over = None;
     let status = loop {
         let next_event = async {
             match monitor.as_mut() {
@@ -354,6 +428,12 @@ async fn start_and_follow(
         };
         tokio::select! {
             st = child.wait() => break st.ok(),
+            end = &mut lease, if lease_over.is_none() => {
+                stop_for_lease(rec, qemu.as_ref(), &end);
+                lease_over = Some(end);
+                // A throw-away VM: nothing in it is kept, so no shutdown is waited for.
+                let _ = child.start_kill();
+            }
             _ = rotate.tick() => {
                 if let Err(e) = crate::console::log::rotate_if_needed(&paths, &cfg.console) {
                     tracing::warn!(error = %e, "cannot rotate the serial log");
@@ -385,7 +465,7 @@ async fn start_and_follow(
     drop(monitor);
     let exit = status.map_or(Exit::Unknown, |s| Exit::Status(exit_info(s)));
     let stop_asked = consume_stop(&paths, qemu.as_ref(), seen.stop_seen);
-    Ok(Ended { outcome: policy::classify(&exit, &seen, &stop_asked), stop_asked })
+    Ok(Ended { outcome: policy::classify(&exit, &seen, &stop_asked), stop_asked, lease: lease_over })
 }
 
 /// The stop request that applies to the run of `qemu` that just ended, if any. A
@@ -552,5 +632,5 @@ async fn watch_adopted(rec: &mut Recorder, qemu: &ProcIdentity, pidfd: &PidFd) -
     // The monitor closed (or was unreachable): wait for the process itself.
     while !pidfd.wait_exit(Duration::from_secs(3600)).await {}
     let stop_asked = consume_stop(&paths, Some(qemu), seen.stop_seen);
-    Ended { outcome: policy::classify(&Exit::Unknown, &seen, &stop_asked), stop_asked }
+    Ended { outcome: policy::classify(&Exit::Unknown, &seen, &stop_asked), stop_asked, lease: None }
 }

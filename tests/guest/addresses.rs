@@ -46,6 +46,7 @@ fn old_spec(dir: &std::path::Path, os_variant: &str) -> VmSpec {
         ignition: None,
         uefi: None,
         addresses: Default::default(),
+        lease: kvm_mcp::spec::Lease::default(),
         install_boot: false,
     }
 }

@@ -13,6 +13,7 @@ mod lifecycle;
 mod mcp_storage;
 mod mcp_tasks;
 mod recovery;
+mod run;
 mod stats;
 mod storage;
 mod usermode;

@@ -1,0 +1,230 @@
+//! A guest command whose output is shown while it runs. qemu-ga 7.2 hands a
+//! `guest-exec` command's captured output over only once it has exited, so the command
+//! runs under `/bin/sh` with its stdout and stderr sent to two files in the guest's
+//! `/tmp`, which are read from where the last read stopped (`guest-file-read` on handles
+//! kept open) at least once a second until the command exits; then the files are
+//! removed. Timeout and cancellation kill the command's whole process tree as
+//! [`super::exec`] does. Needs a POSIX shell in the guest (not for Windows guests).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::exec::{ExecStatus, kill, status};
+use super::{AgentClient, AgentError};
+
+/// Longest pause between two looks at the output files.
+const MAX_POLL: Duration = Duration::from_millis(250);
+/// Bytes asked for per `guest-file-read`.
+const CHUNK: usize = 48 * 1024;
+/// How long the killed command gets to be reaped by the agent.
+const KILL_GRACE: Duration = Duration::from_secs(10);
+/// Sends the command's output to the files named by `$1` and `$2`, then runs it.
+const WRAPPER: &str = "exec >\"$1\" 2>\"$2\" || exit 125; shift 2; exec \"$@\"";
+
+/// Which of the command's outputs a chunk came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// A command to run with its output shown as it comes.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    /// The program and its arguments (the program is looked up in the guest's PATH).
+    pub argv: Vec<String>,
+    /// `NAME=value` entries added to the command's environment.
+    pub env: Vec<String>,
+    /// Kill the command after this long.
+    pub timeout: Duration,
+}
+
+/// How a streamed command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamResult {
+    pub pid: i64,
+    pub exit_code: Option<i64>,
+    pub signal: Option<i64>,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    /// It outlived its timeout and was killed.
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Started {
+    pid: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ReadReply {
+    count: usize,
+    #[serde(rename = "buf-b64")]
+    buf_b64: String,
+    eof: bool,
+}
+
+/// One output file in the guest: its path, the agent's handle once it is open, and how
+/// much was shown.
+struct Tail {
+    path: String,
+    stream: Stream,
+    handle: Option<i64>,
+    shown: u64,
+}
+
+impl Tail {
+    /// Shows what was appended since the last look. A file the shell has not made yet
+    /// is looked for again next time.
+    async fn drain(
+        &mut self,
+        c: &mut AgentClient,
+        sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+    ) -> Result<(), AgentError> {
+        let handle = match self.handle {
+            Some(h) => h,
+            None => match c.call_as::<i64>("guest-file-open", json!({ "path": self.path, "mode": "r" })).await {
+                Ok(h) => *self.handle.insert(h),
+                Err(AgentError::Command { .. }) => return Ok(()),
+                Err(e) => return Err(e),
+            },
+        };
+        loop {
+            let r: ReadReply = c.call_as("guest-file-read", json!({ "handle": handle, "count": CHUNK })).await?;
+            let bytes = B64.decode(&r.buf_b64).map_err(|e| AgentError::BadReply {
+                command: "guest-file-read",
+                reason: format!("invalid base64 ({e}) for {} bytes", r.count),
+            })?;
+            if !bytes.is_empty() {
+                self.shown += bytes.len() as u64;
+                sink(self.stream, &bytes);
+            }
+            if r.eof || bytes.len() < CHUNK {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn close(&mut self, c: &mut AgentClient) {
+        if let Some(h) = self.handle.take()
+            && let Err(e) = c.call("guest-file-close", json!({ "handle": h })).await
+        {
+            tracing::warn!(error = %e, "cannot close a guest file handle");
+        }
+    }
+}
+
+/// One look: new output of both files, then the command's status.
+async fn look(
+    sock: &Path,
+    timeout: Duration,
+    pid: i64,
+    tails: &mut [Tail; 2],
+    sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+) -> Result<ExecStatus, AgentError> {
+    // The status first: output written before the exit is then all in the files.
+    let st = status(sock, timeout, pid).await?;
+    let mut c = AgentClient::connect(sock, timeout).await?;
+    for t in tails.iter_mut() {
+        t.drain(&mut c, sink).await?;
+    }
+    Ok(st)
+}
+
+/// Closes the files and removes them from the guest.
+async fn clean_up(sock: &Path, timeout: Duration, tails: &mut [Tail; 2]) {
+    let Ok(mut c) = AgentClient::connect(sock, timeout).await else { return };
+    for t in tails.iter_mut() {
+        t.close(&mut c).await;
+    }
+    let rm = json!({ "path": "/bin/rm", "arg": ["-f", "--", &tails[0].path, &tails[1].path] });
+    if let Err(e) = c.call("guest-exec", rm).await {
+        tracing::warn!(error = %e, "cannot remove the output files of a guest command");
+    }
+}
+
+/// Runs `req` in the guest behind `sock`, handing its output to `sink` as it comes.
+///
+/// # Errors
+/// Agent failures; [`AgentError::Cancelled`] when `cancel` fired (the command is
+/// killed first).
+pub async fn run(
+    sock: &Path,
+    agent_timeout: Duration,
+    req: &StreamRequest,
+    sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+    cancel: &CancellationToken,
+) -> Result<StreamResult, AgentError> {
+    let started = Instant::now();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let out = format!("/tmp/.kvm-mcp-{id}.out");
+    let err = format!("/tmp/.kvm-mcp-{id}.err");
+    let mut arg = vec!["-c".to_owned(), WRAPPER.to_owned(), "kvm-mcp-run".to_owned(), out.clone(), err.clone()];
+    arg.extend(req.argv.iter().cloned());
+    let mut args = json!({ "path": "/bin/sh", "arg": arg, "capture-output": true });
+    if !req.env.is_empty() {
+        args["env"] = json!(req.env);
+    }
+    let pid = {
+        let mut c = AgentClient::connect(sock, agent_timeout).await?;
+        c.call_as::<Started>("guest-exec", args).await?.pid
+    };
+    let mut tails = [
+        Tail { path: out, stream: Stream::Stdout, handle: None, shown: 0 },
+        Tail { path: err, stream: Stream::Stderr, handle: None, shown: 0 },
+    ];
+    let mut poll = Duration::from_millis(20);
+    let mut timed_out = false;
+    let ended = loop {
+        let st = match look(sock, agent_timeout, pid, &mut tails, sink).await {
+            Ok(st) => st,
+            Err(e) => break Err(e),
+        };
+        if st.exited {
+            break Ok(st);
+        }
+        if timed_out {
+            if started.elapsed() > req.timeout + KILL_GRACE {
+                break Ok(st);
+            }
+        } else if started.elapsed() >= req.timeout {
+            timed_out = true;
+            kill(sock, agent_timeout, pid).await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(poll) => {}
+            () = cancel.cancelled() => {
+                kill(sock, agent_timeout, pid).await;
+                let _ = status(sock, agent_timeout, pid).await;
+                clean_up(sock, agent_timeout, &mut tails).await;
+                return Err(AgentError::Cancelled { pid });
+            }
+        }
+        poll = (poll * 2).min(MAX_POLL);
+    };
+    clean_up(sock, agent_timeout, &mut tails).await;
+    let st = ended?;
+    // What the shell itself said before (or instead of) the redirection: a guest with
+    // no writable /tmp, say.
+    for (data, stream) in [(&st.err_data, Stream::Stderr), (&st.out_data, Stream::Stdout)] {
+        if let Some(bytes) = data.as_deref().and_then(|d| B64.decode(d).ok()).filter(|b| !b.is_empty()) {
+            sink(stream, &bytes);
+        }
+    }
+    Ok(StreamResult {
+        pid,
+        exit_code: st.exitcode,
+        signal: st.signal,
+        stdout_bytes: tails[0].shown,
+        stderr_bytes: tails[1].shown,
+        timed_out,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    })
+}
