@@ -1,5 +1,6 @@
 //! The fixture server the MCP conformance suite expects: its `test_*` tools, `test://`
-//! resources and template, prompts and completion, each answering exactly what the
+//! resources and template, prompts and completion, and (in [`tasks`]) the tools and
+//! `tasks/*` methods of the Tasks extension scenarios, each answering exactly what the
 //! suite's scenario text asks for. Test-only: it lives in the test crate and is mounted
 //! on kvm-mcp's own HTTP stack by `kvm_mcp::http::serve_with`, never in the shipped
 //! tool list. Results are written as JSON and parsed into rmcp's types, so each reads
@@ -8,18 +9,22 @@
 // 2026 revision; the 2025-11-25 scenarios still test them.
 #![allow(deprecated)]
 
+mod tasks;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult, ElicitRequest,
-    GetPromptRequestParams, GetPromptResponse, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
-    ServerConfig, ServerRequest, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CompleteRequestParams, CompleteResult,
+    ElicitRequest, GetPromptRequestParams, GetPromptResponse, GetPromptResult, GetTaskParams, GetTaskResult,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
+use rmcp::task_manager::TaskManager;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -341,10 +346,14 @@ fn input_required_tool(
 }
 
 /// The suite's fixture server; one per session.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Fixture {
     /// The session's `logging/setLevel`, as a rank (0 = debug).
     log_level: Arc<AtomicU8>,
+    /// The server's tasks, shared by every session: on the stateless 2026-07-28 wire
+    /// each request is a session of its own, and a task outlives the request that
+    /// made it.
+    tasks: TaskManager,
 }
 
 fn rank(level: LoggingLevel) -> u8 {
@@ -361,6 +370,12 @@ fn rank(level: LoggingLevel) -> u8 {
 }
 
 impl Fixture {
+    /// A maker of sessions for one server, for `serve_with`.
+    pub fn sessions() -> impl Fn() -> Self + Send + Sync + 'static {
+        let tasks = TaskManager::new();
+        move || Self { log_level: Arc::default(), tasks: tasks.clone() }
+    }
+
     async fn log(&self, ctx: &RequestContext<RoleServer>, message: &str) {
         if rank(LoggingLevel::Info) >= self.log_level.load(Ordering::Relaxed) {
             let p: LoggingMessageNotificationParam =
@@ -483,6 +498,7 @@ impl ServerHandler for Fixture {
             "prompts": {},
             "logging": {},
             "completions": {},
+            "extensions": { "io.modelcontextprotocol/tasks": {} },
         }));
         let mut info = ServerConfig::new(capabilities).with_server_info(rmcp::model::Implementation::new(
             "kvm-mcp-conformance-fixture",
@@ -497,7 +513,9 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(parse(tools())))
+        let mut all: Vec<Tool> = parse(tools());
+        all.extend(parse::<Vec<Tool>>(tasks::tools()));
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     async fn call_tool(
@@ -505,6 +523,9 @@ impl ServerHandler for Fixture {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        if let Some(answer) = tasks::call(&self.tasks, &request, &context).await? {
+            return Ok(answer);
+        }
         let responses = request.input_responses.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default());
         let responses = responses.unwrap_or_default();
         if let Some(answer) =
@@ -526,6 +547,30 @@ impl ServerHandler for Fixture {
             return Ok(text_result("Logged at the requested level.").into());
         }
         Ok(self.call(&request, &context).await.into())
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.tasks.get_task(&request.task_id).map(GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel_task(&request.task_id)
     }
 
     async fn set_level(
