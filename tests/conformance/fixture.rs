@@ -1,28 +1,36 @@
-//! The fixture server the MCP conformance suite expects: its `test_*` tools, `test://`
-//! resources and template, prompts and completion, each answering exactly what the
-//! suite's scenario text asks for. Test-only: it lives in the test crate and is mounted
-//! on kvm-mcp's own HTTP stack by `kvm_mcp::http::serve_with`, never in the shipped
-//! tool list. Results are written as JSON and parsed into rmcp's types, so each reads
-//! like the scenario it answers.
+//! The fixture server the MCP conformance suite expects: its `test_*` tools (the
+//! SEP-2322 ones in [`input_required`]), `test://` resources and template, prompts and
+//! completion, and (in [`tasks`]) the tools and `tasks/*` methods of the Tasks extension
+//! scenarios, each answering exactly what the suite's scenario text asks for.
+//! Test-only: it lives in the test crate and is mounted on kvm-mcp's own HTTP stack by
+//! `kvm_mcp::http::serve_with`, never in the shipped tool list. Results are written as
+//! JSON and parsed into rmcp's types, so each reads like the scenario it answers.
 // Logging, sampling and server-to-client elicitation are deprecated by SEP-2577 for the
 // 2026 revision; the 2025-11-25 scenarios still test them.
 #![allow(deprecated)]
+
+mod input_required;
+mod tasks;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, CompleteRequestParams, CompleteResult, ElicitRequest,
-    GetPromptRequestParams, GetPromptResponse, GetPromptResult, ListPromptsResult, ListResourceTemplatesResult,
-    ListResourcesResult, ListToolsResult, LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
-    ProgressNotificationParam, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, ServerCapabilities,
-    ServerConfig, ServerRequest, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CompleteRequestParams, CompleteResult,
+    ElicitRequest, GetPromptRequestParams, GetPromptResponse, GetPromptResult, GetTaskParams, GetTaskResult,
+    ListPromptsResult, ListResourceTemplatesResult, ListResourcesResult, ListToolsResult, LoggingLevel,
+    LoggingMessageNotificationParam, PaginatedRequestParams, ProgressNotificationParam, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams,
+    SubscribeRequestParams, Tool, UnsubscribeRequestParams, UpdateTaskParams,
 };
 use rmcp::service::RequestContext;
+use rmcp::task_manager::TaskManager;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+use input_required::{accepted, elicit_request, input_required_tool};
 
 /// A 1x1 red PNG.
 const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==";
@@ -168,183 +176,15 @@ fn sep1330_schema() -> Value {
     })
 }
 
-/// A request state the fixture can check: `payload.mac`, keyed by a per-process secret.
-fn sign(payload: &str) -> String {
-    format!("{payload}.{:016x}", mac(payload))
-}
-
-fn mac(payload: &str) -> u64 {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-    let mut h = KEY.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
-    h.write(payload.as_bytes());
-    h.finish()
-}
-
-/// The payload of a state [`sign`] made, or an invalid-params error if it was altered.
-fn verify(state: Option<&str>) -> Result<Option<String>, McpError> {
-    let Some(state) = state else { return Ok(None) };
-    let ok = state.rsplit_once('.').filter(|(payload, tag)| format!("{:016x}", mac(payload)) == *tag);
-    match ok {
-        Some((payload, _)) => Ok(Some(payload.to_owned())),
-        None => Err(McpError::invalid_params("requestState failed its integrity check", None)),
-    }
-}
-
-fn elicit_request(message: &str, field: &str, kind: &str) -> Value {
-    json!({ "method": "elicitation/create", "params": {
-        "mode": "form",
-        "message": message,
-        "requestedSchema": { "type": "object", "properties": { field: { "type": kind } }, "required": [field] },
-    } })
-}
-
-fn sampling_request(text: &str, max_tokens: u32) -> Value {
-    json!({ "method": "sampling/createMessage", "params": {
-        "messages": [{ "role": "user", "content": { "type": "text", "text": text } }],
-        "maxTokens": max_tokens,
-    } })
-}
-
-fn roots_request() -> Value {
-    json!({ "method": "roots/list", "params": {} })
-}
-
-fn input_required(requests: Value, state: Option<String>) -> CallToolResponse {
-    let mut v = json!({ "resultType": "input_required", "inputRequests": requests });
-    if let Some(s) = state {
-        v["requestState"] = Value::String(s);
-    }
-    CallToolResponse::InputRequired(parse(v))
-}
-
-/// The accepted elicitation answer's `field`, if `response` is one.
-fn accepted(response: &Value, field: &str) -> Option<String> {
-    if response.get("action")?.as_str()? != "accept" {
-        return None;
-    }
-    let v = response.get("content")?.get(field)?;
-    Some(v.as_str().map_or_else(|| v.to_string(), str::to_owned))
-}
-
-fn sampled(response: &Value) -> Option<String> {
-    response.get("content")?.get("text")?.as_str().map(str::to_owned)
-}
-
-fn roots(response: &Value) -> Option<Vec<String>> {
-    let roots = response.get("roots")?.as_array()?;
-    Some(roots.iter().filter_map(|r| r.get("uri")?.as_str().map(str::to_owned)).collect())
-}
-
-/// The SEP-2322 tools: what each asks for, and what it answers once it has it.
-fn input_required_tool(
-    name: &str,
-    responses: &Value,
-    state: Option<&str>,
-    ctx: &RequestContext<RoleServer>,
-) -> Result<Option<CallToolResponse>, McpError> {
-    let got = |key: &str| responses.get(key).filter(|v| v.is_object());
-    let name_q = || elicit_request("What is your name?", "name", "string");
-    Ok(Some(match name {
-        "test_input_required_result_elicitation" | "test_streaming_elicitation" => {
-            match got("user_name").and_then(|r| accepted(r, "name")) {
-                Some(n) => text_result(format!("Hello, {n}!")).into(),
-                None => input_required(json!({ "user_name": name_q() }), None),
-            }
-        }
-        "test_input_required_result_sampling" => match got("capital_question").and_then(sampled) {
-            Some(t) => text_result(format!("The model said: {t}")).into(),
-            None => input_required(
-                json!({ "capital_question": sampling_request("What is the capital of France?", 100) }),
-                None,
-            ),
-        },
-        "test_input_required_result_list_roots" => match got("client_roots").and_then(roots) {
-            Some(r) => text_result(format!("Client roots: {}", r.join(", "))).into(),
-            None => input_required(json!({ "client_roots": roots_request() }), None),
-        },
-        "test_input_required_result_request_state" => {
-            let payload = verify(state)?;
-            match (payload.as_deref(), got("confirm")) {
-                (Some("request-state"), Some(_)) => text_result("state-ok: the request state came back intact").into(),
-                _ => input_required(
-                    json!({ "confirm": elicit_request("Please confirm", "ok", "boolean") }),
-                    Some(sign("request-state")),
-                ),
-            }
-        }
-        "test_input_required_result_multiple_inputs" => {
-            let payload = verify(state)?;
-            let all = ["user_name", "greeting", "client_roots"].iter().all(|k| got(k).is_some());
-            if payload.as_deref() == Some("multiple") && all {
-                text_result("Got a name, a greeting and the roots.").into()
-            } else {
-                input_required(
-                    json!({
-                        "user_name": name_q(),
-                        "greeting": sampling_request("Generate a greeting", 50),
-                        "client_roots": roots_request(),
-                    }),
-                    Some(sign("multiple")),
-                )
-            }
-        }
-        "test_input_required_result_multi_round" => {
-            let payload = verify(state)?;
-            match (payload.as_deref(), got("step1"), got("step2")) {
-                (Some("round2"), _, Some(r)) => {
-                    text_result(format!("Favourite color: {}", accepted(r, "color").unwrap_or_default())).into()
-                }
-                (Some("round1"), Some(_), _) => input_required(
-                    json!({ "step2": elicit_request("Step 2: What is your favorite color?", "color", "string") }),
-                    Some(sign("round2")),
-                ),
-                _ => input_required(
-                    json!({ "step1": elicit_request("Step 1: What is your name?", "name", "string") }),
-                    Some(sign("round1")),
-                ),
-            }
-        }
-        "test_input_required_result_tampered_state" => match verify(state)? {
-            Some(_) => text_result("The request state is intact.").into(),
-            None => input_required(json!({ "user_name": name_q() }), Some(sign("tamper-check"))),
-        },
-        "test_input_required_result_capabilities" => {
-            let caps =
-                ctx.client_capabilities().map(|c| serde_json::to_value(c).unwrap_or_default()).unwrap_or_default();
-            let mut requests = serde_json::Map::new();
-            if caps.get("elicitation").is_some() {
-                requests.insert("user_name".into(), name_q());
-            }
-            if caps.get("sampling").is_some() {
-                requests.insert("greeting".into(), sampling_request("Generate a greeting", 50));
-            }
-            if caps.get("roots").is_some() {
-                requests.insert("client_roots".into(), roots_request());
-            }
-            if requests.is_empty() || requests.keys().all(|k| got(k).is_some()) {
-                text_result("Asked only for what the client declared.").into()
-            } else {
-                input_required(Value::Object(requests), None)
-            }
-        }
-        "test_missing_capability" => {
-            let has = ctx.client_capabilities().is_some_and(|c| c.sampling.is_some());
-            if !has {
-                let required: rmcp::model::ClientCapabilities = parse(json!({ "sampling": {} }));
-                return Err(McpError::missing_required_client_capability(required));
-            }
-            text_result("The client declared sampling.").into()
-        }
-        _ => return Ok(None),
-    }))
-}
-
 /// The suite's fixture server; one per session.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct Fixture {
     /// The session's `logging/setLevel`, as a rank (0 = debug).
     log_level: Arc<AtomicU8>,
+    /// The server's tasks, shared by every session: on the stateless 2026-07-28 wire
+    /// each request is a session of its own, and a task outlives the request that
+    /// made it.
+    tasks: TaskManager,
 }
 
 fn rank(level: LoggingLevel) -> u8 {
@@ -361,6 +201,12 @@ fn rank(level: LoggingLevel) -> u8 {
 }
 
 impl Fixture {
+    /// A maker of sessions for one server, for `serve_with`.
+    pub fn sessions() -> impl Fn() -> Self + Send + Sync + 'static {
+        let tasks = TaskManager::new();
+        move || Self { log_level: Arc::default(), tasks: tasks.clone() }
+    }
+
     async fn log(&self, ctx: &RequestContext<RoleServer>, message: &str) {
         if rank(LoggingLevel::Info) >= self.log_level.load(Ordering::Relaxed) {
             let p: LoggingMessageNotificationParam =
@@ -483,6 +329,7 @@ impl ServerHandler for Fixture {
             "prompts": {},
             "logging": {},
             "completions": {},
+            "extensions": { "io.modelcontextprotocol/tasks": {} },
         }));
         let mut info = ServerConfig::new(capabilities).with_server_info(rmcp::model::Implementation::new(
             "kvm-mcp-conformance-fixture",
@@ -497,7 +344,9 @@ impl ServerHandler for Fixture {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(parse(tools())))
+        let mut all: Vec<Tool> = parse(tools());
+        all.extend(parse::<Vec<Tool>>(tasks::tools()));
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     async fn call_tool(
@@ -505,6 +354,9 @@ impl ServerHandler for Fixture {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        if let Some(answer) = tasks::call(&self.tasks, &request, &context).await? {
+            return Ok(answer);
+        }
         let responses = request.input_responses.as_ref().map(|r| serde_json::to_value(r).unwrap_or_default());
         let responses = responses.unwrap_or_default();
         if let Some(answer) =
@@ -526,6 +378,30 @@ impl ServerHandler for Fixture {
             return Ok(text_result("Logged at the requested level.").into());
         }
         Ok(self.call(&request, &context).await.into())
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.tasks.get_task(&request.task_id).map(GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel_task(&request.task_id)
     }
 
     async fn set_level(

@@ -1,10 +1,11 @@
 //! The official MCP conformance suite (`@modelcontextprotocol/conformance`, pinned in
 //! `scripts/test`), run with Node against two servers on kvm-mcp's own HTTP stack: the
-//! fixture server of [`fixture`] (the suite's `test_*` tools, resources and prompts),
-//! mounted in-process with `kvm_mcp::http::serve_with`, for whole requirement sets; and
-//! the real `kvm-mcp serve --http` for the scenarios that need no fixture. Each run must
-//! report no failure beyond those listed, with a reason each, in
-//! `tests/conformance/expected-failures.yaml`.
+//! fixture server of [`fixture`] (the suite's `test_*` tools, resources and prompts, and
+//! the tools and `tasks/*` methods of the Tasks extension), mounted in-process with
+//! `kvm_mcp::http::serve_with`, for whole requirement sets and for every `tasks-*`
+//! extension scenario; and the real `kvm-mcp serve --http` for the scenarios that need
+//! no fixture. Each run must report no failure beyond those listed, with a reason each,
+//! in `tests/conformance/expected-failures.yaml`.
 
 mod fixture;
 
@@ -129,7 +130,7 @@ impl FixtureServer {
         let addr = free_port();
         let opts = HttpOptions { addr, no_auth: true, settings, state_dir: dir.path().join("state") };
         let stop = CancellationToken::new();
-        let serving = tokio::spawn(serve_with(shared, opts, stop.clone(), fixture::Fixture::default));
+        let serving = tokio::spawn(serve_with(shared, opts, stop.clone(), fixture::Fixture::sessions()));
         let url = format!("http://{addr}/mcp");
         wait_listening(addr, &serving).await;
         Self { url, stop, _dir: dir }
@@ -160,6 +161,34 @@ async fn fixture_passes_requirements_2025_11_25() {
 async fn fixture_passes_requirements_2026_07_28() {
     let server = FixtureServer::start().await;
     run_suite(&server.url, &["--requirements", "2026-07-28"]).await;
+}
+
+/// The Tasks extension (SEP-2663) scenarios; extension scenarios belong to no
+/// requirement set, so each is run by name. The suite reports
+/// `tasks-status-notifications` as skipped whatever the server does (its harness waits
+/// for a rewrite onto `subscriptions/listen`); it is run so that it counts once it
+/// checks something.
+const TASKS_SCENARIOS: [&str; 10] = [
+    "tasks-lifecycle",
+    "tasks-capability-negotiation",
+    "tasks-wire-fields",
+    "tasks-request-state-removal",
+    "tasks-mrtr-input",
+    "tasks-request-headers",
+    "tasks-dispatch-and-envelope",
+    "tasks-status-notifications",
+    "tasks-required-task-error",
+    "tasks-mrtr-composition",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixture_passes_tasks_scenarios() {
+    let server = FixtureServer::start().await;
+    for scenario in TASKS_SCENARIOS {
+        // The tools sleep for real, a few seconds per scenario: a loaded machine gets
+        // five minutes for each, not the suite's default 30 s.
+        run_suite(&server.url, &["--scenario", scenario, "--timeout", "300000"]).await;
+    }
 }
 
 /// The scenarios that need no fixture, against the real server.
