@@ -69,9 +69,10 @@ pub struct ExecResult {
     pub duration_ms: u64,
 }
 
+/// `guest-exec`'s answer.
 #[derive(Debug, Deserialize)]
-struct Started {
-    pid: i64,
+pub(super) struct Started {
+    pub(super) pid: i64,
 }
 
 /// `guest-exec-status`'s answer.

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::{AgentClient, AgentError};
 
 /// Bytes per `guest-file-read` / `guest-file-write` call.
-const CHUNK: usize = 48 * 1024;
+pub(super) const CHUNK: usize = 48 * 1024;
 
 /// A file read from the guest.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -28,12 +28,23 @@ pub struct FileData {
     pub base64: Option<String>,
 }
 
+/// `guest-file-read`'s answer.
 #[derive(Debug, Deserialize)]
-struct ReadReply {
+pub(super) struct ReadReply {
     count: usize,
     #[serde(rename = "buf-b64")]
     buf_b64: String,
-    eof: bool,
+    pub(super) eof: bool,
+}
+
+impl ReadReply {
+    /// The bytes read.
+    pub(super) fn bytes(&self) -> Result<Vec<u8>, AgentError> {
+        B64.decode(&self.buf_b64).map_err(|e| AgentError::BadReply {
+            command: "guest-file-read",
+            reason: format!("invalid base64 ({e}) for {} bytes", self.count),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,10 +69,7 @@ pub async fn read(sock: &Path, timeout: Duration, path: &str, max: u64) -> Resul
     let res = async {
         loop {
             let r: ReadReply = c.call_as("guest-file-read", json!({ "handle": handle, "count": CHUNK })).await?;
-            let bytes = B64.decode(&r.buf_b64).map_err(|e| AgentError::BadReply {
-                command: "guest-file-read",
-                reason: format!("invalid base64 ({e}) for {} bytes", r.count),
-            })?;
+            let bytes = r.bytes()?;
             data.extend_from_slice(&bytes);
             if data.len() as u64 > max {
                 return Err(AgentError::TooLarge { what: format!("guest file {path}"), size: data.len() as u64, max });

@@ -11,17 +11,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde::Deserialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::exec::{ExecStatus, kill, status};
+use super::exec::{ExecStatus, Started, kill, status};
+use super::files::{CHUNK, ReadReply};
 use super::{AgentClient, AgentError};
 
 /// Longest pause between two looks at the output files.
 const MAX_POLL: Duration = Duration::from_millis(250);
-/// Bytes asked for per `guest-file-read`.
-const CHUNK: usize = 48 * 1024;
 /// How long the killed command gets to be reaped by the agent.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Sends the command's output to the files named by `$1` and `$2`, then runs it.
@@ -58,19 +56,6 @@ pub struct StreamResult {
     pub duration_ms: u64,
 }
 
-#[derive(Debug, Deserialize)]
-struct Started {
-    pid: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct ReadReply {
-    count: usize,
-    #[serde(rename = "buf-b64")]
-    buf_b64: String,
-    eof: bool,
-}
-
 /// One output file in the guest: its path, the agent's handle once it is open, and how
 /// much was shown.
 struct Tail {
@@ -98,10 +83,7 @@ impl Tail {
         };
         loop {
             let r: ReadReply = c.call_as("guest-file-read", json!({ "handle": handle, "count": CHUNK })).await?;
-            let bytes = B64.decode(&r.buf_b64).map_err(|e| AgentError::BadReply {
-                command: "guest-file-read",
-                reason: format!("invalid base64 ({e}) for {} bytes", r.count),
-            })?;
+            let bytes = r.bytes()?;
             if !bytes.is_empty() {
                 self.shown += bytes.len() as u64;
                 sink(self.stream, &bytes);

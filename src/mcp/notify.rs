@@ -163,7 +163,13 @@ pub(super) async fn drive<T>(
         tokio::select! {
             biased;
             () = ct.cancelled() => return None,
-            out = &mut op => return Some(out),
+            out = &mut op => {
+                // Steps the operation reported just before it ended are still due.
+                while let Ok(p) = steps.try_recv() {
+                    reporter.send(p.message).await;
+                }
+                return Some(out);
+            }
             Some(p) = steps.recv() => reporter.send(p.message).await,
             _ = beat.tick() => {
                 let secs = started.elapsed().as_secs();

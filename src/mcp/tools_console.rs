@@ -100,13 +100,18 @@ impl Kept {
     }
 }
 
-fn run_summary(r: &RunReport) -> String {
-    let how = match (r.exit_code, r.signal) {
-        _ if r.timed_out => "timed out and was killed".to_owned(),
+/// How a guest command ended, in words.
+fn how_it_ended(exit_code: Option<i64>, signal: Option<i64>, timed_out: bool) -> String {
+    match (exit_code, signal) {
+        _ if timed_out => "timed out and was killed".to_owned(),
         (Some(c), _) => format!("exited with code {c}"),
         (None, Some(s)) => format!("ended by signal {s}"),
         (None, None) => "ended".to_owned(),
-    };
+    }
+}
+
+fn run_summary(r: &RunReport) -> String {
+    let how = how_it_ended(r.exit_code, r.signal, r.timed_out);
     format!(
         "the command {how} in VM {} (booted in {} ms, ran {} ms, {} ms in all); the VM is deleted",
         r.vm, r.phases.boot_ms, r.phases.command_ms, r.phases.total_ms
@@ -114,12 +119,7 @@ fn run_summary(r: &RunReport) -> String {
 }
 
 fn exec_summary(r: &ExecResult) -> String {
-    let how = match (r.exit_code, r.signal) {
-        _ if r.timed_out => "timed out and was killed".to_owned(),
-        (Some(c), _) => format!("exited with code {c}"),
-        (None, Some(s)) => format!("ended by signal {s}"),
-        (None, None) => "ended".to_owned(),
-    };
+    let how = how_it_ended(r.exit_code, r.signal, r.timed_out);
     format!(
         "guest pid {} {how} after {} ms; {} bytes of stdout, {} of stderr",
         r.pid,
