@@ -24,6 +24,10 @@ pub const VNC_CLAIMS_DIR: &str = ".vnc";
 /// The run directory's folder of managed bridges.
 pub const BRIDGES_DIR: &str = ".bridges";
 
+/// Per-template directories of warm pool owners under the run directory:
+/// `<run_dir>/.pools/<template>/` with `owner.lock` and `owner.log`.
+pub const POOLS_DIR: &str = ".pools";
+
 /// Files of a managed bridge's DHCP supervisor and its dnsmasq.
 #[derive(Debug, Clone)]
 pub struct BridgePaths {
@@ -103,6 +107,11 @@ impl VmPaths {
     #[must_use]
     pub fn vnc(&self) -> PathBuf {
         self.run.join("vnc.json")
+    }
+    /// Present while a warm pool's member is booted, paused and free to claim.
+    #[must_use]
+    pub fn pool_ready(&self) -> PathBuf {
+        self.state.join("pool-ready")
     }
     /// Present while a create is under way; a VM with it is incomplete.
     #[must_use]

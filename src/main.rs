@@ -14,6 +14,57 @@ fn fail(kind: ErrorKind, err: &(dyn std::error::Error + 'static)) -> std::proces
     std::process::ExitCode::from(u8::try_from(kind.exit_code()).unwrap_or(1))
 }
 
+/// `kvm-mcp pool-own TEMPLATE`: one owner per pool (a lock in the run directory), which
+/// reports on the ready pipe and then keeps the pool full until it is removed or a
+/// SIGTERM or SIGINT comes.
+async fn own_pool(cfg: Config, template: &str, ready_fd: Option<i32>) -> std::process::ExitCode {
+    // SAFETY: the front end passes the write end of a pipe at this number and nothing
+    // else in this process owns it.
+    let mut ready = unsafe { kvm_mcp::supervise::ready::Reporter::from_raw_fd(ready_fd) };
+    let name = match VmName::new(template) {
+        Ok(n) => n,
+        Err(e) => {
+            ready.fail(ErrorKind::InvalidInput, &e.to_string(), &[]);
+            return fail(ErrorKind::InvalidInput, &e);
+        }
+    };
+    let ops = match Ops::new(cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            ready.fail(e.kind(), &chain(&e), &[]);
+            return fail(e.kind(), &e);
+        }
+    };
+    let lock_path = ops.pool_lock(&name);
+    let dir = lock_path.parent().unwrap_or(&lock_path).to_owned();
+    let _lock = match kvm_mcp::supervise::take_singleton(&dir, &lock_path) {
+        Ok(Some(l)) => l,
+        Ok(None) => {
+            ready.ok("another owner keeps this pool");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            ready.fail(ErrorKind::Internal, &chain(&e), &[]);
+            return fail(ErrorKind::Internal, &e);
+        }
+    };
+    ready.ok("owning the pool");
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            stop.cancel();
+        }
+    });
+    ops.own_pool(name.as_str(), &cancel).await;
+    std::process::ExitCode::SUCCESS
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let cfg = match Config::discover(cli.config.as_deref()) {
@@ -68,6 +119,7 @@ fn main() -> std::process::ExitCode {
                     Err(e) => fail(ErrorKind::Internal, &e),
                 }
             }
+            Command::PoolOwn { template, ready_fd } => own_pool(cfg, &template, ready_fd).await,
             Command::DhcpSupervise { bridge, ready_fd } => {
                 let bridge = match kvm_mcp::ids::IfName::new(&bridge) {
                     Ok(b) => b,

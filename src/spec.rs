@@ -313,6 +313,12 @@ pub struct VmSpec {
     /// Addresses of the profile's standard devices (disks and NICs carry their own).
     #[serde(default, skip_serializing_if = "StandardAddrs::is_empty")]
     pub addresses: StandardAddrs,
+    /// A template's warm pool: how many booted, paused clones to keep ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolSpec>,
+    /// The template whose warm pool holds this VM, until a claim takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_of: Option<String>,
     /// When the VM ends by itself: at a time, or with the process it was made for.
     #[serde(default, skip_serializing_if = "Lease::is_unset")]
     pub lease: Lease,
@@ -320,6 +326,13 @@ pub struct VmSpec {
     /// boots first and a guest reboot ends the run (the next run boots the disk).
     #[serde(skip)]
     pub install_boot: bool,
+}
+
+/// A template's warm pool.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Booted, paused clones kept ready.
+    pub size: u32,
 }
 
 /// Longest time limit a VM may be given: 30 days.

@@ -214,6 +214,28 @@ pub fn is_creating(paths: &VmPaths) -> bool {
     paths.creating().exists()
 }
 
+/// Whether a warm pool's member is marked ready to claim.
+#[must_use]
+pub fn is_pool_ready(paths: &VmPaths) -> bool {
+    paths.pool_ready().exists()
+}
+
+/// Marks a pool member ready to claim, or not. A mark that cannot be written leaves
+/// the member unclaimable (the owner replaces it), never claimable twice.
+pub fn set_pool_ready(paths: &VmPaths, ready: bool) {
+    let r = if ready {
+        fsutil::write_atomic(&paths.pool_ready(), b"")
+    } else {
+        match std::fs::remove_file(paths.pool_ready()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    };
+    if let Err(e) = r {
+        tracing::warn!(path = %paths.pool_ready().display(), error = %e, "cannot change a pool member's ready mark");
+    }
+}
+
 // ---------- stop intent ----------
 
 /// "Stop, do not restart": written by a front end before it stops a VM, read by the
@@ -437,6 +459,18 @@ impl Store {
         VmPaths::new(&self.state_dir, &self.run_dir, name)
     }
 
+    /// The lock the owner of `template`'s warm pool holds for its whole life.
+    #[must_use]
+    pub fn pool_lock(&self, template: &VmName) -> PathBuf {
+        self.run_dir.join(crate::layout::POOLS_DIR).join(template.as_str()).join("owner.lock")
+    }
+
+    /// The log of `template`'s pool owner.
+    #[must_use]
+    pub fn pool_log(&self, template: &VmName) -> PathBuf {
+        self.run_dir.join(crate::layout::POOLS_DIR).join(template.as_str()).join("owner.log")
+    }
+
     /// The run directory (sockets, pid files, per-host allocations).
     #[must_use]
     pub fn run_dir(&self) -> &Path {
@@ -616,6 +650,8 @@ mod tests {
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),
+            pool: None,
+            pool_of: None,
             lease: crate::spec::Lease::default(),
             install_boot: false,
         }

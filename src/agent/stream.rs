@@ -18,8 +18,10 @@ use super::exec::{ExecStatus, Started, kill, status};
 use super::files::{CHUNK, ReadReply};
 use super::{AgentClient, AgentError};
 
-/// Longest pause between two looks at the output files.
+/// Longest pause between two looks at the command.
 const MAX_POLL: Duration = Duration::from_millis(250);
+/// How often the output files are read while the command runs.
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// How long the killed command gets to be reaped by the agent.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 /// Sends the command's output to the files named by `$1` and `$2`, then runs it.
@@ -103,32 +105,48 @@ impl Tail {
     }
 }
 
-/// One look: new output of both files, then the command's status.
+/// One look on one connection: the command's status and, when `drain` or once it has
+/// exited, the new output of both files; after the exit the files are closed and
+/// removed on the same connection. Each look is a few agent round trips, and a guest
+/// under TCG pays for each, so a short command is mostly asked for its status.
 async fn look(
     sock: &Path,
     timeout: Duration,
     pid: i64,
     tails: &mut [Tail; 2],
     sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+    drain: bool,
 ) -> Result<ExecStatus, AgentError> {
-    // The status first: output written before the exit is then all in the files.
-    let st = status(sock, timeout, pid).await?;
     let mut c = AgentClient::connect(sock, timeout).await?;
-    for t in tails.iter_mut() {
-        t.drain(&mut c, sink).await?;
+    // The status first: output written before the exit is then all in the files.
+    let st: ExecStatus = c.call_as("guest-exec-status", json!({ "pid": pid })).await?;
+    if drain || st.exited {
+        for t in tails.iter_mut() {
+            t.drain(&mut c, sink).await?;
+        }
+    }
+    if st.exited {
+        remove(&mut c, tails).await;
     }
     Ok(st)
 }
 
-/// Closes the files and removes them from the guest.
-async fn clean_up(sock: &Path, timeout: Duration, tails: &mut [Tail; 2]) {
-    let Ok(mut c) = AgentClient::connect(sock, timeout).await else { return };
+/// Closes the files and removes them from the guest (`rm` is started, not waited for).
+async fn remove(c: &mut AgentClient, tails: &mut [Tail; 2]) {
     for t in tails.iter_mut() {
-        t.close(&mut c).await;
+        t.close(c).await;
     }
     let rm = json!({ "path": "/bin/rm", "arg": ["-f", "--", &tails[0].path, &tails[1].path] });
     if let Err(e) = c.call("guest-exec", rm).await {
         tracing::warn!(error = %e, "cannot remove the output files of a guest command");
+    }
+}
+
+/// [`remove`] on a connection of its own, after a run that did not end with the
+/// command's exit (timeout grace over, cancellation, an agent error).
+async fn clean_up(sock: &Path, timeout: Duration, tails: &mut [Tail; 2]) {
+    if let Ok(mut c) = AgentClient::connect(sock, timeout).await {
+        remove(&mut c, tails).await;
     }
 }
 
@@ -162,10 +180,15 @@ pub async fn run(
         Tail { path: out, stream: Stream::Stdout, handle: None, shown: 0 },
         Tail { path: err, stream: Stream::Stderr, handle: None, shown: 0 },
     ];
-    let mut poll = Duration::from_millis(20);
+    let mut poll = Duration::from_millis(10);
     let mut timed_out = false;
+    let mut drained = Instant::now();
     let ended = loop {
-        let st = match look(sock, agent_timeout, pid, &mut tails, sink).await {
+        let drain = drained.elapsed() >= DRAIN_EVERY;
+        if drain {
+            drained = Instant::now();
+        }
+        let st = match look(sock, agent_timeout, pid, &mut tails, sink, drain).await {
             Ok(st) => st,
             Err(e) => break Err(e),
         };
@@ -189,9 +212,12 @@ pub async fn run(
                 return Err(AgentError::Cancelled { pid });
             }
         }
-        poll = (poll * 2).min(MAX_POLL);
+        // Quick looks while a short command may be about to end, then fewer.
+        poll = (poll * 3 / 2).min(MAX_POLL);
     };
-    clean_up(sock, agent_timeout, &mut tails).await;
+    if !ended.as_ref().is_ok_and(|st| st.exited) {
+        clean_up(sock, agent_timeout, &mut tails).await;
+    }
     let st = ended?;
     // What the shell itself said before (or instead of) the redirection: a guest with
     // no writable /tmp, say.

@@ -64,6 +64,13 @@ pub enum Command {
         #[arg(long)]
         ready_fd: Option<i32>,
     },
+    /// Keep a template's warm pool full (started on demand; not for direct use).
+    #[command(hide = true)]
+    PoolOwn {
+        template: String,
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
     /// Run a managed bridge's DHCP supervisor (started on demand; not for direct use).
     #[command(hide = true)]
     DhcpSupervise {
@@ -121,6 +128,9 @@ pub enum VmCommand {
     },
     /// Reset a running VM.
     Reboot { name: String },
+    /// Keep SIZE clones of a stopped VM (then a template) booted and paused, ready for
+    /// `run --template`; 0 removes the pool.
+    Pool { name: String, size: u32 },
     /// Pause a running VM's vCPUs.
     Pause { name: String },
     /// Resume a paused VM.
@@ -329,6 +339,18 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
                             format!("{} ({} free)", h.state_dir.path.display(), free(&h.state_dir)),
                         ],
                         vec!["vms".into(), format!("{} defined, {} running", h.vms_defined, h.vms_running)],
+                        vec![
+                            "pools".into(),
+                            if h.pools.is_empty() {
+                                "-".into()
+                            } else {
+                                h.pools
+                                    .iter()
+                                    .map(|p| format!("{}: {} of {}", p.template, p.members, p.size))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            },
+                        ],
                     ],
                 )
             });
@@ -355,7 +377,11 @@ pub async fn run(ops: &Ops, json: bool, cmd: Command) -> Result<(), OpsError> {
             Ok(())
         }
         Command::Storage(c) => storage::run(ops, json, c, |i| print(json, &i, info_text)).await,
-        Command::Supervise { .. } | Command::DhcpSupervise { .. } | Command::Serve(_) | Command::Run(_) => Ok(()),
+        Command::Supervise { .. }
+        | Command::DhcpSupervise { .. }
+        | Command::PoolOwn { .. }
+        | Command::Serve(_)
+        | Command::Run(_) => Ok(()),
     }
 }
 
@@ -399,6 +425,7 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
             show(ops.stop(&name, opts, &no_progress).await?);
         }
         VmCommand::Reboot { name } => show(ops.reboot(&name).await?),
+        VmCommand::Pool { name, size } => show(ops.set_pool(&name, size).await?),
         VmCommand::Pause { name } => show(ops.pause(&name).await?),
         VmCommand::Resume { name } => show(ops.resume(&name).await?),
         VmCommand::Adopt { name } => show(ops.adopt(&name).await?),

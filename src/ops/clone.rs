@@ -84,6 +84,16 @@ impl Ops {
     /// without clones becomes an ordinary VM again. Runs off the async runtime under
     /// a deadline.
     pub(crate) async fn check_startable(&self, vm: &Vm) -> Result<(), OpsError> {
+        if let Some(pool) = vm.spec.pool {
+            let name = vm.spec.name.as_str();
+            return Err(OpsError::InUse {
+                what: format!("the disk of template {name:?}"),
+                users: vec![format!("its warm pool of {}", pool.size)],
+                hint: format!(
+                    "starting it would change the pool's base image; remove the pool first (kvm-mcp vm pool {name} 0)"
+                ),
+            });
+        }
         if !vm.spec.template {
             return Ok(());
         }
@@ -126,6 +136,16 @@ impl Ops {
     /// Source running ([`OpsError::MustBeStopped`]), name taken, bad host name or
     /// forwards, storage failures (nothing is left behind).
     pub async fn clone_vm(&self, req: CloneRequest) -> Result<CloneReport, OpsError> {
+        self.clone_vm_with(req, |_| ()).await
+    }
+
+    /// [`Ops::clone_vm`], with `adjust` applied to the clone's definition before it is
+    /// written (a pool member's mark).
+    pub(crate) async fn clone_vm_with(
+        &self,
+        req: CloneRequest,
+        adjust: impl FnOnce(&mut VmSpec),
+    ) -> Result<CloneReport, OpsError> {
         let mut src = self.load(&req.source)?;
         let name = VmName::new(&req.name)?;
         let hostname = req.hostname.clone().unwrap_or_else(|| cloudinit::default_hostname(name.as_str()));
@@ -143,6 +163,7 @@ impl Ops {
         let res =
             self.clone_files(&src, &name, &paths, &req, &hostname, &mut written).and_then(|(mut spec, identity)| {
                 spec.lease = lease;
+                adjust(&mut spec);
                 Self::commit_definition(&paths, &spec)?;
                 Ok(identity)
             });
@@ -273,6 +294,8 @@ impl Ops {
             template: false,
             ignition: None,
             uefi,
+            pool: None,
+            pool_of: None,
             lease: crate::spec::Lease::default(),
             ..base
         };

@@ -100,6 +100,8 @@ impl Ops {
             memory_mib: vm.spec.memory_mib,
             restart_policy: vm.spec.restart_policy,
             expires_in_s: vm.spec.lease.seconds_left(crate::state::now_ms()),
+            pool_size: vm.spec.pool.map(|p| p.size),
+            pool_of: vm.spec.pool_of.clone(),
             restarts: s.restarts,
             accel: s.accel.clone(),
             exit: s.exit.clone(),
@@ -147,6 +149,7 @@ impl Ops {
                         unresponsive_s: obs.unresponsive_s(),
                         incomplete: false,
                         expires_in_s: vm.spec.lease.seconds_left(now),
+                        pool_of: vm.spec.pool_of.clone(),
                         lease_ended: vm.spec.lease.ended(now).is_some(),
                     }
                 }
@@ -161,6 +164,7 @@ impl Ops {
                     unresponsive_s: None,
                     incomplete: true,
                     expires_in_s: None,
+                    pool_of: None,
                     lease_ended: false,
                 },
             })

@@ -232,6 +232,8 @@ impl Ops {
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),
+            pool: None,
+            pool_of: None,
             lease,
             install_boot: false,
         };

@@ -35,6 +35,17 @@ pub struct HostInfo {
     pub config: ConfigSource,
     pub vms_defined: usize,
     pub vms_running: usize,
+    /// Warm pools: template, size, and how many members are there (booting or paused).
+    pub pools: Vec<PoolInfo>,
+}
+
+/// One warm pool, for `host_info`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PoolInfo {
+    pub template: String,
+    pub size: u32,
+    /// Members not yet claimed, ready or still booting.
+    pub members: usize,
 }
 
 /// One profile, for `list_profiles`.
@@ -87,6 +98,16 @@ impl Ops {
             .unwrap_or_else(|e| format!("cannot run {}: {e}", self.cfg.qemu.binary.display()));
         let (memory_total_bytes, memory_available_bytes) = meminfo();
         let vms = self.list()?;
+        let pools = self
+            .store()
+            .defined()
+            .iter()
+            .filter_map(|t| t.spec.pool.map(|p| (t.spec.name.to_string(), p.size)))
+            .map(|(template, size)| {
+                let members = vms.iter().filter(|v| v.pool_of.as_deref() == Some(template.as_str())).count();
+                PoolInfo { template, size, members }
+            })
+            .collect();
         Ok(HostInfo {
             accel,
             accel_reason,
@@ -100,6 +121,7 @@ impl Ops {
             config: self.cfg.source.clone(),
             vms_defined: vms.len(),
             vms_running: vms.iter().filter(|v| v.state.is_some_and(crate::state::VmState::is_active)).count(),
+            pools,
         })
     }
 

@@ -431,6 +431,21 @@ impl Ops {
     /// # Errors
     /// [`OpsError::Active`] when running and not forced; [`OpsError::InUse`].
     pub async fn delete_with(&self, name: &str, opts: super::DeleteOptions) -> Result<super::DeleteReport, OpsError> {
+        self.delete_if(name, opts, |_| true).await
+    }
+
+    /// [`Ops::delete_with`], only if `still` holds for the VM's definition as read
+    /// under its lock (a pool member not claimed meanwhile, say).
+    ///
+    /// # Errors
+    /// As [`Ops::delete_with`]; [`OpsError::Conflict`]-kind [`OpsError::Taken`] when
+    /// `still` does not hold.
+    pub(crate) async fn delete_if(
+        &self,
+        name: &str,
+        opts: super::DeleteOptions,
+        still: impl Fn(&crate::spec::VmSpec) -> bool,
+    ) -> Result<super::DeleteReport, OpsError> {
         let force = opts.force;
         let vname = VmName::new(name)?;
         let paths = self.paths(&vname);
@@ -438,6 +453,11 @@ impl Ops {
         // Looked at under the lock: a create or delete of the same name has finished.
         if !paths.state.exists() {
             return Err(OpsError::NotFound { name: name.into() });
+        }
+        if let Ok(vm) = self.load(name)
+            && !still(&vm.spec)
+        {
+            return Err(OpsError::Taken { what: format!("VM {name:?}"), by: "another caller meanwhile".into() });
         }
         let own = self.owned_disks_for_delete(name, &paths, opts.keep_disks).await?;
         if let Ok(vm) = self.load(name) {

@@ -14,7 +14,8 @@
 //!   `plan_nics`, `plan_provisioning`) takes only its part of a request.
 //! - Composing modules, which alone call across areas: `create` (plans, then writes
 //!   under one rollback guard), `lifecycle` (start, stop, delete, live views),
-//!   `clone` (clone, resize, reset) and `run` (a throw-away VM for one command).
+//!   `clone` (clone, resize, reset), `pool` (warm pools of templates: the owner's
+//!   loop and claims) and `run` (a throw-away VM for one command).
 
 mod agent;
 mod block;
@@ -30,6 +31,7 @@ mod ip;
 mod lifecycle;
 mod media;
 mod net;
+mod pool;
 mod provision;
 mod run;
 mod shutdown;
@@ -53,6 +55,7 @@ pub use images::{ImageEntry, IsoEntry};
 pub use ip::IpQuery;
 pub use lifecycle::StopOptions;
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, PortForwardInfo};
+pub use pool::MAX_POOL_SIZE;
 pub use run::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_RUN_TIMEOUT, FileIn, FileOut, MAX_RUN_TIMEOUT, RunBase, RunPhases, RunReport,
     RunRequest,

@@ -107,6 +107,8 @@ pub struct RunPhases {
 pub struct RunReport {
     /// The job's VM (deleted by now).
     pub vm: String,
+    /// It came booted from the template's warm pool.
+    pub from_pool: bool,
     /// The command's exit code, when it exited.
     pub exit_code: Option<i64>,
     /// The signal that ended it, if one did.
@@ -296,6 +298,15 @@ impl Ops {
                             "a template's VMs have its memory and vCPUs; leave memory and vcpus out",
                         ));
                     }
+                    // A warm VM from the template's pool when one is ready: booted, so
+                    // the job's boot is a resume.
+                    let pooled = self.load(source).is_ok_and(|t| t.spec.pool.is_some());
+                    if pooled && req.name.is_none() {
+                        let lease = super::create::lease(Some(lease.as_secs()), req.owner.clone())?;
+                        if let Some(name) = self.claim_from_pool(source, lease).await? {
+                            return Ok(name);
+                        }
+                    }
                     let c = CloneRequest {
                         source: source.clone(),
                         name: name.clone(),
@@ -327,9 +338,13 @@ impl Ops {
         let say = |step: u32, message: String| progress(Progress { step, total: Some(4), message });
         say(1, format!("booting VM {name} until its guest agent answers"));
         let t = Instant::now();
-        tokio::select! {
-            r = self.start(name) => { r?; }
-            () = cancel.cancelled() => return Err(OpsError::Cancelled { what: "starting the job's VM" }),
+        // A VM claimed from a warm pool runs already.
+        let from_pool = self.info(name).is_ok_and(|i| i.state.is_active());
+        if !from_pool {
+            tokio::select! {
+                r = self.start(name) => { r?; }
+                () = cancel.cancelled() => return Err(OpsError::Cancelled { what: "starting the job's VM" }),
+            }
         }
         self.wait_for_agent(name, req.boot_timeout, cancel).await?;
         phases.boot_ms = ms(t);
@@ -363,6 +378,7 @@ impl Ops {
         say(4, format!("deleting VM {name}"));
         Ok(RunReport {
             vm: name.to_owned(),
+            from_pool,
             exit_code: r.exit_code,
             signal: r.signal,
             timed_out: r.timed_out,
@@ -445,6 +461,7 @@ mod tests {
     fn status_is_what_a_shell_reports() {
         let r = |exit_code, signal, timed_out| RunReport {
             vm: String::new(),
+            from_pool: false,
             exit_code,
             signal,
             timed_out,

@@ -33,6 +33,9 @@ pub struct VmSummary {
     /// Seconds until the VM's time limit (`ttl_s`) stops and deletes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<u64>,
+    /// The template whose warm pool holds this VM until a claim takes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_of: Option<String>,
     /// Its time limit passed or the process it was made for is gone: the VM is being
     /// (or, when off, will be) deleted.
     #[serde(skip)]
@@ -65,6 +68,12 @@ pub struct VmInfo {
     /// Seconds until the VM's time limit (`ttl_s`) stops and deletes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<u64>,
+    /// A template's warm pool size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
+    /// The template whose warm pool holds this VM until a claim takes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_of: Option<String>,
     pub restarts: u32,
     pub accel: Option<String>,
     pub exit: Option<ExitInfo>,

@@ -458,6 +458,8 @@ mod tests {
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),
+            pool: None,
+            pool_of: None,
             lease: crate::spec::Lease::default(),
             install_boot: false,
         }

@@ -46,6 +46,8 @@ fn old_spec(dir: &std::path::Path, os_variant: &str) -> VmSpec {
         ignition: None,
         uefi: None,
         addresses: Default::default(),
+        pool: None,
+        pool_of: None,
         lease: kvm_mcp::spec::Lease::default(),
         install_boot: false,
     }

@@ -12,6 +12,7 @@ mod display;
 mod lifecycle;
 mod mcp_storage;
 mod mcp_tasks;
+mod pool;
 mod recovery;
 mod run;
 mod stats;
