@@ -18,8 +18,10 @@ use crate::error::quote;
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// TCP, the default.
     #[default]
     Tcp,
+    /// UDP.
     Udp,
 }
 
@@ -59,18 +61,15 @@ fn loopback() -> Ipv4Addr {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
-    /// "tcp" or "udp".
     #[serde(default)]
     pub protocol: Protocol,
-    /// Host address; 0.0.0.0 for all.
+    /// 0.0.0.0 for all.
     #[serde(default = "loopback")]
     pub host_addr: Ipv4Addr,
-    /// Host port.
     pub host_port: u16,
-    /// Guest address; default: QEMU's first DHCP one.
+    /// Default: QEMU's first DHCP address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_addr: Option<Ipv4Addr>,
-    /// Guest port.
     pub guest_port: u16,
 }
 

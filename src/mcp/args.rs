@@ -30,10 +30,10 @@ pub struct ListVmsArgs {
 #[serde(deny_unknown_fields)]
 pub struct StopVmArgs {
     pub name: String,
-    /// End QEMU at once, like pulling the power cord; the guest loses unsaved data.
+    /// End QEMU at once (power cord pulled); the guest loses unsaved data.
     #[serde(default)]
     pub force: bool,
-    /// Seconds to wait for a graceful poweroff before forcing; default: the server's.
+    /// Seconds before forcing; default: the server's.
     pub timeout_s: Option<u64>,
 }
 
@@ -45,7 +45,7 @@ pub struct DeleteVmArgs {
     /// Force a running VM off first instead of refusing.
     #[serde(default)]
     pub force: bool,
-    /// Keep the disk images kvm-mcp created for it. Images given with `disk` are never removed.
+    /// Keep the disks kvm-mcp created. Images given with `disk` are never removed.
     #[serde(default)]
     pub keep_disks: bool,
 }

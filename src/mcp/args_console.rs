@@ -11,9 +11,9 @@ use crate::ops::VncPort;
 #[serde(deny_unknown_fields)]
 pub struct ConsoleLogArgs {
     pub name: String,
-    /// How many last lines to return; default 50.
+    /// Default 50.
     pub lines: Option<usize>,
-    /// Byte offset to read from instead: a previous `next_offset`.
+    /// A previous `next_offset`, to read only what is new.
     pub since_offset: Option<u64>,
     /// Most bytes to return; default and maximum 262144.
     pub max_bytes: Option<usize>,
@@ -24,11 +24,11 @@ pub struct ConsoleLogArgs {
 #[serde(deny_unknown_fields)]
 pub struct WaitConsoleArgs {
     pub name: String,
-    /// Regular expression (Rust syntax) for one line, for example "login:".
+    /// Rust regex for one line, e.g. "login:".
     pub pattern: String,
     /// Seconds to wait; default 60, at most 3600.
     pub timeout_s: Option<u64>,
-    /// Offset to look from (a previous `next_offset`); default: the start of the current run.
+    /// A previous `next_offset`; default: the start of the current run.
     pub since_offset: Option<u64>,
 }
 
@@ -56,17 +56,15 @@ pub struct TypeTextArgs {
 #[serde(deny_unknown_fields)]
 pub struct GuestExecArgs {
     pub name: String,
-    /// Program to run, for example "uname" (searched in PATH). No shell: for a shell line use "/bin/sh" with
-    /// args ["-c", "…"].
+    /// Program, searched in PATH. No shell: for a shell line use "/bin/sh" with args ["-c", "…"].
     pub command: String,
-    /// Its arguments.
     #[serde(default)]
     pub args: Vec<String>,
-    /// Text for its standard input.
+    /// Standard input text.
     pub stdin: Option<String>,
-    /// Seconds before it is killed; default 60, at most 3600.
+    /// Default 60, at most 3600.
     pub timeout_s: Option<u64>,
-    /// Bytes kept of each of stdout and stderr; default and maximum: the server's.
+    /// Bytes kept per output stream; default and maximum: the server's.
     pub output_max_bytes: Option<u64>,
 }
 
@@ -77,7 +75,7 @@ pub struct GuestFileReadArgs {
     pub name: String,
     /// Absolute path in the guest.
     pub path: String,
-    /// Refuse files larger than this; default and maximum from the server's config.
+    /// Refuse larger files; default and maximum: the server's.
     pub max_bytes: Option<u64>,
 }
 
@@ -88,9 +86,9 @@ pub struct GuestFileWriteArgs {
     pub name: String,
     /// Absolute path in the guest.
     pub path: String,
-    /// The content as text.
+    /// Content as text.
     pub content: Option<String>,
-    /// The content as base64, for binary data.
+    /// Content as base64, for binary data.
     pub content_base64: Option<String>,
     /// Append instead of replacing.
     #[serde(default)]
@@ -102,7 +100,7 @@ pub struct GuestFileWriteArgs {
 #[serde(deny_unknown_fields)]
 pub struct VmStatsArgs {
     pub name: String,
-    /// CPU sampling interval; default 500, 50 to 10000.
+    /// Default 500, 50 to 10000.
     pub interval_ms: Option<u64>,
 }
 

@@ -26,13 +26,13 @@ pub struct GetVmIpArgs {
 #[serde(deny_unknown_fields)]
 pub struct AddPortForwardArgs {
     pub name: String,
-    /// Host port to listen on, for example 2222.
+    /// Host port to listen on, e.g. 2222.
     pub host_port: u16,
-    /// Guest port, for example 22.
+    /// Guest port, e.g. 22 for SSH.
     pub guest_port: u16,
     /// Default "tcp".
     pub protocol: Option<Protocol>,
-    /// Host address; default 127.0.0.1, 0.0.0.0 for all.
+    /// Default 127.0.0.1; 0.0.0.0 for all.
     pub host_address: Option<Ipv4Addr>,
     /// Index of the "user" NIC; default: the first.
     pub nic: Option<usize>,
@@ -56,11 +56,10 @@ impl AddPortForwardArgs {
 #[serde(deny_unknown_fields)]
 pub struct RemovePortForwardArgs {
     pub name: String,
-    /// Host port of the forward.
     pub host_port: u16,
     /// Default "tcp".
     pub protocol: Option<Protocol>,
-    /// Host address, when two forwards share the port.
+    /// When two forwards share the port.
     pub host_address: Option<Ipv4Addr>,
     /// NIC index; default: every "user" NIC.
     pub nic: Option<usize>,

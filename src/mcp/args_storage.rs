@@ -36,7 +36,7 @@ pub struct ResizeDiskArgs {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotArgs {
     pub name: String,
-    /// The snapshot's name, for example "before-upgrade".
+    /// Snapshot name, e.g. "before-upgrade".
     pub snapshot: String,
 }
 

@@ -131,8 +131,7 @@ fn exec_summary(r: &ExecResult) -> String {
 
 #[tool_router(router = console_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// Read a VM's serial console log: the last `lines` lines, or what follows `since_offset` (pass the
-    /// returned `next_offset` to read only what is new).
+    /// Read a VM's serial console log: the last `lines` lines, or what follows `since_offset`.
     #[tool(title = "Read serial console log", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleLog>())]
     async fn get_console_log(&self, Parameters(a): Parameters<ConsoleLogArgs>) -> ToolResult<ConsoleLog> {
         let q = ConsoleQuery { lines: a.lines, since_offset: a.since_offset, max_bytes: a.max_bytes };
@@ -147,8 +146,8 @@ impl KvmMcp {
         Ok(Reply::new(log, summary))
     }
 
-    /// Wait until a line of a VM's serial console matches `pattern` and return it. Fails on timeout or when the
-    /// VM stops, showing the last lines.
+    /// Wait until a serial console line matches `pattern` and return it; fails with the last lines on timeout
+    /// or when the VM stops.
     #[tool(title = "Wait for console output", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ConsoleMatch>())]
     async fn wait_for_console(
         &self,
@@ -175,7 +174,7 @@ impl KvmMcp {
         Ok(Reply::new(m, summary))
     }
 
-    /// List the VNC endpoints (host, port, display) of the running VMs that have one.
+    /// The VNC endpoints (host, port, display) of running VMs that have one.
     #[tool(title = "List VNC displays", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncPortList>())]
     async fn get_vnc_ports(&self) -> ToolResult<VncPortList> {
         let vnc = self.ops().get_vnc_ports().map_err(fail)?;
@@ -188,7 +187,7 @@ impl KvmMcp {
         Ok(Reply::new(VncPortList { vnc }, summary))
     }
 
-    /// A running VM's VNC endpoint, its password for this run, a `vnc://` URI and the connected clients.
+    /// A running VM's VNC endpoint, password for this run, `vnc://` URI and connected clients.
     #[tool(title = "Get VNC display", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VncInfo>())]
     async fn get_vnc_info(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VncInfo> {
         let v = self.ops().get_vnc_info(&a.name).await.map_err(fail)?;
@@ -254,8 +253,8 @@ impl KvmMcp {
         Ok(Reply::new(g, summary))
     }
 
-    /// Run a program in a running VM through its guest agent; returns exit code, stdout and stderr. Killed
-    /// after `timeout_s` or on cancel.
+    /// Run a program in a running VM via its guest agent; returns exit code, stdout and stderr. Killed after
+    /// `timeout_s` or on cancel.
     #[tool(
         title = "Run command in guest",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
@@ -289,8 +288,8 @@ impl KvmMcp {
         Ok(Reply::new(r, summary))
     }
 
-    /// Run a command in a new throw-away VM (overlay on `image` or clone of `template`); returns status,
-    /// output and `fetch`ed files, then deletes the VM.
+    /// Run a command in a throw-away VM (overlay on `image` or clone of `template`), then delete it; returns
+    /// status, output and `fetch`ed files.
     #[tool(
         title = "Run command in throw-away VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -359,7 +358,7 @@ impl KvmMcp {
         Ok(Reply::new(result, summary))
     }
 
-    /// Read a file in a running VM through its guest agent: `text` when UTF-8, else `base64`.
+    /// Read a file in a running VM via its guest agent: `text` when UTF-8, else `base64`.
     #[tool(title = "Read guest file", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<FileData>())]
     async fn guest_file_read(&self, Parameters(a): Parameters<GuestFileReadArgs>) -> ToolResult<FileData> {
         let f = self.ops().guest_file_read(&a.name, &a.path, a.max_bytes).await.map_err(fail)?;
@@ -368,8 +367,7 @@ impl KvmMcp {
         Ok(Reply::new(f, summary))
     }
 
-    /// Write a file in a running VM through its guest agent: created, replaced, or appended to with `append:
-    /// true`.
+    /// Write a file in a running VM via its guest agent, creating or replacing it.
     #[tool(
         title = "Write guest file",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
@@ -399,8 +397,7 @@ impl KvmMcp {
         Ok(Reply::new(FileWritten { path: a.path, bytes_written, appended: a.append }, summary))
     }
 
-    /// A running VM's CPU use over `interval_ms` (per vCPU too), memory, disk I/O and NIC counters (as in
-    /// `nic_stats`).
+    /// A running VM's CPU use over `interval_ms` (per vCPU too), memory, disk I/O and NIC counters.
     #[tool(title = "Get VM statistics", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmStats>())]
     async fn vm_stats(&self, Parameters(a): Parameters<VmStatsArgs>) -> ToolResult<VmStats> {
         let s = self.ops().vm_stats(&a.name, a.interval_ms.map(Duration::from_millis)).await.map_err(fail)?;

@@ -49,7 +49,6 @@ fn ips_summary(ips: &VmIps) -> String {
 #[tool_router(router = net_tools, vis = "pub(super)")]
 impl KvmMcp {
     /// A running VM's IPs per NIC with their source; use `ip` (null with a note when the agent reports none).
-    /// `wait_s` waits while the guest boots.
     #[tool(title = "Get VM IP addresses", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmIps>())]
     async fn get_vm_ip(
         &self,
@@ -70,8 +69,7 @@ impl KvmMcp {
         Ok(Reply::new(ips, summary))
     }
 
-    /// Forward a host port to a guest port on a "user" NIC (e.g. 2222 to 22 for SSH), live and for later
-    /// starts.
+    /// Forward a host port to a guest port on a "user" NIC, live and for later starts.
     #[tool(
         title = "Add port forward",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -89,8 +87,7 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// Remove a port forward by its host port (plus protocol and address when two share it), live and for
-    /// later starts.
+    /// Remove a port forward by its host port, live and for later starts.
     #[tool(
         title = "Remove port forward",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),
@@ -108,7 +105,7 @@ impl KvmMcp {
         Ok(Reply::new(ForwardList { name: a.name, forwards }, summary))
     }
 
-    /// List a VM's port forwards, each marked active when QEMU listens on it now.
+    /// A VM's port forwards, each marked active when QEMU listens on it now.
     #[tool(title = "List port forwards", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ForwardList>())]
     async fn list_port_forwards(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<ForwardList> {
         let forwards = self.ops().list_port_forwards(&a.name).await.map_err(fail)?;

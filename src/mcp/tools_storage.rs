@@ -33,8 +33,7 @@ fn state(vm: &VmInfo) -> String {
 
 #[tool_router(router = storage_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// The disk images in the server's image directories (format, sizes, backing file, users): what
-    /// `create_vm` takes.
+    /// The disk images in the server's image directories (format, sizes, backing file, users), for `create_vm`.
     #[tool(title = "List disk images", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<ImageList>())]
     async fn list_images(&self) -> ToolResult<ImageList> {
         let images = self.ops().list_images().await.map_err(fail)?;
@@ -50,7 +49,7 @@ impl KvmMcp {
         Ok(Reply::new(ImageList { images }, summary))
     }
 
-    /// The .iso files in the server's ISO directories (size, users): what `attach_iso` and installs take.
+    /// The .iso files in the server's ISO directories (size, users), for `attach_iso` and installs.
     #[tool(title = "List ISO images", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<IsoList>())]
     async fn list_isos(&self) -> ToolResult<IsoList> {
         let isos = self.ops().list_isos().map_err(fail)?;
@@ -64,8 +63,8 @@ impl KvmMcp {
         Ok(Reply::new(IsoList { isos }, summary))
     }
 
-    /// Put an ISO into a VM's CD-ROM drive: at once if it runs (it needs a drive), else from the next start (a
-    /// drive is added).
+    /// Put an ISO in a VM's CD-ROM drive: now if it runs (it needs a drive), else from the next start (a drive
+    /// is added).
     #[tool(
         title = "Insert ISO",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
@@ -97,8 +96,7 @@ impl KvmMcp {
         self.logged(&ctx, &a.name, VmChanged::new(&vm, "CD-ROM ejected"), summary).await
     }
 
-    /// A new VM from a stopped one: a linked clone (the source cannot start while it exists) or a `full` copy,
-    /// with new MACs and cloud-init identity; `identity` says what it still shares.
+    /// A new VM from a stopped one, with new MACs and cloud-init identity; `identity` says what it still shares.
     #[tool(
         title = "Clone VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -129,8 +127,7 @@ impl KvmMcp {
         self.logged(&ctx, &name, CloneResult { vm, identity: r.identity }, summary).await
     }
 
-    /// Grow a VM's disk to `size_gib`, live if it runs. Disks only grow; the guest then grows its partition
-    /// and file system.
+    /// Grow a VM's disk to `size_gib`, live if it runs; the guest then grows its partition and file system.
     #[tool(
         title = "Grow disk",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
@@ -164,8 +161,7 @@ impl KvmMcp {
         self.logged(&ctx, &a.name, VmChanged::new(&vm, "disks reset to their base"), summary).await
     }
 
-    /// Take a named internal snapshot of a VM's qcow2 disks, with RAM and device state if it runs. Reports
-    /// progress.
+    /// Take a named internal snapshot of a VM's qcow2 disks, with RAM and device state if it runs.
     #[tool(
         title = "Create snapshot",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -194,7 +190,7 @@ impl KvmMcp {
         Ok(Reply::new(SnapshotResult { name: a.name, snapshot }, summary))
     }
 
-    /// List a VM's snapshots: name, time, saved RAM size, and whether the VM was running.
+    /// A VM's snapshots: name, time, saved RAM size, and whether it was running.
     #[tool(title = "List snapshots", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<SnapshotList>())]
     async fn list_snapshots(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<SnapshotList> {
         let snapshots = self.ops().list_snapshots(&a.name).map_err(fail)?;
@@ -208,7 +204,6 @@ impl KvmMcp {
     }
 
     /// Return a VM to a snapshot: disk writes since are lost, and a running VM gets the snapshot's RAM back.
-    /// Reports progress.
     #[tool(
         title = "Revert to snapshot",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),

@@ -38,7 +38,7 @@ fn list_summary(vms: &[VmSummary]) -> String {
 
 #[tool_router(router = vm_tools, vis = "pub(super)")]
 impl KvmMcp {
-    /// List the defined VMs with their state, vCPUs, memory, uptime and QEMU pid.
+    /// The defined VMs: state, vCPUs, memory, uptime, QEMU pid.
     #[tool(title = "List VMs", annotations(read_only_hint = true, open_world_hint = false), output_schema = out::<VmList>())]
     async fn list_vms(&self, Parameters(a): Parameters<ListVmsArgs>) -> ToolResult<VmList> {
         let mut vms = if a.no_cache { self.ops().list_live().await } else { self.ops().list() }.map_err(fail)?;
@@ -50,8 +50,7 @@ impl KvmMcp {
         Ok(Reply::new(VmList { vms }, summary))
     }
 
-    /// Everything about one VM: definition, state and why, pid, uptime, how QEMU ended, serial log path,
-    /// guest IPs.
+    /// One VM in full: definition, state and why, pid, uptime, how QEMU ended, serial log path, guest IPs.
     #[tool(title = "Get VM details", annotations(read_only_hint = true, open_world_hint = false), output_schema = out_record("vm"))]
     async fn get_vm(&self, Parameters(a): Parameters<VmNameArgs>) -> ToolResult<VmResult> {
         let vm = self.ops().info_live(&a.name).await.map_err(fail)?;
@@ -59,8 +58,7 @@ impl KvmMcp {
         Ok(Reply::new(VmResult { vm }, summary))
     }
 
-    /// Define a new VM; unset arguments take the server's defaults. It boots `disk`, `kernel` or the
-    /// configured master image; starts only with `start: true`.
+    /// Define a new VM; unset arguments take the server's defaults. It starts only with `start: true`.
     #[tool(
         title = "Create VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -94,8 +92,7 @@ impl KvmMcp {
         Ok(Reply::new(VmChanged::new(&vm, changed), summary))
     }
 
-    /// Start a defined VM and wait until QEMU runs it; the guest then boots on its own (`get_console_log` shows
-    /// how far).
+    /// Start a VM and wait until QEMU runs it; the guest then boots (`get_console_log` shows how far).
     #[tool(
         title = "Start VM",
         annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
@@ -118,8 +115,8 @@ impl KvmMcp {
         Ok(Reply::new(VmChanged::new(&vm, "started"), summary))
     }
 
-    /// Stop a VM: power button (then its guest agent if ignored), forced after `timeout_s` or at once with
-    /// `force`. `reason` says how.
+    /// Stop a VM: power button (then its guest agent if ignored), forced after `timeout_s` or with `force`.
+    /// `reason` says how.
     #[tool(
         title = "Stop VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = true, open_world_hint = false),
@@ -194,8 +191,7 @@ impl KvmMcp {
         self.logged(&ctx, &a.name, VmChanged::new(&vm, "resumed"), summary).await
     }
 
-    /// Delete a VM and the disk images kvm-mcp created for it (unless `keep_disks`). A running VM needs
-    /// `force: true`.
+    /// Delete a VM and the disk images kvm-mcp created for it.
     #[tool(
         title = "Delete VM",
         annotations(read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false),

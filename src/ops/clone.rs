@@ -27,17 +27,17 @@ use crate::storage::{self, CreateOptions};
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
-    /// Name of the stopped VM to clone.
+    /// The stopped VM to clone.
     pub source: String,
-    /// Name: 1-13 letters, digits, '-', '_' or '.', not starting with '.' or '-'.
+    /// 1-13 letters, digits, '-', '_' or '.'; no leading '.' or '-'.
     pub name: String,
-    /// Copy the disks (slower; the source stays usable) instead of a linked clone.
+    /// Copy the disks (slower); a linked clone keeps the source from starting while it exists.
     #[serde(default)]
     pub full: bool,
     /// Start it right away.
     #[serde(default)]
     pub start: bool,
-    /// Guest host name (default: the clone's name); needs a cloud-init source.
+    /// Default: the clone's name; needs a cloud-init source.
     #[serde(default)]
     pub hostname: Option<String>,
     /// Forwards of the first "user" NIC; default: the source's, on free host ports.

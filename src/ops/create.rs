@@ -28,20 +28,18 @@ use crate::store;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
-    /// Name: 1-13 letters, digits, '-', '_' or '.', not starting with '.' or '-'.
+    /// 1-13 letters, digits, '-', '_' or '.'; no leading '.' or '-'.
     #[serde(default)]
     pub name: Option<String>,
-    /// Memory in MiB.
     #[serde(default)]
     pub memory_mib: Option<u64>,
-    /// Number of vCPUs.
     #[serde(default)]
     pub vcpus: Option<u32>,
-    /// QEMU profile for the guest OS, from `list_profiles`.
+    /// A profile from `list_profiles`.
     #[serde(default)]
     pub os_variant: Option<String>,
-    /// An image path (`list_images`), used in place; or a new disk by `type`. Default: an overlay on the
-    /// configured master image.
+    /// An image path (`list_images`), used in place, or a new disk by `type`. Default: an overlay on the master
+    /// image.
     #[serde(default, alias = "disk_source")]
     #[schemars(with = "Option<super::disks::DiskSourceWire>")]
     pub disk: Option<DiskSource>,
@@ -51,19 +49,19 @@ pub struct CreateRequest {
     /// An initrd for `kernel`.
     #[serde(default)]
     pub initrd: Option<PathBuf>,
-    /// Kernel command line, for example "console=ttyS0".
+    /// Kernel command line, e.g. "console=ttyS0".
     #[serde(default)]
     pub cmdline: Option<String>,
     /// "user" (QEMU's NAT), "none", or a host bridge name.
     #[serde(default)]
     pub network: Option<String>,
-    /// Forwards into the guest on a "user" `network`, e.g. [{"host_port": 2222, "guest_port": 22}].
+    /// Forwards into the guest on a "user" `network`.
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
     /// Up to 8 NICs instead of `network` and `port_forwards`.
     #[serde(default)]
     pub nics: Vec<NicRequest>,
-    /// Restart when QEMU exits on its own: "never" (default), "on-failure" or "always".
+    /// Restart when QEMU exits on its own; default "never".
     #[serde(default)]
     pub restart_policy: Option<RestartPolicy>,
     /// Start it right away.
@@ -72,7 +70,7 @@ pub struct CreateRequest {
     /// Size in GiB of a new disk; an overlay grows to it.
     #[serde(default)]
     pub disk_size_gib: Option<u64>,
-    /// A cloud-init NoCloud seed for cloud images.
+    /// A cloud-init seed, for cloud images.
     #[serde(default)]
     pub cloud_init: Option<crate::provision::cloudinit::CloudInitRequest>,
     /// Ignition overrides for Fedora CoreOS profiles.

@@ -41,9 +41,7 @@ pub enum DiskSource {
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum DiskSourceWire {
-    /// Image path.
     Path(PathBuf),
-    /// A disk by kind.
     Kind(DiskKind),
 }
 

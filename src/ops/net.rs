@@ -25,13 +25,13 @@ pub const NIC_MODELS: &[&str] =
 pub struct NicRequest {
     /// "user" (QEMU's NAT) or a bridge name.
     pub network: String,
-    /// MAC address; default: derived from the VM and NIC index.
+    /// Default: derived from the VM and NIC index.
     #[serde(default)]
     pub mac: Option<String>,
     /// Device model, e.g. e1000; default: the profile's.
     #[serde(default)]
     pub model: Option<String>,
-    /// Forwards into the guest ("user" NICs).
+    /// For "user" NICs.
     #[serde(default)]
     pub port_forwards: Vec<PortForward>,
 }

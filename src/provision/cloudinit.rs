@@ -29,10 +29,8 @@ pub enum SeedNetwork {
     Static {
         /// e.g. `192.168.122.10/24`.
         address: String,
-        /// Default gateway.
         #[serde(default)]
         gateway: Option<String>,
-        /// DNS servers.
         #[serde(default)]
         dns: Vec<String>,
     },
@@ -47,7 +45,6 @@ pub struct WriteFile {
     /// Text, or base64 when `base64`.
     #[serde(default)]
     pub content: String,
-    /// `content` is base64.
     #[serde(default)]
     pub base64: bool,
     /// Octal mode, e.g. "0600".
@@ -65,26 +62,25 @@ pub struct WriteFile {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CloudInitRequest {
-    /// Host name; the VM's name when unset.
+    /// Default: the VM's name.
     #[serde(default)]
     pub hostname: Option<String>,
-    /// A user to create (with passwordless sudo); the image's default user when unset.
+    /// User to create, with passwordless sudo; default: the image's.
     #[serde(default)]
     pub user: Option<String>,
     /// Extra groups of `user` (created when missing); at most 32.
     #[serde(default)]
     pub groups: Vec<String>,
-    /// SSH public keys as text; at most 64. Key file paths only from the server's key
-    /// directories.
+    /// SSH public keys (text, or files in the server's key directories); at most 64.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
     /// crypt(3) hash of the user's password.
     #[serde(default)]
     pub password_hash: Option<String>,
-    /// Packages to install on first boot.
+    /// Installed on first boot.
     #[serde(default)]
     pub packages: Vec<String>,
-    /// Shell commands to run once on first boot (`runcmd`).
+    /// Shell commands run once on first boot.
     #[serde(default)]
     pub run_commands: Vec<String>,
     /// Files written on first boot; at most 64, 256 KiB in all.
@@ -93,15 +89,15 @@ pub struct CloudInitRequest {
     /// IANA time zone, e.g. "UTC".
     #[serde(default)]
     pub timezone: Option<String>,
-    /// cloud-init's `manage_etc_hosts`; default true.
+    /// Default true.
     #[serde(default)]
     pub manage_etc_hosts: Option<bool>,
-    /// cloud-init's instance-id (letters, digits, '.', '_', '-'); default: the VM's
-    /// UUID. A new one makes the guest a new machine.
+    /// Letters, digits, '.', '_', '-'; default: the VM's UUID. A new one makes the guest a
+    /// new machine.
     #[serde(default)]
     pub instance_id: Option<String>,
-    /// More cloud-config, YAML or a JSON object (≤64 KiB), merged beside the fields
-    /// above; a key set both ways is refused. No scripts or multipart.
+    /// More cloud-config (YAML or a JSON object, ≤64 KiB) merged with these fields; a key
+    /// set in both is refused. No scripts or multipart.
     #[serde(default)]
     pub user_data: Option<String>,
     /// First NIC's network; default: the image's (usually DHCP).

@@ -16,11 +16,10 @@ pub const IGNITION_VERSION: &str = "3.4.0";
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IgnitionRequest {
-    /// Host name.
     pub hostname: Option<String>,
     /// User to create.
     pub user: Option<String>,
-    /// SSH public key as text; key file paths only from the server's key directories.
+    /// SSH public key (text, or a file in the server's key directories).
     pub ssh_key: Option<String>,
     /// Time zone, e.g. `UTC`.
     pub timezone: Option<String>,
