@@ -113,6 +113,18 @@ impl VmPaths {
     pub fn pool_ready(&self) -> PathBuf {
         self.state.join("pool-ready")
     }
+    /// A fork's saved RAM and device state, present from the fork until the VM's next
+    /// QEMU run takes it (that run resumes from it instead of booting).
+    #[must_use]
+    pub fn incoming(&self) -> PathBuf {
+        self.state.join("incoming.state")
+    }
+    /// Where a fork of this VM saves its RAM and device state (named by the fork's id),
+    /// removed once the copies link it as their [`VmPaths::incoming`].
+    #[must_use]
+    pub fn fork_state(&self, id: &str) -> PathBuf {
+        self.state.join(format!("fork-{id}.state"))
+    }
     /// Present while a create is under way; a VM with it is incomplete.
     #[must_use]
     pub fn creating(&self) -> PathBuf {

@@ -214,6 +214,51 @@ pub fn is_creating(paths: &VmPaths) -> bool {
     paths.creating().exists()
 }
 
+/// Gives the VM a saved state to resume from on its next run: a hard link to `state`
+/// (a fork's copies share one file).
+///
+/// # Errors
+/// The link cannot be made.
+pub fn put_incoming(paths: &VmPaths, state: &Path) -> std::io::Result<()> {
+    std::fs::hard_link(state, paths.incoming())
+}
+
+/// The saved state the next run resumes from, if any: opened never through a symlink,
+/// and only a regular file. [`drop_incoming`] once QEMU has it, so a later restart boots.
+///
+/// # Errors
+/// The file is there but cannot be opened or is not a regular file.
+pub fn open_incoming(paths: &VmPaths) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let p = paths.incoming();
+    let f = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&p) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if !f.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the saved state is not a regular file"));
+    }
+    Ok(Some(f))
+}
+
+/// Removes a fork's saved state from the original's directory (the copies hold links).
+pub fn remove_fork_state(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove a fork's saved state");
+    }
+}
+
+/// Forgets the saved state (the run that resumes from it has it open).
+pub fn drop_incoming(paths: &VmPaths) {
+    match std::fs::remove_file(paths.incoming()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            tracing::warn!(error = %e, "cannot remove the saved state");
+        }
+        _ => {}
+    }
+}
+
 /// Whether a warm pool's member is marked ready to claim.
 #[must_use]
 pub fn is_pool_ready(paths: &VmPaths) -> bool {

@@ -131,6 +131,19 @@ pub enum VmCommand {
     /// Keep SIZE clones of a stopped VM (then a template) booted and paused, ready for
     /// `run --template`; 0 removes the pool.
     Pool { name: String, size: u32 },
+    /// Fork a running VM: COUNT copies that go on from this moment (RAM, devices and
+    /// disk), each with its own MAC and host name; the original keeps running.
+    Fork {
+        name: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// A copy's name (once per copy; default NAME-1, NAME-2, …).
+        #[arg(long = "name", value_name = "COPY")]
+        names: Vec<String>,
+        /// Delete each copy after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        ttl: Option<u64>,
+    },
     /// Pause a running VM's vCPUs.
     Pause { name: String },
     /// Resume a paused VM.
@@ -426,6 +439,34 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
         }
         VmCommand::Reboot { name } => show(ops.reboot(&name).await?),
         VmCommand::Pool { name, size } => show(ops.set_pool(&name, size).await?),
+        VmCommand::Fork { name, count, names, ttl } => {
+            let req = crate::ops::ForkRequest {
+                name,
+                count,
+                names: (!names.is_empty()).then_some(names),
+                ttl_s: ttl,
+                owner: None,
+            };
+            let r = ops.fork_vm(req, &tokio_util::sync::CancellationToken::new()).await?;
+            print(json, &r, |r| {
+                let mut s = format!(
+                    "forked {} into {} in {} ms (paused {} ms; state {} MiB, new disk {} MiB)",
+                    r.source,
+                    r.copies.len(),
+                    r.total_ms,
+                    r.paused_ms,
+                    r.state_bytes >> 20,
+                    r.disk_bytes >> 20
+                );
+                for c in &r.copies {
+                    s.push_str(&format!("\n{}  {}  {}", c.name, c.macs.join(","), c.hostname));
+                    if let Some(e) = &c.identity_error {
+                        s.push_str(&format!("  (identity not refreshed: {e})"));
+                    }
+                }
+                s
+            });
+        }
         VmCommand::Pause { name } => show(ops.pause(&name).await?),
         VmCommand::Resume { name } => show(ops.resume(&name).await?),
         VmCommand::Adopt { name } => show(ops.adopt(&name).await?),

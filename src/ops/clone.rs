@@ -148,42 +148,57 @@ impl Ops {
     ) -> Result<CloneReport, OpsError> {
         let mut src = self.load(&req.source)?;
         let name = VmName::new(&req.name)?;
+        let src_lock = self.lock(&req.source, &src.paths).await?;
+        Self::stopped(&src, "cloning")?;
+        let identity = self.define_clone(&src, &req, adjust).await?;
+        if !req.full && !src.spec.template {
+            src.spec.template = true;
+            Self::save_spec(&src)?;
+        }
+        tracing::info!(vm = %name, source = %req.source, full = req.full, "cloned");
+        drop(src_lock);
+        let vm = if req.start { self.start(name.as_str()).await? } else { self.info(name.as_str())? };
+        Ok(CloneReport { vm, identity })
+    }
+
+    /// Writes the definition and files of `req`'s clone of `src` (whose lock the caller
+    /// holds), leaving nothing behind when it fails.
+    pub(super) async fn define_clone(
+        &self,
+        src: &Vm,
+        req: &CloneRequest,
+        adjust: impl FnOnce(&mut VmSpec),
+    ) -> Result<CloneIdentity, OpsError> {
+        let name = VmName::new(&req.name)?;
         let hostname = req.hostname.clone().unwrap_or_else(|| cloudinit::default_hostname(name.as_str()));
         crate::provision::check_hostname("hostname", &hostname)?;
         if let Some(f) = &req.port_forwards {
             self.check_new_forwards("port_forwards", f)?;
         }
         let lease = super::create::lease(req.ttl_s, req.owner.clone())?;
-        let src_lock = self.lock(&req.source, &src.paths).await?;
-        Self::stopped(&src, "cloning")?;
         let paths = self.paths(&name);
         let lock = self.lock(name.as_str(), &paths).await?;
         self.make_vm_dir(&name, &paths)?;
         let mut written: Vec<PathBuf> = Vec::new();
         let res =
-            self.clone_files(&src, &name, &paths, &req, &hostname, &mut written).and_then(|(mut spec, identity)| {
+            self.clone_files(src, &name, &paths, req, &hostname, &mut written).and_then(|(mut spec, identity)| {
                 spec.lease = lease;
                 adjust(&mut spec);
                 Self::commit_definition(&paths, &spec)?;
                 Ok(identity)
             });
-        let identity = match res {
-            Ok(i) => i,
+        match res {
+            // `start` takes the clone's lock itself.
+            Ok(identity) => {
+                drop(lock);
+                Ok(identity)
+            }
             Err(e) => {
                 super::disks::remove_files(written);
                 let _ = std::fs::remove_dir_all(&paths.state);
-                return Err(e);
+                Err(e)
             }
-        };
-        if !req.full && !src.spec.template {
-            src.spec.template = true;
-            Self::save_spec(&src)?;
         }
-        tracing::info!(vm = %name, source = %req.source, full = req.full, "cloned");
-        // `start` takes the clone's lock itself.
-        drop((lock, src_lock));
-        let vm = if req.start { self.start(name.as_str()).await? } else { self.info(name.as_str())? };
-        Ok(CloneReport { vm, identity })
     }
 
     fn clone_files(

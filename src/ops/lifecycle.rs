@@ -6,6 +6,7 @@
 //! areas it needs (disks for delete, clone for templates, shutdown and agent for the
 //! graceful stop, ip for addresses).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -247,7 +248,12 @@ impl Ops {
         self.stop_locked(&vm, opts, progress).await
     }
 
-    async fn stop_locked(&self, vm: &Vm, opts: StopOptions, progress: ProgressFn<'_>) -> Result<VmInfo, OpsError> {
+    pub(super) async fn stop_locked(
+        &self,
+        vm: &Vm,
+        opts: StopOptions,
+        progress: ProgressFn<'_>,
+    ) -> Result<VmInfo, OpsError> {
         let name = vm.spec.name.to_string();
         let obs = Self::observe(vm);
         let record_stop = |qemu, forced: Option<&str>| {
@@ -481,9 +487,24 @@ impl Ops {
                 }
             }
         }
+        // Frozen layers of forks this VM reads: removed with the last VM that reads them.
+        let layers: Vec<PathBuf> = match self.load(name) {
+            Ok(vm) if !opts.keep_disks => {
+                let dir =
+                    std::fs::canonicalize(&self.cfg.vm.disk_path).unwrap_or_else(|_| self.cfg.vm.disk_path.clone());
+                self.images_of(&vm)
+                    .into_iter()
+                    .filter(|p| p.parent() == Some(dir.as_path()) && super::fork::is_frozen_layer(p))
+                    .collect()
+            }
+            _ => Vec::new(),
+        };
         std::fs::remove_dir_all(&paths.state).map_err(OpsError::io("cannot remove", &paths.state))?;
         let _ = std::fs::remove_dir_all(&paths.run);
-        let (removed, kept) = if opts.keep_disks { (vec![], own) } else { (super::disks::remove_files(own), vec![]) };
+        let (mut removed, kept) =
+            if opts.keep_disks { (vec![], own) } else { (super::disks::remove_files(own), vec![]) };
+        let unread: Vec<PathBuf> = layers.into_iter().filter(|l| self.users_of(l, name).is_empty()).collect();
+        removed.extend(super::disks::remove_files(unread));
         tracing::info!(vm = %name, removed = removed.len(), "deleted");
         Ok(super::DeleteReport { name: name.into(), removed, kept })
     }

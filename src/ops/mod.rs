@@ -14,7 +14,7 @@
 //!   `plan_nics`, `plan_provisioning`) takes only its part of a request.
 //! - Composing modules, which alone call across areas: `create` (plans, then writes
 //!   under one rollback guard), `lifecycle` (start, stop, delete, live views),
-//!   `clone` (clone, resize, reset), `pool` (warm pools of templates: the owner's
+//!   `clone` (clone, resize, reset), `fork` (copies of a running VM), `pool` (warm pools of templates: the owner's
 //!   loop and claims) and `run` (a throw-away VM for one command).
 
 mod agent;
@@ -25,6 +25,7 @@ mod context;
 mod create;
 mod disks;
 mod display;
+mod fork;
 mod host;
 mod images;
 mod ip;
@@ -50,6 +51,7 @@ pub use console::ConsoleQuery;
 pub use create::CreateRequest;
 pub use disks::{DeleteOptions, DeleteReport, DiskSource};
 pub use display::{Screenshot, VncInfo, VncPort};
+pub use fork::{ForkCopy, ForkReport, ForkRequest, MAX_FORK_COUNT};
 pub use host::{DiskSpace, HostInfo, ProfileInfo};
 pub use images::{ImageEntry, IsoEntry};
 pub use ip::IpQuery;

@@ -167,7 +167,7 @@ impl Ops {
         Self::snapshots_of(&vm)
     }
 
-    fn snapshots_of(vm: &Vm) -> Result<Vec<SnapshotEntry>, OpsError> {
+    pub(super) fn snapshots_of(vm: &Vm) -> Result<Vec<SnapshotEntry>, OpsError> {
         let Some(d) =
             vm.spec.disks.iter().find(|d| d.media == Media::Disk && d.format == DiskFormat::Qcow2 && !d.readonly)
         else {

@@ -100,6 +100,8 @@ pub struct FdPlan {
     pub events: i32,
     /// One tap fd per bridged NIC, in NIC order.
     pub taps: Vec<i32>,
+    /// A saved state to resume from (`-incoming fd:N`) instead of booting.
+    pub incoming: Option<i32>,
 }
 
 impl FdPlan {
@@ -107,7 +109,15 @@ impl FdPlan {
     #[must_use]
     pub fn standard(taps: usize) -> Self {
         let taps = (0..taps).map(|i| 5 + i32::try_from(i).unwrap_or(0)).collect();
-        Self { qmp: 3, events: 4, taps }
+        Self { qmp: 3, events: 4, taps, incoming: None }
+    }
+
+    /// This plan, with a saved state to resume from at the next free number.
+    #[must_use]
+    pub fn with_incoming(mut self) -> Self {
+        let next = self.taps.last().map_or(self.events, |t| *t) + 1;
+        self.incoming = Some(next);
+        self
     }
 }
 
@@ -258,6 +268,9 @@ pub fn build(
     if profile.machine != Machine::Microvm {
         // Lets a panicking guest report it (GUEST_PANICKED), so crashes get a reason.
         a.push("-device", "pvpanic");
+        // A generation ID from the VM's UUID: a fork's copy (new UUID) resumes with a new
+        // one, which tells its kernel to reseed its random number generator.
+        a.push("-device", format!("vmgenid,id=vmgenid0,guid={}", spec.uuid));
     }
     if profile.devices.rng {
         a.push("-object", "rng-random,id=rng0,filename=/dev/urandom");
@@ -300,6 +313,9 @@ pub fn build(
                 a.push("-append", c.clone());
             }
         }
+    }
+    if let Some(fd) = fds.incoming {
+        a.push("-incoming", format!("fd:{fd}"));
     }
     Ok(a.0)
 }
@@ -490,6 +506,23 @@ mod tests {
         let p = profiles.get(profile).unwrap();
         let host = HostInputs { vnc: (p.display != Display::None).then_some(VNC), ..HostInputs::single_nodes(spec) };
         build(spec, p, Accel::Tcg, &paths(), &FdPlan::standard(1), &host).unwrap()
+    }
+
+    #[test]
+    fn a_saved_state_is_read_from_the_descriptor_after_the_taps() {
+        let profiles = Profiles::load(None).unwrap();
+        let s = spec(Boot::Disk);
+        let host = HostInputs::single_nodes(&s);
+        let fds = FdPlan::standard(1).with_incoming();
+
+        let argv = build(&s, profiles.get("linux").unwrap(), Accel::Tcg, &paths(), &fds, &host).unwrap();
+
+        assert_eq!(fds.incoming, Some(6), "monitors at 3 and 4, the tap at 5");
+        assert_eq!(argv[argv.len() - 2..], ["-incoming", "fd:6"]);
+        let plain =
+            build(&s, profiles.get("linux").unwrap(), Accel::Tcg, &paths(), &FdPlan::standard(1), &host).unwrap();
+        assert!(!plain.contains(&"-incoming".to_owned()));
+        assert_eq!(FdPlan::standard(0).with_incoming().incoming, Some(5));
     }
 
     fn argv_for(profile: &str, boot: Boot) -> Vec<String> {

@@ -4,6 +4,7 @@
 //! ends when QEMU closes the socket, which doubles as the "QEMU went away" signal.
 
 pub mod extra;
+pub mod fdpass;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

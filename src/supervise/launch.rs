@@ -6,6 +6,9 @@
 //! keeps its kind ([`LaunchError::kind`]), so a spec that does not fit its profile
 //! reaches the caller as invalid input, a taken port as a conflict.
 //!
+//! A VM with a saved state (a fork's copy) resumes from it: QEMU inherits the file as
+//! `-incoming fd:N`, and the name is removed once QEMU runs, so a restart boots.
+//!
 //! The taps are not persistent: once QEMU (which inherits the fds) exits and the
 //! supervisor has dropped its copies, the kernel deletes them, whatever way QEMU ended.
 
@@ -68,6 +71,12 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot open the saved state {path} to resume from")]
+    Incoming {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot run {binary}; install qemu-system-x86 or set qemu.binary")]
     Spawn {
         binary: PathBuf,
@@ -82,7 +91,7 @@ impl LaunchError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             LaunchError::Profile(ProfileError::Unknown { .. }) | LaunchError::Cmdline(_) => ErrorKind::InvalidInput,
-            LaunchError::Profile(_) | LaunchError::Sockets { .. } => ErrorKind::Internal,
+            LaunchError::Profile(_) | LaunchError::Sockets { .. } | LaunchError::Incoming { .. } => ErrorKind::Internal,
             LaunchError::PortForward { source, .. } | LaunchError::Nic { source, .. } => source.kind(),
             LaunchError::Vnc(e) => e.kind(),
             LaunchError::Prepare(e) => e.kind(),
@@ -120,7 +129,10 @@ pub async fn plan(cfg: &Config, spec: &VmSpec, paths: &VmPaths, exe: &Path) -> R
     let accel = accel::detect(cfg.qemu.accel)?;
     check_port_forwards(spec)?;
     let run_spec = crate::provision::install::run_spec(spec, paths);
+    let incoming = crate::store::open_incoming(paths)
+        .map_err(|source| LaunchError::Incoming { path: paths.incoming(), source })?;
     let fd_plan = FdPlan::standard(bridged(spec).len());
+    let fd_plan = if incoming.is_some() { fd_plan.with_incoming() } else { fd_plan };
     // Every file QEMU opens, checked now: chains may have changed since create.
     let mut host = prepare::host_inputs(cfg, &run_spec, paths).await?;
     // Checked before taps are made or a display is claimed: a spec that cannot run
@@ -147,6 +159,7 @@ pub async fn plan(cfg: &Config, spec: &VmSpec, paths: &VmPaths, exe: &Path) -> R
     };
     let mut fds = vec![(qmp, fd_plan.qmp), (events, fd_plan.events)];
     fds.extend(taps.into_iter().zip(fd_plan.taps.iter().copied()));
+    fds.extend(incoming.map(OwnedFd::from).zip(fd_plan.incoming));
     Ok(LaunchPlan { accel, argv, fds, vnc })
 }
 

@@ -374,6 +374,7 @@ async fn start_and_follow(
     };
     drop(pass);
     drop(plan.fds);
+    store::drop_incoming(&paths);
     let pid = child.id().map_or(0, u32::cast_signed);
     rec.status.qemu = ProcIdentity::capture(pid);
     rec.status.started_at_ms = Some(now_ms());

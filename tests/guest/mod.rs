@@ -9,6 +9,7 @@ mod console;
 mod containment;
 mod debian;
 mod display;
+mod fork;
 mod lifecycle;
 mod mcp_storage;
 mod mcp_tasks;
