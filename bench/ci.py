@@ -7,7 +7,10 @@ on an overlay made beforehand, timed from exec until the agent answers and one
 guest-exec of `uname -a` has returned its output. The rounds alternate so machine
 load hits both alike. Warm: `kvm-mcp run --template T -- uname -a` with a pool of 2
 (claim, resume, command, delete), how long the pool takes to be full again, and the
-resident memory of a paused pool VM. Prints medians, the ratio, and kvm-mcp's phases.
+resident memory of a paused pool VM. Fork: `kvm-mcp vm fork SRC --count 4` of a running
+256 MiB guest, until all four copies run and answer their agent (and the original
+again), end to end with the CLI's start. Prints medians, the ratio, and kvm-mcp's
+phases.
 
 Usage: python3 bench/ci.py [--binary target/release/kvm-mcp] [--rounds 10]
 """
@@ -100,6 +103,7 @@ def main():
     ap.add_argument("--binary", default=os.path.join(REPO, "target/release/kvm-mcp"))
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--warm-only", action="store_true", help="skip the cold runs and their floor")
+    ap.add_argument("--fork-only", action="store_true", help="only the forks")
     args = ap.parse_args()
     subprocess.run([os.path.join(REPO, "fixtures/build-guests.sh")], check=True, stdout=subprocess.DEVNULL)
     tmp = tempfile.mkdtemp(prefix="kvmci", dir="/tmp")
@@ -140,7 +144,7 @@ def main():
     qga = os.path.join(bare_dir, "qga.sock")
 
     runs, floors, phases = [], [], []
-    for _ in range(0 if args.warm_only else args.rounds):
+    for _ in range(0 if args.warm_only or args.fork_only else args.rounds):
         t = time.perf_counter()
         out = kvm("--json", "run", "--master", "base.qcow2", "--", "uname", "-a", capture_output=True)
         runs.append(time.perf_counter() - t)
@@ -165,8 +169,29 @@ def main():
 
     # Warm: a template with a pool of 2; each round waits until the pool is full, then
     # times `run --template` (claim, resume, command, delete) and the refill.
+    # Fork: a running guest into 4 copies, each round; the copies are deleted after.
+    forks, fork_reports = [], []
+    if not args.warm_only:
+        kvm("vm", "create", "src", "--master", "base.qcow2", "--start", stdout=subprocess.DEVNULL)
+        end = time.monotonic() + 600
+        while subprocess.run([args.binary, "--config", cfg, "vm", "ping", "src"], capture_output=True).returncode:
+            assert time.monotonic() < end, "the fork source never answered"
+            time.sleep(0.2)
+        for _ in range(args.rounds):
+            t = time.perf_counter()
+            out = kvm("--json", "vm", "fork", "src", "--count", "4", capture_output=True)
+            forks.append(time.perf_counter() - t)
+            rep = json.loads(out.stdout)
+            assert len(rep["copies"]) == 4 and all(c["identity_refreshed"] for c in rep["copies"]), rep
+            fork_reports.append(rep)
+            for c in rep["copies"]:
+                kvm("vm", "delete", c["name"], "--force", stdout=subprocess.DEVNULL)
+        kvm("vm", "delete", "src", "--force", stdout=subprocess.DEVNULL)
+    if args.fork_only:
+        args.rounds = 0
+
     kvm("vm", "create", "tpl", "--master", "base.qcow2", stdout=subprocess.DEVNULL)
-    kvm("vm", "pool", "tpl", "2", stdout=subprocess.DEVNULL)
+    kvm("vm", "pool", "tpl", "2" if args.rounds else "0", stdout=subprocess.DEVNULL)
 
     def ready_members():
         vms = json.loads(kvm("--json", "vm", "list", capture_output=True).stdout)
@@ -180,7 +205,8 @@ def main():
                 raise TimeoutError("pool refill")
             time.sleep(0.05)
 
-    wait_full()
+    if args.rounds:
+        wait_full()
     rss = []
     for v in ready_members():
         with open(f"/proc/{v['pid']}/status") as fh:
@@ -206,6 +232,17 @@ def main():
         print(f"kvm-mcp run -- uname -a (cold)  median {med(runs):7.1f} ms")
         print(f"floor: bare exec→agent→guest-exec median {med(floors):7.1f} ms   ratio {med(runs)/med(floors):.3f}x (goal ≤1.15x)")
         print("kvm-mcp phases (median ms): " + ", ".join(f"{k[:-3]} {statistics.median(p[k] for p in phases):.0f}" for k in keys))
+    if forks:
+        med_of = lambda k: statistics.median(r[k] for r in fork_reports)
+        rss_copies = statistics.median(sum(c["rss_bytes"] for c in r["copies"]) / 4 / 2**20 for r in fork_reports)
+        print(f"fork of a running 256 MiB guest into 4 copies, all answering: median {med(forks):7.1f} ms end to end "
+              f"(goal ≤3000 ms; kvm-mcp's own figure {med_of('total_ms'):.0f} ms, original paused {med_of('paused_ms'):.0f} ms)")
+        print(f"fork: saved state {med_of('state_bytes') / 2**20:.1f} MiB, new disk {med_of('disk_bytes') / 2**20:.1f} MiB, "
+              f"copy RSS {rss_copies:.1f} MiB each")
+    if not warm:
+        subprocess.run(["pkill", "-9", "-f", tmp])
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     print(f"warm: kvm-mcp run --template (pool of 2) median {med(warm):7.1f} ms (goal ≤300 ms; includes the CLI's start and the delete)")
     print("warm phases (median ms): " + ", ".join(f"{k[:-3]} {statistics.median(p[k] for p in warm_phases):.0f}" for k in keys))
     print(f"pool back to full after a claim: median {med(refills):7.1f} ms from the claim")

@@ -61,7 +61,7 @@ pub fn long_call(tool: &str, args: Option<&JsonObject>, default_vm: &str) -> Opt
     let arg = |k: &str| args.and_then(|a| a.get(k));
     let flag = |k: &str| arg(k).and_then(Value::as_bool) == Some(true);
     let vm = match tool {
-        "start_vm" | "stop_vm" | "create_snapshot" | "revert_snapshot" | "resize_disk" | "guest_exec"
+        "start_vm" | "stop_vm" | "fork_vm" | "create_snapshot" | "revert_snapshot" | "resize_disk" | "guest_exec"
         | "wait_for_console" => arg("name"),
         "create_vm" if flag("start") => match arg("name") {
             None | Some(Value::Null) => return Some(default_vm.to_owned()),

@@ -15,7 +15,7 @@ use super::args_storage::{
 use super::notify::{Forward, LongCall};
 use super::reply::{Reply, ToolResult, fail, out};
 use super::server::KvmMcp;
-use crate::ops::{SnapshotEntry, VmInfo};
+use crate::ops::{ForkReport, ForkRequest, SnapshotEntry, VmInfo};
 
 fn gib(bytes: u64) -> String {
     #[allow(clippy::cast_precision_loss)]
@@ -125,6 +125,47 @@ impl KvmMcp {
         let name = r.vm.name.clone();
         let vm = VmChanged::new(&r.vm, format!("defined as a {kind} clone of {source:?}"));
         self.logged(&ctx, &name, CloneResult { vm, identity: r.identity }, summary).await
+    }
+
+    /// Fork a running VM into copies that go on from this moment (RAM, devices, disk), each with its own MAC and host
+    /// name; the original keeps running.
+    #[tool(
+        title = "Fork running VM",
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false),
+        output_schema = out::<ForkReport>()
+    )]
+    async fn fork_vm(
+        &self,
+        Parameters(a): Parameters<ForkRequest>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<ForkReport> {
+        let name = a.name.clone();
+        let waiting_for = format!("{} copies of {name:?} to answer", a.count);
+        // A cancelled fork deletes the copies it made; the original goes on.
+        let call = LongCall {
+            tool: "fork_vm",
+            vm: &name,
+            start: None,
+            waiting_for: &waiting_for,
+            if_cancelled: None,
+            log: true,
+        };
+        let ct = &ctx.ct;
+        let op = |_: Forward| async move { self.ops().fork_vm(a, ct).await };
+        let (r, summary) = self
+            .run_long(&ctx, call, op, |r: &ForkReport| {
+                let names: Vec<&str> = r.copies.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "forked {:?} into {} in {} ms (paused {} ms)",
+                    r.source,
+                    names.join(", "),
+                    r.total_ms,
+                    r.paused_ms
+                )
+            })
+            .await?;
+        self.vm_set_changed();
+        Ok(Reply::new(r, summary))
     }
 
     /// Grow a VM's disk to `size_gib`, live if it runs; the guest then grows its partition and file system.

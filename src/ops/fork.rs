@@ -164,20 +164,19 @@ impl Ops {
             self.undo_copies(&made).await;
             return Err(e);
         }
-        if was_running {
-            self.wait_for_agent(&req.name, RESUME_TIMEOUT, cancel).await?;
+        if was_running && let Err(e) = self.wait_for_agent(&req.name, RESUME_TIMEOUT, cancel).await {
+            self.undo_copies(&made).await;
+            return Err(e);
         }
         let paused_ms = u64::try_from(paused_at.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut copies = Vec::with_capacity(made.len());
-        for name in &made {
-            match self.settle_copy(name, &vm, cancel).await {
-                Ok(c) => copies.push(c),
-                Err(e) => {
-                    self.undo_copies(&made).await;
-                    return Err(e);
-                }
+        let settled = futures::future::join_all(made.iter().map(|n| self.settle_copy(n, &vm, cancel))).await;
+        let copies = match settled.into_iter().collect::<Result<Vec<_>, _>>() {
+            Ok(c) => c,
+            Err(e) => {
+                self.undo_copies(&made).await;
+                return Err(e);
             }
-        }
+        };
         let disk_bytes = made
             .iter()
             .filter_map(|n| self.load(n).ok())
