@@ -439,6 +439,17 @@ impl Ops {
     }
 }
 
+/// A fork's frozen layer of `disk`: `<dir>/<stem>.fork-<id>.qcow2` beside it.
+pub(super) fn frozen_path(disk: &Path, id: &str) -> PathBuf {
+    let stem = disk.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    disk.with_file_name(format!("{stem}.fork-{id}.qcow2"))
+}
+
+/// Whether `path` is a fork's frozen layer (by its name).
+pub(crate) fn is_frozen_layer(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".fork-") && n.ends_with(".qcow2"))
+}
+
 /// Removes `files` and the temporary files an interrupted write of each left beside it
 /// (`.<name>.tmp-*`), returning the files removed.
 pub(crate) fn remove_files(files: Vec<PathBuf>) -> Vec<PathBuf> {

@@ -302,7 +302,7 @@ impl Ops {
             if !is_own_disk(vm, d) {
                 continue;
             }
-            let layer = frozen_path(&d.path, id);
+            let layer = super::disks::frozen_path(&d.path, id);
             if let Err(e) = std::fs::rename(&d.path, &layer) {
                 undo(&layers);
                 return Err(OpsError::io("cannot freeze disk", &d.path)(e));
@@ -444,17 +444,6 @@ fn is_own_disk(vm: &Vm, d: &crate::spec::DiskSpec) -> bool {
     d.media == Media::Disk && !d.ejected && !d.path.starts_with(&vm.paths.state)
 }
 
-/// `<dir>/<stem>.fork-<id>.qcow2` beside `disk`.
-fn frozen_path(disk: &Path, id: &str) -> PathBuf {
-    let stem = disk.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    disk.with_file_name(format!("{stem}.fork-{id}.qcow2"))
-}
-
-/// Whether `path` is a fork's frozen layer (by its name).
-pub(crate) fn is_frozen_layer(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(".fork-") && n.ends_with(".qcow2"))
-}
-
 /// Saves the paused VM's RAM and device state into a new file at `path`, which QEMU
 /// gets as a descriptor; the file is removed when the save fails.
 fn save_state(q: &mut FdSession, path: &Path) -> Result<(), QmpError> {
@@ -512,6 +501,7 @@ fn rss(pid: i32) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::disks::{frozen_path, is_frozen_layer};
     use super::*;
 
     #[test]

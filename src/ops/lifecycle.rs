@@ -494,7 +494,7 @@ impl Ops {
                     std::fs::canonicalize(&self.cfg.vm.disk_path).unwrap_or_else(|_| self.cfg.vm.disk_path.clone());
                 self.images_of(&vm)
                     .into_iter()
-                    .filter(|p| p.parent() == Some(dir.as_path()) && super::fork::is_frozen_layer(p))
+                    .filter(|p| p.parent() == Some(dir.as_path()) && super::disks::is_frozen_layer(p))
                     .collect()
             }
             _ => Vec::new(),
