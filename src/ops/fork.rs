@@ -423,7 +423,7 @@ true"#;
             }
             Err(e) => Some(crate::error::chain(&e)),
         };
-        let rss_bytes = Self::observe(&copy).status.qemu.as_ref().and_then(|p| rss(p.pid));
+        let rss_bytes = Self::observe(&copy).status.qemu.as_ref().and_then(|p| crate::stats::rss_bytes(p.pid));
         Ok(ForkCopy {
             name: name.to_owned(),
             macs: copy.spec.nics.iter().map(|n| n.mac.to_string()).collect(),
@@ -489,14 +489,6 @@ fn save_state(q: &mut FdSession, path: &Path) -> Result<(), QmpError> {
 fn allocated(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(p).map_or(0, |m| m.blocks() * 512)
-}
-
-/// Resident memory of process `pid`.
-fn rss(pid: i32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 =
-        s.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    Some(kb * 1024)
 }
 
 #[cfg(test)]
