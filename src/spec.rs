@@ -304,6 +304,11 @@ pub struct VmSpec {
     /// refuses while clones exist.
     #[serde(default, skip_serializing_if = "is_false")]
     pub template: bool,
+    /// Made a template by `create_template`: it stays one when no clone uses it (a
+    /// source that became a template by a linked clone is an ordinary VM again once
+    /// its clones are gone).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub made_template: bool,
     /// Ignition config handed to the guest through fw_cfg (`opt/com.coreos/config`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ignition: Option<PathBuf>,

@@ -692,6 +692,7 @@ mod tests {
             nics: vec![],
             restart_policy: RestartPolicy::Never,
             template: false,
+            made_template: false,
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),

@@ -128,6 +128,26 @@ pub enum VmCommand {
     },
     /// Reset a running VM.
     Reboot { name: String },
+    /// Make a stopped VM a template (a base linked clones overlay), or with --image a
+    /// new template on an overlay of that image; --pool keeps clones of it warm.
+    Template {
+        name: String,
+        /// A new template on this image (in an image directory; it is never written).
+        #[arg(long)]
+        image: Option<std::path::PathBuf>,
+        /// With --image: guest RAM in MiB.
+        #[arg(long)]
+        memory: Option<u64>,
+        /// With --image: virtual CPUs.
+        #[arg(long)]
+        vcpus: Option<u32>,
+        /// With --image: the profile (`kvm-mcp profiles`).
+        #[arg(long)]
+        os_variant: Option<String>,
+        /// Keep this many clones booted and paused for `run --template` (0 removes the pool).
+        #[arg(long)]
+        pool: Option<u32>,
+    },
     /// Keep SIZE clones of a stopped VM (then a template) booted and paused, ready for
     /// `run --template`; 0 removes the pool.
     Pool { name: String, size: u32 },
@@ -438,6 +458,11 @@ async fn run_vm(ops: &Ops, json: bool, cmd: VmCommand) -> Result<(), OpsError> {
             show(ops.stop(&name, opts, &no_progress).await?);
         }
         VmCommand::Reboot { name } => show(ops.reboot(&name).await?),
+        VmCommand::Template { name, image, memory, vcpus, os_variant, pool } => {
+            let req =
+                crate::ops::TemplateRequest { name, image, memory_mib: memory, vcpus, os_variant, pool_size: pool };
+            show(ops.create_template(req).await?);
+        }
         VmCommand::Pool { name, size } => show(ops.set_pool(&name, size).await?),
         VmCommand::Fork { name, count, names, ttl } => {
             let req = crate::ops::ForkRequest {

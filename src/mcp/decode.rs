@@ -47,6 +47,7 @@ pub fn decode_tool_arguments(tool: &str, args: &JsonObject) -> Option<Result<(),
         "clone_vm" => parse::<CloneVmArgs>(args).and_then(|a| name(&a.source).and_then(|()| name(&a.name))),
         "resize_disk" => parse::<ResizeDiskArgs>(args).and_then(|a| name(&a.name)),
         "fork_vm" => parse::<crate::ops::ForkRequest>(args).and_then(|a| name(&a.name)),
+        "create_template" => parse::<crate::ops::TemplateRequest>(args).and_then(|a| name(&a.name)),
         "create_snapshot" | "revert_snapshot" | "delete_snapshot" => {
             parse::<SnapshotArgs>(args).and_then(|a| name(&a.name))
         }

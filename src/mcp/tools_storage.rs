@@ -127,6 +127,30 @@ impl KvmMcp {
         self.logged(&ctx, &name, CloneResult { vm, identity: r.identity }, summary).await
     }
 
+    /// Make a stopped VM (or a new VM on `image`) a template for linked clones and `run_in_vm`; `pool_size` keeps
+    /// that many clones booted and paused for instant claims.
+    #[tool(
+        title = "Make template",
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false),
+        output_schema = out::<VmChanged>()
+    )]
+    async fn create_template(
+        &self,
+        Parameters(a): Parameters<crate::ops::TemplateRequest>,
+        ctx: RequestContext<RoleServer>,
+    ) -> ToolResult<VmChanged> {
+        let name = a.name.clone();
+        let new = a.image.is_some();
+        let vm = self.ops().create_template(a).await.map_err(fail)?;
+        if new {
+            self.vm_set_changed();
+        }
+        let pool = vm.pool_size.map_or(String::new(), |n| format!(", warm pool of {n}"));
+        let change = format!("a template{pool}");
+        let summary = format!("VM {name:?} is {change}; {}", state(&vm));
+        self.logged(&ctx, &name, VmChanged::new(&vm, change), summary).await
+    }
+
     /// Fork a running VM into copies that go on from this moment (RAM, devices, disk), each with its own MAC and host
     /// name; the original keeps running.
     #[tool(

@@ -81,7 +81,8 @@ const MAX_SEED_FILE_BYTES: u64 = 1 << 20;
 
 impl Ops {
     /// Refuses to start a template whose linked clones still exist; a template
-    /// without clones becomes an ordinary VM again. Runs off the async runtime under
+    /// without clones becomes an ordinary VM again, unless `create_template` made it
+    /// (it may then start, to update its disk, and stays a template). Runs off the async runtime under
     /// a deadline.
     pub(crate) async fn check_startable(&self, vm: &Vm) -> Result<(), OpsError> {
         if let Some(pool) = vm.spec.pool {
@@ -113,6 +114,9 @@ impl Ops {
         clones.sort();
         clones.dedup();
         if clones.is_empty() {
+            if vm.spec.made_template {
+                return Ok(());
+            }
             let mut vm = vm.clone();
             vm.spec.template = false;
             return Self::save_spec(&vm);
@@ -307,6 +311,7 @@ impl Ops {
             disks,
             nics,
             template: false,
+            made_template: false,
             ignition: None,
             uefi,
             pool: None,

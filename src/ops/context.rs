@@ -100,6 +100,7 @@ impl Ops {
             memory_mib: vm.spec.memory_mib,
             restart_policy: vm.spec.restart_policy,
             expires_in_s: vm.spec.lease.seconds_left(crate::state::now_ms()),
+            template: vm.spec.template,
             pool_size: vm.spec.pool.map(|p| p.size),
             pool_of: vm.spec.pool_of.clone(),
             restarts: s.restarts,
@@ -149,6 +150,7 @@ impl Ops {
                         unresponsive_s: obs.unresponsive_s(),
                         incomplete: false,
                         expires_in_s: vm.spec.lease.seconds_left(now),
+                        template: vm.spec.template,
                         pool_of: vm.spec.pool_of.clone(),
                         lease_ended: vm.spec.lease.ended(now).is_some(),
                     }
@@ -164,6 +166,7 @@ impl Ops {
                     unresponsive_s: None,
                     incomplete: true,
                     expires_in_s: None,
+                    template: false,
                     pool_of: None,
                     lease_ended: false,
                 },

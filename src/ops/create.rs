@@ -227,6 +227,7 @@ impl Ops {
             nics,
             restart_policy: req.restart_policy.unwrap_or_default(),
             template: false,
+            made_template: false,
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),

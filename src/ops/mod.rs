@@ -57,7 +57,7 @@ pub use images::{ImageEntry, IsoEntry};
 pub use ip::IpQuery;
 pub use lifecycle::StopOptions;
 pub use net::{MAX_NICS, NIC_MODELS, NicRequest, PortForwardInfo};
-pub use pool::MAX_POOL_SIZE;
+pub use pool::{MAX_POOL_SIZE, TemplateRequest};
 pub use run::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_RUN_TIMEOUT, FileIn, FileOut, MAX_RUN_TIMEOUT, RunBase, RunPhases, RunReport,
     RunRequest,
@@ -214,6 +214,20 @@ impl OpsError {
     pub(crate) fn storage(field: &str) -> impl FnOnce(crate::storage::StorageError) -> Self {
         let field = field.to_owned();
         move |source| OpsError::Storage { field, source }
+    }
+
+    /// The same error, naming `to` where it named a field under `prefix`: for an
+    /// operation that passes its own argument on under another operation's name.
+    pub(crate) fn renamed(self, prefix: &str, to: &str) -> Self {
+        match self {
+            OpsError::Invalid { field, reason } if field.starts_with(prefix) => {
+                OpsError::Invalid { field: to.into(), reason }
+            }
+            OpsError::Storage { field, source } if field.starts_with(prefix) => {
+                OpsError::Storage { field: to.into(), source }
+            }
+            e => e,
+        }
     }
 }
 

@@ -1,4 +1,6 @@
-//! Warm pools. A template (a stopped VM whose disk linked clones overlay) may keep
+//! Templates and warm pools. `create_template` makes a stopped VM, or a new VM on an
+//! image, a template for good: a base that linked clones overlay, which refuses to
+//! start or be deleted while clones or a pool use it. A template may keep
 //! `pool.size` of its clones booted until their guest agent answers, then paused. A
 //! claim (`kvm-mcp run --template`, `claim_from_pool`) resumes one and hands it over at
 //! once; the pool's owner refills it in the background.
@@ -18,13 +20,15 @@
 //! never answered, and exits, deleting the unclaimed members, when the pool is removed
 //! or the template deleted.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::clone::CloneRequest;
 use super::context::Vm;
-use super::{DeleteOptions, Ops, OpsError, VmInfo};
+use super::{CreateRequest, DeleteOptions, DiskSource, Ops, OpsError, VmInfo};
 use crate::ids::VmName;
 use crate::lock::FileLock;
 use crate::spec::PoolSpec;
@@ -41,6 +45,32 @@ const ROUND: Duration = Duration::from_secs(1);
 const MEMBER_BOOT_TIMEOUT: Duration = Duration::from_secs(900);
 /// How long the owner's start report may take.
 const OWNER_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `create_template` accepts (the MCP tool's arguments too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateRequest {
+    /// A stopped VM to make a template; with `image`, the new template's name.
+    pub name: String,
+    /// Make a new template on this image (`list_images`): an overlay, the image itself is never written.
+    #[serde(default)]
+    pub image: Option<PathBuf>,
+    /// With `image`: guest RAM in MiB.
+    #[serde(default)]
+    #[schemars(range(min = 16, max = 1_048_576))]
+    pub memory_mib: Option<u64>,
+    /// With `image`: virtual CPUs.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 255))]
+    pub vcpus: Option<u32>,
+    /// With `image`: a profile from `list_profiles`.
+    #[serde(default)]
+    pub os_variant: Option<String>,
+    /// Keep this many clones booted and paused for instant claims (0 removes the pool).
+    #[serde(default)]
+    #[schemars(range(max = 16))]
+    pub pool_size: Option<u32>,
+}
 
 /// One pool's members as the owner sees them.
 #[derive(Debug, Default)]
@@ -65,6 +95,89 @@ impl Ops {
         self.store().pool_lock(template)
     }
 
+    /// Makes `req.name` a template for good: a stopped VM as it is, or, with `image`, a
+    /// new VM (not started) on an overlay of that image. With `pool_size`, gives it a
+    /// warm pool too (also to change the pool of a template). A template made here may
+    /// start while no clone uses it (to update its disk) and stays a template.
+    ///
+    /// # Errors
+    /// The VM is running, a pool member or has a time limit; shape fields without
+    /// `image`; everything `create` refuses for the image. A new template that cannot
+    /// be marked is deleted again.
+    pub async fn create_template(&self, req: TemplateRequest) -> Result<VmInfo, OpsError> {
+        if req.image.is_none() {
+            let stray = [
+                ("memory_mib", req.memory_mib.is_some()),
+                ("vcpus", req.vcpus.is_some()),
+                ("os_variant", req.os_variant.is_some()),
+            ];
+            if let Some((field, _)) = stray.iter().find(|(_, set)| *set) {
+                return Err(OpsError::invalid(
+                    field,
+                    "only with image: a template made of a VM keeps that VM's shape; leave it out or give image",
+                ));
+            }
+        }
+        if let Some(size) = req.pool_size
+            && size > MAX_POOL_SIZE
+        {
+            return Err(OpsError::invalid("pool_size", format!("{size} is over {MAX_POOL_SIZE}")));
+        }
+        let made = if let Some(image) = &req.image {
+            let c = CreateRequest {
+                name: Some(req.name.clone()),
+                memory_mib: req.memory_mib,
+                vcpus: req.vcpus,
+                os_variant: req.os_variant.clone(),
+                disk: Some(DiskSource::Master(Some(image.clone()))),
+                ..CreateRequest::default()
+            };
+            // The image is this request's `image`, whatever `create` calls its disk.
+            self.create(c).await.map_err(|e| e.renamed("disk", "image"))?;
+            true
+        } else {
+            false
+        };
+        let marked = async {
+            self.mark_template(&req.name).await?;
+            match req.pool_size {
+                Some(size) => self.set_pool(&req.name, size).await,
+                None => self.info(&req.name),
+            }
+        }
+        .await;
+        if marked.is_err() && made {
+            let _ = self.delete_with(&req.name, DeleteOptions { force: true, keep_disks: false }).await;
+        }
+        let info = marked?;
+        tracing::info!(vm = %req.name, pool = ?req.pool_size, "template made");
+        Ok(info)
+    }
+
+    /// A template is stopped, and lasts: no pool member, no time limit.
+    fn can_be_template(vm: &Vm, what: &'static str) -> Result<(), OpsError> {
+        Self::stopped(vm, what)?;
+        if vm.spec.pool_of.is_some() || !vm.spec.lease.is_unset() {
+            let name = vm.spec.name.as_str();
+            return Err(OpsError::invalid(
+                "name",
+                format!("VM {name:?} is a pool member or has a time limit; a template must stay"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn mark_template(&self, name: &str) -> Result<(), OpsError> {
+        let (mut vm, _lock) = self.load_locked(name).await?;
+        Self::can_be_template(&vm, "making a template")?;
+        if !(vm.spec.template && vm.spec.made_template) {
+            vm.spec.template = true;
+            vm.spec.made_template = true;
+            Self::save_spec(&vm)?;
+        }
+        Ok(())
+    }
+
     /// Gives template `name` a warm pool of `size` booted, paused clones (0 removes it,
     /// deleting the unclaimed ones), and starts the pool's owner.
     ///
@@ -76,13 +189,7 @@ impl Ops {
             return Err(OpsError::invalid("size", format!("{size} is over {MAX_POOL_SIZE}")));
         }
         let (mut vm, lock) = self.load_locked(name).await?;
-        Self::stopped(&vm, "a warm pool")?;
-        if vm.spec.pool_of.is_some() || !vm.spec.lease.is_unset() {
-            return Err(OpsError::invalid(
-                "name",
-                format!("VM {name:?} is a pool member or has a time limit; a template must stay"),
-            ));
-        }
+        Self::can_be_template(&vm, "a warm pool")?;
         vm.spec.pool = (size > 0).then_some(PoolSpec { size });
         if size > 0 {
             vm.spec.template = true;

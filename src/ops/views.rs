@@ -33,6 +33,9 @@ pub struct VmSummary {
     /// Seconds until the VM's time limit (`ttl_s`) stops and deletes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<u64>,
+    /// A template: linked clones overlay its disk, so it does not start while they exist.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
     /// The template whose warm pool holds this VM until a claim takes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_of: Option<String>,
@@ -68,6 +71,9 @@ pub struct VmInfo {
     /// Seconds until the VM's time limit (`ttl_s`) stops and deletes it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in_s: Option<u64>,
+    /// A template: linked clones overlay its disk, so it does not start while they exist.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
     /// A template's warm pool size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_size: Option<u32>,

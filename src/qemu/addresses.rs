@@ -307,6 +307,7 @@ mod tests {
             nics: vec![nic()],
             restart_policy: RestartPolicy::Never,
             template: false,
+            made_template: false,
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),

@@ -471,6 +471,7 @@ mod tests {
             ],
             restart_policy: RestartPolicy::Never,
             template: false,
+            made_template: false,
             ignition: None,
             uefi: None,
             addresses: crate::spec::StandardAddrs::default(),

@@ -43,6 +43,7 @@ fn old_spec(dir: &std::path::Path, os_variant: &str) -> VmSpec {
         nics: vec![nic("52:54:00:00:00:01"), nic("52:54:00:00:00:02")],
         restart_policy: RestartPolicy::Never,
         template: false,
+        made_template: false,
         ignition: None,
         uefi: None,
         addresses: Default::default(),

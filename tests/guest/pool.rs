@@ -1,4 +1,4 @@
-//! Warm pools on the fixture disk guest: a pool fills with booted, paused clones; two
+//! Warm pools on the fixture disk guest: `create_template` with a pool size; a pool fills with booted, paused clones; two
 //! claims at once get two different VMs, resumed and answering; the pool refills after
 //! claims and after a `kill -9` of its owner; `run --template` takes a pooled VM; a
 //! removed pool leaves nothing but the template.
@@ -52,9 +52,10 @@ fn owner_pids(env: &TestEnv) -> Vec<i32> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pool_fills_hands_out_each_vm_once_and_refills_after_claims_and_kill_9() {
     let env = TestEnv::new();
-    env.ops.create(env.disk_vm("tpl")).await.expect("create the template");
-    let info = env.ops.set_pool("tpl", 2).await.expect("set pool");
-    assert_eq!(info.pool_size, Some(2));
+    env.ops.create(env.disk_vm("tpl")).await.expect("create the VM");
+    let req = kvm_mcp::ops::TemplateRequest { name: "tpl".into(), pool_size: Some(2), ..Default::default() };
+    let info = env.ops.create_template(req).await.expect("make it a template with a pool");
+    assert_eq!((info.pool_size, info.template), (Some(2), true));
     assert!(env.ops.start("tpl").await.is_err(), "a template with a pool does not start");
     let first = wait_ready(&env, "tpl", 2, "the pool never filled").await;
 

@@ -253,6 +253,7 @@ fn cli_creates_from_master_and_lists_images() {
 mod clone;
 mod containment;
 mod provision;
+mod template;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offline_snapshot_reverts_disk_writes() {
