@@ -48,6 +48,13 @@ async fn own_pool(cfg: Config, template: &str, ready_fd: Option<i32>) -> std::pr
             return fail(ErrorKind::Internal, &e);
         }
     };
+    // Refill boots yield to the VMs in use. Only where a claim can set the claimed VM
+    // back (root): an unprivileged owner would leave every claimed VM niced for good.
+    if nix::unistd::geteuid().is_root()
+        && let Err(e) = kvm_mcp::supervise::renice(std::process::id().cast_signed(), kvm_mcp::supervise::POOL_NICE)
+    {
+        tracing::warn!(error = %e, "cannot lower the pool owner's priority");
+    }
     ready.ok("owning the pool");
     let cancel = tokio_util::sync::CancellationToken::new();
     let stop = cancel.clone();

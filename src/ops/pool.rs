@@ -16,7 +16,8 @@
 //! pool by a lock in the run directory) keeps no state of its own: it reads the members
 //! from the state directory every round, so after a crash or `kill -9` the next claim or
 //! pool change starts a new owner that goes on where the old one stopped. It boots one
-//! member at a time (guests share the host's CPUs), deletes members that stopped or
+//! member at a time (guests share the host's CPUs), at nice 10 when it runs as root so
+//! a refill yields to the VMs in use (a claim sets the claimed VM back to 0), deletes members that stopped or
 //! never answered, and exits, deleting the unclaimed members, when the pool is removed
 //! or the template deleted.
 
@@ -264,6 +265,7 @@ impl Ops {
             store::set_pool_ready(&now.paths, false);
             drop(lock);
             let name = now.spec.name.to_string();
+            Self::unnice(&now);
             if let Err(e) = self.resume(&name).await {
                 let _ = self.delete_with(&name, DeleteOptions { force: true, keep_disks: false }).await;
                 return Err(e);
@@ -276,6 +278,17 @@ impl Ops {
             return Ok(Some(name));
         }
         Ok(None)
+    }
+
+    /// Sets a claimed member's QEMU and supervisor back to nice 0 (the owner booted it
+    /// at [`crate::supervise::POOL_NICE`]).
+    fn unnice(vm: &Vm) {
+        let obs = Self::observe(vm);
+        for pid in [obs.pid(), obs.status.supervisor_pid].into_iter().flatten() {
+            if let Err(e) = crate::supervise::renice(pid, 0) {
+                tracing::debug!(vm = %vm.spec.name, pid, error = %e, "cannot set a claimed VM's priority back");
+            }
+        }
     }
 
     fn members(&self, template: &str) -> Members {

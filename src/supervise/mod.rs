@@ -45,6 +45,28 @@ pub fn take_singleton(dir: &Path, lock: &Path) -> Result<Option<FileLock>, Prepa
     FileLock::try_acquire(lock).map_err(|source| PrepareError::Io { path: lock.to_owned(), source })
 }
 
+/// Nice value of a warm pool's owner, and so of the supervisors and QEMUs it starts:
+/// a refill boot yields the CPUs to the VMs in use. A claim sets the claimed VM back
+/// to 0.
+pub const POOL_NICE: i32 = 10;
+
+/// Sets the nice value of every thread of process `pid` (Linux keeps one per thread;
+/// threads made later inherit their maker's). Only a privileged process may lower it.
+///
+/// # Errors
+/// The process is gone, or the last refusal (`EACCES` without `CAP_SYS_NICE`).
+pub fn renice(pid: i32, nice: i32) -> std::io::Result<()> {
+    let mut res = Ok(());
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(tid) = entry?.file_name().to_string_lossy().parse::<libc::id_t>() else { continue };
+        // SAFETY: setpriority takes plain integers and touches no memory of ours.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) } != 0 {
+            res = Err(std::io::Error::last_os_error());
+        }
+    }
+    res
+}
+
 /// Doubling delays between restarts, capped.
 #[derive(Debug, Clone)]
 pub struct Backoff {

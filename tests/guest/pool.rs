@@ -1,6 +1,6 @@
 //! Warm pools on the fixture disk guest: `create_template` with a pool size; a pool fills with booted, paused clones; two
 //! claims at once get two different VMs, resumed and answering; the pool refills after
-//! claims and after a `kill -9` of its owner; `run --template` takes a pooled VM; a
+//! claims and after a `kill -9` of its owner; members boot niced, a claimed VM is not; `run --template` takes a pooled VM; a
 //! removed pool leaves nothing but the template.
 
 use std::time::{Duration, Instant};
@@ -40,6 +40,20 @@ async fn wait_ready(env: &TestEnv, template: &str, n: usize, what: &str) -> Vec<
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The nice value of each thread of process `pid`.
+fn nices(pid: i32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    tasks
+        .flatten()
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.path().join("stat")).expect("stat");
+            // Fields after the command name, which ends at the last ')': nice is the 19th field.
+            let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+            rest.split(' ').nth(16).expect("nice").parse().expect("a number")
+        })
+        .collect()
 }
 
 fn owner_pids(env: &TestEnv) -> Vec<i32> {
@@ -82,6 +96,10 @@ async fn a_pool_fills_hands_out_each_vm_once_and_refills_after_claims_and_kill_9
     }
     let refilled = wait_ready(&env, "tpl", 2, "no refill after two claims").await;
     assert!(!refilled.contains(&a) && !refilled.contains(&b));
+    // Members boot at a lower priority; a claimed VM runs at the normal one.
+    let nice_of = |n: &str| nices(env.ops.info(n).expect("info").pid.expect("a QEMU pid"));
+    assert!(nice_of(&refilled[0]).iter().all(|n| *n == kvm_mcp::supervise::POOL_NICE), "{:?}", nice_of(&refilled[0]));
+    assert!(nice_of(&a).iter().all(|n| *n == 0), "{:?}", nice_of(&a));
 
     // kill -9 of the owner: the next claim starts a new one, which refills.
     let owners = owner_pids(&env);
