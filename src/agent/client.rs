@@ -168,6 +168,45 @@ impl AgentClient {
     pub async fn call(&mut self, command: &'static str, args: Value) -> Result<Value, AgentError> {
         let deadline = Instant::now() + self.timeout;
         self.request(command, args, deadline).await?;
+        self.reply(command, deadline).await?
+    }
+
+    /// Sends `calls` at once and reads their replies in order: one round trip to the
+    /// guest instead of one per command (the agent runs them one after another). Each
+    /// call has its own result; a refusal of one does not stop the others.
+    ///
+    /// # Errors
+    /// A failure that leaves the connection out of step (timeout, I/O, a reply that is
+    /// not JSON); the connection then synchronises before its next call.
+    pub async fn call_many(
+        &mut self,
+        calls: Vec<(&'static str, Value)>,
+    ) -> Result<Vec<Result<Value, AgentError>>, AgentError> {
+        let deadline = Instant::now() + self.timeout;
+        let commands: Vec<&'static str> = calls.iter().map(|(c, _)| *c).collect();
+        for (command, args) in calls {
+            self.request(command, args, deadline).await?;
+            // Out of step until the last reply is in; `request` must not sync between.
+            self.unsynced = false;
+        }
+        let mut out = Vec::with_capacity(commands.len());
+        for command in commands {
+            let reply = self.reply(command, deadline).await;
+            // In step only once every reply is read.
+            self.unsynced = true;
+            out.push(reply?);
+        }
+        self.unsynced = false;
+        Ok(out)
+    }
+
+    /// Reads the reply to `command`: the outer error leaves the stream out of step, the
+    /// inner one is the agent's answer.
+    async fn reply(
+        &mut self,
+        command: &'static str,
+        deadline: Instant,
+    ) -> Result<Result<Value, AgentError>, AgentError> {
         let secs = self.timeout.as_secs();
         let line = tokio::time::timeout_at(deadline, self.read_line())
             .await
@@ -177,9 +216,11 @@ impl AgentClient {
         self.unsynced = false;
         if let Some(err) = v.get("error") {
             let desc = err.get("desc").and_then(Value::as_str).unwrap_or("unknown error");
-            return Err(AgentError::Command { command, message: desc.to_owned() });
+            return Ok(Err(AgentError::Command { command, message: desc.to_owned() }));
         }
-        v.get("return").cloned().ok_or_else(|| AgentError::BadReply { command, reason: format!("no return in {v}") })
+        Ok(v.get("return")
+            .cloned()
+            .ok_or_else(|| AgentError::BadReply { command, reason: format!("no return in {v}") }))
     }
 
     /// Like [`AgentClient::call`], decoding the reply (qapi's `qga` types fit many).
@@ -336,5 +377,41 @@ mod tests {
         let second = c.call("guest-info", Value::Null).await.unwrap();
         assert!(matches!(first, AgentError::Timeout { .. }), "{first}");
         assert_eq!(second, json!("fresh"));
+    }
+
+    #[tokio::test]
+    async fn calls_sent_at_once_get_their_own_replies_in_order() {
+        let (_d, sock, listener) = listen();
+        let agent = tokio::spawn(async move {
+            let (rd, mut wr) = listener.accept().await.unwrap().0.into_split();
+            let mut rd = BufReader::new(rd);
+            let sync = request(&mut rd).await;
+            wr.write_all(&sync_reply(&sync)).await.unwrap();
+            // All three requests arrive before any reply goes out.
+            let reqs = [request(&mut rd).await, request(&mut rd).await, request(&mut rd).await];
+            wr.write_all(b"{\"return\": 7}\n{\"error\": {\"desc\": \"No such file\"}}\n{\"return\": 8}\n")
+                .await
+                .unwrap();
+            // A later call is in step.
+            let ping = request(&mut rd).await;
+            wr.write_all(b"{\"return\": {}}\n").await.unwrap();
+            (reqs.map(|r| r["execute"].as_str().unwrap().to_owned()), ping["execute"].clone())
+        });
+        let mut c = AgentClient::connect(&sock, Duration::from_secs(5)).await.unwrap();
+        let calls = vec![
+            ("guest-file-open", json!({ "path": "/a" })),
+            ("guest-file-open", json!({ "path": "/b" })),
+            ("guest-file-open", json!({ "path": "/c" })),
+        ];
+        let r = c.call_many(calls).await.unwrap();
+        assert_eq!(r[0].as_ref().unwrap(), &json!(7));
+        assert!(matches!(&r[1], Err(AgentError::Command { message, .. }) if message == "No such file"), "{r:?}");
+        assert_eq!(r[2].as_ref().unwrap(), &json!(8));
+        assert_eq!(c.call("guest-ping", Value::Null).await.unwrap(), json!({}));
+        let (names, ping) = agent.await.unwrap();
+        assert_eq!(
+            (names, ping),
+            (["guest-file-open".to_owned(), "guest-file-open".into(), "guest-file-open".into()], json!("guest-ping"))
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::exec::{ExecStatus, Started, kill, status};
@@ -68,62 +68,85 @@ struct Tail {
 }
 
 impl Tail {
-    /// Shows what was appended since the last look. A file the shell has not made yet
-    /// is looked for again next time.
-    async fn drain(
+    /// Shows one read's bytes; true when the file may hold more (a full chunk came).
+    fn show(&mut self, r: &ReadReply, sink: &mut (dyn FnMut(Stream, &[u8]) + Send)) -> Result<bool, AgentError> {
+        let bytes = r.bytes()?;
+        if !bytes.is_empty() {
+            self.shown += bytes.len() as u64;
+            sink(self.stream, &bytes);
+        }
+        Ok(!r.eof && bytes.len() >= CHUNK)
+    }
+
+    /// Reads on alone from the open file until its end.
+    async fn read_rest(
         &mut self,
         c: &mut AgentClient,
         sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
     ) -> Result<(), AgentError> {
-        let handle = match self.handle {
-            Some(h) => h,
-            None => match c.call_as::<i64>("guest-file-open", json!({ "path": self.path, "mode": "r" })).await {
-                Ok(h) => *self.handle.insert(h),
-                Err(AgentError::Command { .. }) => return Ok(()),
-                Err(e) => return Err(e),
-            },
-        };
+        let Some(handle) = self.handle else { return Ok(()) };
         loop {
             let r: ReadReply = c.call_as("guest-file-read", json!({ "handle": handle, "count": CHUNK })).await?;
-            let bytes = r.bytes()?;
-            if !bytes.is_empty() {
-                self.shown += bytes.len() as u64;
-                sink(self.stream, &bytes);
-            }
-            if r.eof || bytes.len() < CHUNK {
+            if !self.show(&r, sink)? {
                 return Ok(());
             }
         }
     }
+}
 
-    async fn close(&mut self, c: &mut AgentClient) {
-        if let Some(h) = self.handle.take()
-            && let Err(e) = c.call("guest-file-close", json!({ "handle": h })).await
-        {
-            tracing::warn!(error = %e, "cannot close a guest file handle");
+/// Decodes a `return` value of `command`.
+fn decode<T: serde::de::DeserializeOwned>(command: &'static str, v: Value) -> Result<T, AgentError> {
+    serde_json::from_value(v).map_err(|e| AgentError::BadReply { command, reason: e.to_string() })
+}
+
+/// Shows what was appended to both files since the last look, in two round trips when
+/// each holds less than a chunk: the files not open yet are opened together (a file the
+/// shell has not made yet is looked for again next time), then both are read together.
+async fn drain(
+    c: &mut AgentClient,
+    tails: &mut [Tail; 2],
+    sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+) -> Result<(), AgentError> {
+    let closed: Vec<usize> = (0..tails.len()).filter(|&i| tails[i].handle.is_none()).collect();
+    if !closed.is_empty() {
+        let opens = closed.iter().map(|&i| ("guest-file-open", json!({ "path": tails[i].path, "mode": "r" })));
+        for (&i, r) in closed.iter().zip(c.call_many(opens.collect()).await?) {
+            match r {
+                Ok(h) => tails[i].handle = Some(decode("guest-file-open", h)?),
+                Err(AgentError::Command { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
+    let open: Vec<(usize, i64)> = tails.iter().enumerate().filter_map(|(i, t)| Some((i, t.handle?))).collect();
+    let reads = open.iter().map(|(_, h)| ("guest-file-read", json!({ "handle": h, "count": CHUNK })));
+    for (&(i, _), r) in open.iter().zip(c.call_many(reads.collect()).await?) {
+        let r: ReadReply = decode("guest-file-read", r?)?;
+        if tails[i].show(&r, sink)? {
+            tails[i].read_rest(c, sink).await?;
+        }
+    }
+    Ok(())
 }
 
 /// One look on one connection: the command's status and, when `drain` or once it has
 /// exited, the new output of both files; after the exit the files are closed and
 /// removed on the same connection. Each look is a few agent round trips, and a guest
-/// under TCG pays for each, so a short command is mostly asked for its status.
+/// under TCG pays for each, so a short command is mostly asked for its status and the
+/// calls that do not depend on each other go out together.
 async fn look(
     sock: &Path,
     timeout: Duration,
     pid: i64,
     tails: &mut [Tail; 2],
     sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
-    drain: bool,
+    drain_now: bool,
 ) -> Result<ExecStatus, AgentError> {
     let mut c = AgentClient::connect(sock, timeout).await?;
     // The status first: output written before the exit is then all in the files.
     let st: ExecStatus = c.call_as("guest-exec-status", json!({ "pid": pid })).await?;
-    if drain || st.exited {
-        for t in tails.iter_mut() {
-            t.drain(&mut c, sink).await?;
-        }
+    if drain_now || st.exited {
+        drain(&mut c, tails, sink).await?;
     }
     if st.exited {
         remove(&mut c, tails).await;
@@ -131,14 +154,23 @@ async fn look(
     Ok(st)
 }
 
-/// Closes the files and removes them from the guest (`rm` is started, not waited for).
+/// Closes the files and removes them from the guest (`rm` is started, not waited for),
+/// in one round trip.
 async fn remove(c: &mut AgentClient, tails: &mut [Tail; 2]) {
-    for t in tails.iter_mut() {
-        t.close(c).await;
-    }
+    let mut calls: Vec<(&'static str, Value)> = tails
+        .iter_mut()
+        .filter_map(|t| t.handle.take())
+        .map(|h| ("guest-file-close", json!({ "handle": h })))
+        .collect();
     let rm = json!({ "path": "/bin/rm", "arg": ["-f", "--", &tails[0].path, &tails[1].path] });
-    if let Err(e) = c.call("guest-exec", rm).await {
-        tracing::warn!(error = %e, "cannot remove the output files of a guest command");
+    calls.push(("guest-exec", rm));
+    match c.call_many(calls).await {
+        Ok(replies) => {
+            for e in replies.into_iter().filter_map(Result::err) {
+                tracing::warn!(error = %e, "cannot close or remove the output files of a guest command");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot close or remove the output files of a guest command"),
     }
 }
 
