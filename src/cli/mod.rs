@@ -2,6 +2,7 @@
 //! with `--json`). Exit status 0 on success; otherwise a one-line reason on stderr and
 //! a non-zero code chosen by the error's kind.
 
+pub mod entry;
 mod guest;
 mod net;
 pub mod run;
