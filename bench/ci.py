@@ -244,6 +244,7 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
         return
     print(f"warm: kvm-mcp run --template (pool of 2) median {med(warm):7.1f} ms (goal ≤300 ms; includes the CLI's start and the delete)")
+    print("warm rounds (ms, end to end / command): " + ", ".join(f"{w * 1000:.0f}/{p['command_ms']}" for w, p in zip(warm, warm_phases)))
     print("warm phases (median ms): " + ", ".join(f"{k[:-3]} {statistics.median(p[k] for p in warm_phases):.0f}" for k in keys))
     print(f"pool back to full after a claim: median {med(refills):7.1f} ms from the claim")
     print(f"paused pool VM, 256 MiB guest: RSS {statistics.mean(rss):.1f} MiB each ({', '.join(f'{r:.1f}' for r in rss)})")

@@ -1,6 +1,9 @@
 //! `guest_exec`: start a command with `guest-exec` (output captured), poll
-//! `guest-exec-status` on short-lived connections (so other agent calls can get in
-//! between), and enforce a timeout and cancellation.
+//! `guest-exec-status`, and enforce a timeout and cancellation. The connection that
+//! starts a command is kept for its looks during its first [`HOLD`], so a short command
+//! ends on it: qemu-ga on virtio-serial looks for a new client only every 100 ms once
+//! the last one has gone, so each new connection costs up to that. A longer command is
+//! then looked at on short-lived connections, so other agent calls can get in between.
 //!
 //! qemu-ga 7.2 has no command to kill what `guest-exec` started, so on timeout or
 //! cancellation a second `guest-exec` kills it: on Linux guests `/bin/sh` walks
@@ -94,8 +97,25 @@ pub(super) struct ExecStatus {
     err_truncated: bool,
 }
 
+/// How long the connection that started a command is kept for its looks.
+pub(super) const HOLD: Duration = Duration::from_secs(2);
+
 pub(super) async fn status(sock: &Path, timeout: Duration, pid: i64) -> Result<ExecStatus, AgentError> {
-    let mut c = AgentClient::connect(sock, timeout).await?;
+    status_on(None, sock, timeout, pid).await
+}
+
+/// The command's status, asked on `held` when there is a connection, else on a new one.
+pub(super) async fn status_on(
+    held: Option<&mut AgentClient>,
+    sock: &Path,
+    timeout: Duration,
+    pid: i64,
+) -> Result<ExecStatus, AgentError> {
+    let mut own = None;
+    let c = match held {
+        Some(c) => c,
+        None => own.insert(AgentClient::connect(sock, timeout).await?),
+    };
     c.call_as("guest-exec-status", json!({ "pid": pid })).await
 }
 
@@ -141,17 +161,21 @@ pub async fn run(
     if let Some(input) = &req.stdin {
         args["input-data"] = json!(B64.encode(input));
     }
-    let pid = {
-        let mut c = AgentClient::connect(sock, agent_timeout).await?;
-        c.call_as::<Started>("guest-exec", args).await?.pid
-    };
+    // Calls that make a connection of their own (kill) let go of the held one first:
+    // the agent's socket serves one client at a time.
+    let mut c = AgentClient::connect(sock, agent_timeout).await?;
+    let pid = c.call_as::<Started>("guest-exec", args).await?.pid;
+    let mut held = Some(c);
     let deadline = started + req.timeout;
     let mut poll = Duration::from_millis(20);
     let mut last_report = Instant::now();
     let mut timed_out = false;
     let mut killed = false;
     let st = loop {
-        let st = status(sock, agent_timeout, pid).await?;
+        if started.elapsed() >= HOLD {
+            held = None;
+        }
+        let st = status_on(held.as_mut(), sock, agent_timeout, pid).await?;
         if st.exited {
             break st;
         }
@@ -161,6 +185,7 @@ pub async fn run(
             }
         } else if Instant::now() >= deadline {
             timed_out = true;
+            held = None;
             killed = kill(sock, agent_timeout, pid).await;
             progress(Progress { step: 0, total: None, message: format!("timed out; killed pid {pid}") });
         }
@@ -176,6 +201,7 @@ pub async fn run(
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
             () = cancel.cancelled() => {
+                drop(held);
                 kill(sock, agent_timeout, pid).await;
                 // Collect it, so the agent forgets the process.
                 let _ = status(sock, agent_timeout, pid).await;

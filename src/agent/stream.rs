@@ -2,7 +2,8 @@
 //! `guest-exec` command's captured output over only once it has exited, so the command
 //! runs under `/bin/sh` with its stdout and stderr sent to two files in the guest's
 //! `/tmp`, which are read from where the last read stopped (`guest-file-read` on handles
-//! kept open) at least once a second until the command exits; then the files are
+//! kept open) at least once a second until the command exits (on the connection that
+//! started it for its first seconds, then on one connection per look); then the files are
 //! removed. Timeout and cancellation kill the command's whole process tree as
 //! [`super::exec`] does. Needs a POSIX shell in the guest (not for Windows guests).
 
@@ -14,7 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::exec::{ExecStatus, Started, kill, status};
+use super::exec::{ExecStatus, HOLD, Started, kill, status};
 use super::files::{CHUNK, ReadReply};
 use super::{AgentClient, AgentError};
 
@@ -129,27 +130,32 @@ async fn drain(
     Ok(())
 }
 
-/// One look on one connection: the command's status and, when `drain` or once it has
-/// exited, the new output of both files; after the exit the files are closed and
-/// removed on the same connection. Each look is a few agent round trips, and a guest
-/// under TCG pays for each, so a short command is mostly asked for its status and the
+/// One look: the command's status and, when `drain` or once it has exited, the new
+/// output of both files; after the exit the files are closed and removed on the same
+/// connection. The look uses the `held` connection when there is one, else a new one
+/// that is dropped afterwards. A short command is mostly asked for its status, and the
 /// calls that do not depend on each other go out together.
 async fn look(
     sock: &Path,
     timeout: Duration,
+    held: Option<&mut AgentClient>,
     pid: i64,
     tails: &mut [Tail; 2],
     sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
     drain_now: bool,
 ) -> Result<ExecStatus, AgentError> {
-    let mut c = AgentClient::connect(sock, timeout).await?;
+    let mut own = None;
+    let c = match held {
+        Some(c) => c,
+        None => own.insert(AgentClient::connect(sock, timeout).await?),
+    };
     // The status first: output written before the exit is then all in the files.
     let st: ExecStatus = c.call_as("guest-exec-status", json!({ "pid": pid })).await?;
     if drain_now || st.exited {
-        drain(&mut c, tails, sink).await?;
+        drain(c, tails, sink).await?;
     }
     if st.exited {
-        remove(&mut c, tails).await;
+        remove(c, tails).await;
     }
     Ok(st)
 }
@@ -204,10 +210,13 @@ pub async fn run(
     if !req.env.is_empty() {
         args["env"] = json!(req.env);
     }
-    let pid = {
-        let mut c = AgentClient::connect(sock, agent_timeout).await?;
-        c.call_as::<Started>("guest-exec", args).await?.pid
-    };
+    // The connection that starts the command stays for the looks of its first
+    // [`HOLD`] (see `exec`); a longer command lets go, so other callers get their turn.
+    // The calls below that make a connection of their own (kill, clean-up) let go of
+    // it first: the agent's socket serves one client at a time.
+    let mut c = AgentClient::connect(sock, agent_timeout).await?;
+    let pid = c.call_as::<Started>("guest-exec", args).await?.pid;
+    let mut held = Some(c);
     let mut tails = [
         Tail { path: out, stream: Stream::Stdout, handle: None, shown: 0 },
         Tail { path: err, stream: Stream::Stderr, handle: None, shown: 0 },
@@ -220,9 +229,15 @@ pub async fn run(
         if drain {
             drained = Instant::now();
         }
-        let st = match look(sock, agent_timeout, pid, &mut tails, sink, drain).await {
+        if started.elapsed() >= HOLD {
+            held = None;
+        }
+        let st = match look(sock, agent_timeout, held.as_mut(), pid, &mut tails, sink, drain).await {
             Ok(st) => st,
-            Err(e) => break Err(e),
+            Err(e) => {
+                held = None;
+                break Err(e);
+            }
         };
         if st.exited {
             break Ok(st);
@@ -233,11 +248,13 @@ pub async fn run(
             }
         } else if started.elapsed() >= req.timeout {
             timed_out = true;
+            held = None;
             kill(sock, agent_timeout, pid).await;
         }
         tokio::select! {
             () = tokio::time::sleep(poll) => {}
             () = cancel.cancelled() => {
+                drop(held);
                 kill(sock, agent_timeout, pid).await;
                 let _ = status(sock, agent_timeout, pid).await;
                 clean_up(sock, agent_timeout, &mut tails).await;
@@ -247,6 +264,7 @@ pub async fn run(
         // Quick looks while a short command may be about to end, then fewer.
         poll = (poll * 3 / 2).min(MAX_POLL);
     };
+    drop(held);
     if !ended.as_ref().is_ok_and(|st| st.exited) {
         clean_up(sock, agent_timeout, &mut tails).await;
     }
