@@ -66,6 +66,21 @@ impl AgentClient {
         Ok(c)
     }
 
+    /// Connects to `sock` without synchronising: the first call does. For a paused
+    /// VM's agent, connected before the VM resumes so that the agent, which looks for a
+    /// new client only every 100 ms once the last one has gone, never sees it go.
+    ///
+    /// # Errors
+    /// [`AgentError::Connect`] when the socket is missing; [`AgentError::NoAgent`] when
+    /// the connection is not accepted within `timeout`.
+    pub async fn attach(sock: &Path, timeout: Duration) -> Result<Self, AgentError> {
+        let stream = tokio::time::timeout(timeout, UnixStream::connect(sock))
+            .await
+            .map_err(|_| AgentError::NoAgent { path: sock.into(), secs: timeout.as_secs() })?
+            .map_err(|source| AgentError::Connect { path: sock.into(), source })?;
+        Ok(Self::new(stream, sock, timeout))
+    }
+
     fn new(stream: UnixStream, sock: &Path, timeout: Duration) -> Self {
         let (rd, wr) = stream.into_split();
         Self { rd: BufReader::new(rd), wr, sock: sock.into(), timeout, unsynced: true }
@@ -413,5 +428,24 @@ mod tests {
             (names, ping),
             (["guest-file-open".to_owned(), "guest-file-open".into(), "guest-file-open".into()], json!("guest-ping"))
         );
+    }
+
+    #[tokio::test]
+    async fn an_attached_connection_syncs_on_its_first_call() {
+        let (_d, sock, listener) = listen();
+        let mut c = AgentClient::attach(&sock, Duration::from_secs(5)).await.unwrap();
+        let agent = tokio::spawn(async move {
+            let (rd, mut wr) = listener.accept().await.unwrap().0.into_split();
+            let mut rd = BufReader::new(rd);
+            // A reply left over from an earlier client, then the sync, then the call.
+            wr.write_all(b"{\"return\": \"stale\"}\n").await.unwrap();
+            let sync = request(&mut rd).await;
+            wr.write_all(&sync_reply(&sync)).await.unwrap();
+            let ping = request(&mut rd).await;
+            wr.write_all(b"{\"return\": {}}\n").await.unwrap();
+            (sync["execute"].clone(), ping["execute"].clone())
+        });
+        assert_eq!(c.call("guest-ping", Value::Null).await.unwrap(), json!({}));
+        assert_eq!(agent.await.unwrap(), (json!("guest-sync-delimited"), json!("guest-ping")));
     }
 }

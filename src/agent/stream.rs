@@ -200,6 +200,22 @@ pub async fn run(
     sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
     cancel: &CancellationToken,
 ) -> Result<StreamResult, AgentError> {
+    run_on(None, sock, agent_timeout, req, sink, cancel).await
+}
+
+/// [`run`], starting the command on `first` when given (a connection made before the
+/// VM resumed; see [`AgentClient::attach`]).
+///
+/// # Errors
+/// See [`run`].
+pub async fn run_on(
+    first: Option<AgentClient>,
+    sock: &Path,
+    agent_timeout: Duration,
+    req: &StreamRequest,
+    sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+    cancel: &CancellationToken,
+) -> Result<StreamResult, AgentError> {
     let started = Instant::now();
     let id = uuid::Uuid::new_v4().simple().to_string();
     let out = format!("/tmp/.kvm-mcp-{id}.out");
@@ -214,7 +230,10 @@ pub async fn run(
     // [`HOLD`] (see `exec`); a longer command lets go, so other callers get their turn.
     // The calls below that make a connection of their own (kill, clean-up) let go of
     // it first: the agent's socket serves one client at a time.
-    let mut c = AgentClient::connect(sock, agent_timeout).await?;
+    let mut c = match first {
+        Some(c) => c,
+        None => AgentClient::connect(sock, agent_timeout).await?,
+    };
     let pid = c.call_as::<Started>("guest-exec", args).await?.pid;
     let mut held = Some(c);
     let mut tails = [

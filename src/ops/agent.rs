@@ -10,7 +10,7 @@ use super::{Ops, OpsError, ProgressFn};
 use crate::agent::exec::{ExecRequest, ExecResult};
 use crate::agent::files::{FileData, GuestInfo};
 use crate::agent::stream::{self, Stream, StreamRequest, StreamResult};
-use crate::agent::{AgentError, exec, files};
+use crate::agent::{AgentClient, AgentError, exec, files};
 
 /// Default time a guest command may run.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(60);
@@ -38,7 +38,7 @@ fn agent_err(name: &str) -> impl FnOnce(AgentError) -> OpsError + '_ {
 }
 
 impl Ops {
-    fn agent_timeout(&self) -> Duration {
+    pub(super) fn agent_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.agent.timeout_s)
     }
 
@@ -102,11 +102,26 @@ impl Ops {
         sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
         cancel: &CancellationToken,
     ) -> Result<StreamResult, OpsError> {
+        self.guest_exec_streamed_on(None, name, req, sink, cancel).await
+    }
+
+    /// [`Ops::guest_exec_streamed`], starting the command on `first` when given (an
+    /// agent connection made before the VM resumed, by a pool claim).
+    pub(super) async fn guest_exec_streamed_on(
+        &self,
+        first: Option<AgentClient>,
+        name: &str,
+        req: &StreamRequest,
+        sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
+        cancel: &CancellationToken,
+    ) -> Result<StreamResult, OpsError> {
         if req.argv.first().is_none_or(|p| p.trim().is_empty()) {
             return Err(OpsError::invalid("command", "give the program to run, e.g. [\"uname\", \"-a\"]"));
         }
         let vm = self.agent_vm(name)?;
-        stream::run(&vm.paths.qga_sock(), self.agent_timeout(), req, sink, cancel).await.map_err(agent_err(name))
+        stream::run_on(first, &vm.paths.qga_sock(), self.agent_timeout(), req, sink, cancel)
+            .await
+            .map_err(agent_err(name))
     }
 
     /// Waits until the guest agent answers (the guest has booted far enough to take

@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::clone::CloneRequest;
 use super::context::Vm;
 use super::{CreateRequest, DeleteOptions, DiskSource, Ops, OpsError, VmInfo};
+use crate::agent::AgentClient;
 use crate::ids::VmName;
 use crate::lock::FileLock;
 use crate::spec::PoolSpec;
@@ -244,6 +245,18 @@ impl Ops {
     /// # Errors
     /// The claimed VM could not be resumed (it is deleted then).
     pub async fn claim_from_pool(&self, template: &str, lease: crate::spec::Lease) -> Result<Option<String>, OpsError> {
+        Ok(self.claim(template, lease).await?.map(|(name, _)| name))
+    }
+
+    /// [`Ops::claim_from_pool`], with a connection to the VM's agent made before it
+    /// resumed (when one could be made): the agent never sees a client go, so the first
+    /// call on it is answered at once instead of after up to 100 ms (see
+    /// [`AgentClient::attach`]).
+    pub(super) async fn claim(
+        &self,
+        template: &str,
+        lease: crate::spec::Lease,
+    ) -> Result<Option<(String, Option<AgentClient>)>, OpsError> {
         let store = self.store();
         let mut candidates: Vec<Vm> = store
             .defined()
@@ -266,6 +279,7 @@ impl Ops {
             drop(lock);
             let name = now.spec.name.to_string();
             Self::unnice(&now);
+            let agent = AgentClient::attach(&now.paths.qga_sock(), self.agent_timeout()).await.ok();
             if let Err(e) = self.resume(&name).await {
                 let _ = self.delete_with(&name, DeleteOptions { force: true, keep_disks: false }).await;
                 return Err(e);
@@ -275,7 +289,7 @@ impl Ops {
             if let Err(e) = self.ensure_pool_owner(template).await {
                 tracing::warn!(template, error = %crate::error::chain(&e), "cannot start the pool owner");
             }
-            return Ok(Some(name));
+            return Ok(Some((name, agent)));
         }
         Ok(None)
     }
@@ -341,7 +355,14 @@ impl Ops {
         if !paused {
             let booted = async {
                 self.wait_for_agent(name, MEMBER_BOOT_TIMEOUT, cancel).await?;
-                self.pause(name).await
+                // Paused with a client on the agent: it goes while the VM is paused, and
+                // the claim's connection comes before the resume, so the agent never
+                // sees the channel empty (and never waits its 100 ms for a new client).
+                let sock = self.paths(&VmName::new(name)?).qga_sock();
+                let held = AgentClient::connect(&sock, self.agent_timeout()).await;
+                let paused = self.pause(name).await;
+                drop(held);
+                paused
             }
             .await;
             if let Err(e) = booted {

@@ -19,6 +19,7 @@ use super::clone::CloneRequest;
 use super::create::CreateRequest;
 use super::disks::DiskSource;
 use super::{DeleteOptions, Ops, OpsError, Progress, ProgressFn};
+use crate::agent::AgentClient;
 use crate::agent::stream::{Stream, StreamRequest};
 
 /// Default time the command may run.
@@ -222,6 +223,13 @@ fn check(req: &RunRequest) -> Result<(), OpsError> {
 }
 
 /// A fresh name for a job's VM: `run-` and 8 hex digits.
+/// The job's VM: its name, and for a VM claimed from a pool, a connection to its agent
+/// made before it resumed.
+struct JobVm {
+    name: String,
+    agent: Option<AgentClient>,
+}
+
 fn job_name() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("run-{}", &id[..8])
@@ -257,9 +265,10 @@ impl Ops {
         }
         let started = Instant::now();
         let mut phases = RunPhases::default();
-        let name = self.make_job_vm(req).await?;
+        let job = self.make_job_vm(req).await?;
+        let name = job.name.clone();
         phases.create_ms = ms(started);
-        let res = self.run_job_in(&name, req, sink, progress, cancel, &mut phases).await;
+        let res = self.run_job_in(job, req, sink, progress, cancel, &mut phases).await;
         let t = Instant::now();
         let deleted = self.delete_with(&name, DeleteOptions { force: true, keep_disks: false }).await;
         phases.delete_ms = ms(t);
@@ -273,8 +282,9 @@ impl Ops {
         Ok(report)
     }
 
-    /// Defines the job's VM (not started), with its lease.
-    async fn make_job_vm(&self, req: &RunRequest) -> Result<String, OpsError> {
+    /// Defines the job's VM (not started), with its lease; or claims a running one from
+    /// the template's pool, with a connection to its agent made before it resumed.
+    async fn make_job_vm(&self, req: &RunRequest) -> Result<JobVm, OpsError> {
         let lease = req.boot_timeout + req.timeout + LEASE_SLACK;
         for attempt in 0.. {
             let name = req.name.clone().unwrap_or_else(job_name);
@@ -303,8 +313,8 @@ impl Ops {
                     let pooled = self.load(source).is_ok_and(|t| t.spec.pool.is_some());
                     if pooled && req.name.is_none() {
                         let lease = super::create::lease(Some(lease.as_secs()), req.owner.clone())?;
-                        if let Some(name) = self.claim_from_pool(source, lease).await? {
-                            return Ok(name);
+                        if let Some((name, agent)) = self.claim(source, lease).await? {
+                            return Ok(JobVm { name, agent });
                         }
                     }
                     let c = CloneRequest {
@@ -320,7 +330,7 @@ impl Ops {
             match made {
                 Err(OpsError::Exists { .. }) if attempt < 3 && req.name.is_none() => {}
                 Err(e) => return Err(e),
-                Ok(()) => return Ok(name),
+                Ok(()) => return Ok(JobVm { name, agent: None }),
             }
         }
         unreachable!("the loop returns")
@@ -328,19 +338,20 @@ impl Ops {
 
     async fn run_job_in(
         &self,
-        name: &str,
+        job: JobVm,
         req: &RunRequest,
         sink: &mut (dyn FnMut(Stream, &[u8]) + Send),
         progress: ProgressFn<'_>,
         cancel: &CancellationToken,
         phases: &mut RunPhases,
     ) -> Result<RunReport, OpsError> {
+        let JobVm { name, mut agent } = job;
+        let name = name.as_str();
         let say = |step: u32, message: String| progress(Progress { step, total: Some(4), message });
         say(1, format!("booting VM {name} until its guest agent answers"));
         let t = Instant::now();
-        // A VM claimed from a warm pool runs already.
-        // Its agent answered before it was paused, so the command's own connection is
-        // the wait: a separate one would cost up to 100 ms (see `agent::stream`).
+        // A VM claimed from a warm pool runs already, and its agent answered before it
+        // was paused: the command's own connection is the wait.
         let from_pool = self.info(name).is_ok_and(|i| i.state.is_active());
         if !from_pool {
             tokio::select! {
@@ -352,6 +363,10 @@ impl Ops {
         phases.boot_ms = ms(t);
 
         let t = Instant::now();
+        if !req.files_in.is_empty() {
+            // The agent serves one connection at a time; the copies make their own.
+            agent = None;
+        }
         for f in &req.files_in {
             if let Some((dir, _)) = f.guest_path.rsplit_once('/').filter(|(d, _)| !d.is_empty()) {
                 self.guest_mkdir(name, dir, cancel).await?;
@@ -363,7 +378,7 @@ impl Ops {
         say(2, format!("running {} in VM {name}", crate::error::quote(&req.argv[0])));
         let t = Instant::now();
         let stream = StreamRequest { argv: req.argv.clone(), env: req.env.clone(), timeout: req.timeout };
-        let r = self.guest_exec_streamed(name, &stream, sink, cancel).await?;
+        let r = self.guest_exec_streamed_on(agent, name, &stream, sink, cancel).await?;
         phases.command_ms = ms(t);
 
         say(3, "fetching files".into());
