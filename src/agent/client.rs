@@ -81,6 +81,23 @@ impl AgentClient {
         Ok(Self::new(stream, sock, timeout))
     }
 
+    /// `held` when there is one, else a new connection to `sock`, kept in `own` for the
+    /// caller's scope (and dropped with it).
+    ///
+    /// # Errors
+    /// See [`AgentClient::connect`].
+    pub async fn held_or_connect<'a>(
+        held: Option<&'a mut AgentClient>,
+        own: &'a mut Option<AgentClient>,
+        sock: &Path,
+        timeout: Duration,
+    ) -> Result<&'a mut AgentClient, AgentError> {
+        match held {
+            Some(c) => Ok(c),
+            None => Ok(own.insert(Self::connect(sock, timeout).await?)),
+        }
+    }
+
     fn new(stream: UnixStream, sock: &Path, timeout: Duration) -> Self {
         let (rd, wr) = stream.into_split();
         Self { rd: BufReader::new(rd), wr, sock: sock.into(), timeout, unsynced: true }

@@ -112,10 +112,7 @@ pub(super) async fn status_on(
     pid: i64,
 ) -> Result<ExecStatus, AgentError> {
     let mut own = None;
-    let c = match held {
-        Some(c) => c,
-        None => own.insert(AgentClient::connect(sock, timeout).await?),
-    };
+    let c = AgentClient::held_or_connect(held, &mut own, sock, timeout).await?;
     c.call_as("guest-exec-status", json!({ "pid": pid })).await
 }
 

@@ -145,10 +145,7 @@ async fn look(
     drain_now: bool,
 ) -> Result<ExecStatus, AgentError> {
     let mut own = None;
-    let c = match held {
-        Some(c) => c,
-        None => own.insert(AgentClient::connect(sock, timeout).await?),
-    };
+    let c = AgentClient::held_or_connect(held, &mut own, sock, timeout).await?;
     // The status first: output written before the exit is then all in the files.
     let st: ExecStatus = c.call_as("guest-exec-status", json!({ "pid": pid })).await?;
     if drain_now || st.exited {
