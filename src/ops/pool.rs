@@ -17,9 +17,9 @@
 //! from the state directory every round, so after a crash or `kill -9` the next claim or
 //! pool change starts a new owner that goes on where the old one stopped. It boots one
 //! member at a time (guests share the host's CPUs), at nice 10 when it runs as root so
-//! a refill yields to the VMs in use (a claim sets the claimed VM back to 0), deletes members that stopped or
-//! never answered, and exits, deleting the unclaimed members, when the pool is removed
-//! or the template deleted.
+//! a refill yields to the VMs in use (a claim sets the claimed VM back to 0), deletes
+//! members that stopped or never answered, and exits, deleting the unclaimed members,
+//! when the pool is removed or the template deleted.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
