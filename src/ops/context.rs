@@ -175,6 +175,26 @@ impl Ops {
         Ok(out)
     }
 
+    /// Starts `kvm-mcp ARGS… NAME` (with this config) in a session of its own, logging to
+    /// `log`, and waits up to `timeout` for its start report on the ready pipe. `what`
+    /// names the failure to start and the report in errors.
+    pub(crate) async fn spawn_background(
+        &self,
+        mut args: Vec<String>,
+        name: &str,
+        log: &Path,
+        timeout: Duration,
+        what: (&'static str, &'static str),
+    ) -> Result<ready::Report, OpsError> {
+        if let Some(p) = self.cfg.file() {
+            args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
+        }
+        ready::spawn_and_wait(&self.exe, &args, name, log, timeout)
+            .await
+            .map_err(OpsError::io(what.0, &self.exe))?
+            .ok_or_else(|| OpsError::Timeout { name: name.into(), what: what.1, secs: timeout.as_secs() })
+    }
+
     /// Starts a supervisor (adopting a running QEMU when `adopt`) and waits for its report.
     pub(crate) async fn spawn_supervisor(&self, vm: &Vm, adopt: bool) -> Result<(), OpsError> {
         let name = vm.spec.name.to_string();
@@ -183,17 +203,16 @@ impl Ops {
         if adopt {
             args.push("--adopt".into());
         }
-        if let Some(p) = self.cfg.file() {
-            args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
-        }
-        let report = ready::spawn_and_wait(&self.exe, &args, &name, &vm.paths.supervisor_log(), START_TIMEOUT)
-            .await
-            .map_err(OpsError::io("cannot start supervisor", &self.exe))?
-            .ok_or_else(|| OpsError::Timeout {
-                name: name.clone(),
-                what: "the supervisor's start report",
-                secs: START_TIMEOUT.as_secs(),
-            })?;
+        let log = vm.paths.supervisor_log();
+        let report = self
+            .spawn_background(
+                args,
+                &name,
+                &log,
+                START_TIMEOUT,
+                ("cannot start supervisor", "the supervisor's start report"),
+            )
+            .await?;
         if report.ok {
             return Ok(());
         }

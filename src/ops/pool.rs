@@ -212,22 +212,13 @@ impl Ops {
         if crate::lock::is_held(&lock) {
             return Ok(());
         }
-        let mut args = vec!["pool-own".to_owned()];
-        if let Some(p) = self.cfg.file() {
-            args.extend(["--config".into(), p.to_string_lossy().into_owned()]);
-        }
         let log = self.store().pool_log(&vname);
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(OpsError::io("cannot create", dir))?;
         }
-        let report = crate::supervise::ready::spawn_and_wait(&self.exe, &args, template, &log, OWNER_START_TIMEOUT)
-            .await
-            .map_err(OpsError::io("cannot start the pool owner", &self.exe))?
-            .ok_or_else(|| OpsError::Timeout {
-                name: template.into(),
-                what: "the pool owner's start report",
-                secs: OWNER_START_TIMEOUT.as_secs(),
-            })?;
+        let what = ("cannot start the pool owner", "the pool owner's start report");
+        let report =
+            self.spawn_background(vec!["pool-own".to_owned()], template, &log, OWNER_START_TIMEOUT, what).await?;
         if report.ok {
             return Ok(());
         }
