@@ -16,17 +16,21 @@
 //! under a create or start of the same name.
 //!
 //! A serving process keeps a [`Cache`]: each VM's definition and status, re-read only
-//! when its file changed (inode, size, modification time; a file changed within the
-//! file system's timestamp granularity of being read is read again next time, the way
-//! git treats racily clean entries).
+//! when its file changed. An inotify watch on each VM directory read so far says what
+//! changed; each read first takes the events queued since the last one, so a write that
+//! finished before a read (by any process) is always seen, and a list of 50 VMs makes no
+//! `stat` and no file read when nothing changed. Where inotify is unavailable or its
+//! watch limit is reached, records are read from disk.
 
+use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Read as _;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use dashmap::DashMap;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -492,8 +496,12 @@ impl Store {
     /// cache when unchanged.
     #[must_use]
     pub fn observe(&self, vm: &Vm) -> Observed {
+        self.observe_synced(vm, true)
+    }
+
+    fn observe_synced(&self, vm: &Vm, sync: bool) -> Observed {
         match &self.cache {
-            Some(c) => vm.observe_status(c.status(&vm.paths, vm.spec.created_at)),
+            Some(c) => vm.observe_status(c.status(&vm.paths, vm.spec.created_at, sync)),
             None => vm.observe(),
         }
     }
@@ -546,10 +554,38 @@ impl Store {
     /// What is on disk under `name`.
     #[must_use]
     pub fn load(&self, name: &VmName) -> Loaded {
+        self.load_synced(name, true)
+    }
+
+    fn load_synced(&self, name: &VmName, sync: bool) -> Loaded {
         match &self.cache {
-            Some(c) => c.load(self.paths(name)),
+            Some(c) => c.load(self.paths(name), sync),
             None => load_from_disk(self.paths(name)),
         }
+    }
+
+    /// Every VM with a directory, sorted by name, each loaded and (when defined)
+    /// observed: what [`Store::names`], [`Store::load`] and [`Store::observe`] give one
+    /// by one, with the cache brought up to date once for all of them.
+    ///
+    /// # Errors
+    /// The state directory exists but cannot be read.
+    pub fn survey(&self) -> std::io::Result<Vec<(VmName, Loaded, Option<Observed>)>> {
+        if let Some(c) = &self.cache {
+            c.sync();
+        }
+        Ok(self
+            .names()?
+            .into_iter()
+            .map(|name| {
+                let loaded = self.load_synced(&name, false);
+                let observed = match &loaded {
+                    Loaded::Defined(vm) => Some(self.observe_synced(vm, false)),
+                    Loaded::Absent | Loaded::Incomplete { .. } => None,
+                };
+                (name, loaded, observed)
+            })
+            .collect())
     }
 
     /// Whether `name` has a complete definition, without parsing it (cheap enough to
@@ -586,89 +622,175 @@ impl Store {
     }
 }
 
-/// What identifies one version of a file: a rewrite (temp file + rename) changes the
-/// inode, an in-place write the size or the modification time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    len: u64,
-    mtime: SystemTime,
+/// The changes to a VM directory that can change what [`Cache`] holds for it: its
+/// records are replaced by rename (`write_json_atomic`, `write_json_volatile`) or, by
+/// hand, written and closed; the create marker comes and goes; the directory itself is
+/// removed or moved away. Writes to open files (logs, disks) raise none of these.
+const WATCH_MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
+    .union(AddWatchFlags::IN_MOVED_TO)
+    .union(AddWatchFlags::IN_MOVED_FROM)
+    .union(AddWatchFlags::IN_CREATE)
+    .union(AddWatchFlags::IN_DELETE)
+    .union(AddWatchFlags::IN_DELETE_SELF)
+    .union(AddWatchFlags::IN_MOVE_SELF)
+    .union(AddWatchFlags::IN_ONLYDIR);
+
+/// The files in a VM directory whose change makes a cached record stale.
+const WATCHED_FILES: [&str; 3] = ["spec.json", "status.json", "creating"];
+
+/// The VM directories watched, and the generation of each: a number that changes
+/// whenever something in [`WATCHED_FILES`] may have changed.
+#[derive(Debug, Default)]
+///
+/// Directories are keyed by their path's bytes (`OsString`): hashing a `Path` splits it
+/// into components first, which was most of a cached lookup's cost.
+struct Watched {
+    by_wd: HashMap<WatchDescriptor, OsString>,
+    dirs: HashMap<OsString, (WatchDescriptor, u64)>,
+    next_gen: u64,
 }
 
-impl Stamp {
-    fn of(path: &Path) -> Option<Self> {
-        let m = std::fs::metadata(path).ok()?;
-        Some(Self { dev: m.dev(), ino: m.ino(), len: m.len(), mtime: m.modified().ok()? })
+impl Watched {
+    fn bump(&mut self) -> u64 {
+        self.next_gen += 1;
+        self.next_gen
+    }
+
+    fn forget(&mut self, wd: WatchDescriptor) -> Option<OsString> {
+        let dir = self.by_wd.remove(&wd)?;
+        self.dirs.remove(&dir);
+        Some(dir)
     }
 }
 
-/// Files changed this close to being read may change again within the same timestamp
-/// tick (ext4 stamps with a coarse clock): such an entry is read again next time.
-const RACY_WINDOW: Duration = Duration::from_millis(100);
-
-#[derive(Debug, Clone)]
-struct Entry<T> {
-    stamp: Stamp,
-    read_at: SystemTime,
-    value: T,
-}
-
-impl<T: Clone> Entry<T> {
-    fn fresh(&self, now: Option<Stamp>) -> Option<T> {
-        let racy = self.read_at.duration_since(self.stamp.mtime).map_or(true, |d| d < RACY_WINDOW);
-        (now == Some(self.stamp) && !racy).then(|| self.value.clone())
-    }
+/// An inotify instance over the VM directories read so far.
+#[derive(Debug)]
+struct Watcher {
+    inotify: Inotify,
+    watched: Mutex<Watched>,
 }
 
 /// A serving process's memory of every VM's definition and status (see the module
-/// documentation). Guards never leave its methods, so nothing holds a shard lock across
-/// an `.await`.
+/// documentation). Guards never leave its methods, so nothing holds a lock across an
+/// `.await`.
 #[derive(Debug, Default)]
 pub struct Cache {
-    specs: DashMap<PathBuf, Entry<VmSpec>>,
-    statuses: DashMap<PathBuf, Entry<Status>>,
+    /// Started on first use; `None` where inotify is unavailable (no caching then).
+    watcher: OnceLock<Option<Watcher>>,
+    specs: DashMap<OsString, (u64, VmSpec)>,
+    statuses: DashMap<OsString, (u64, Status)>,
 }
 
 impl Cache {
-    fn load(&self, paths: VmPaths) -> Loaded {
-        let spec_path = paths.spec();
-        let now = Stamp::of(&spec_path);
-        if now.is_some()
-            && !is_creating(&paths)
-            && let Some(spec) = self.specs.get(&spec_path).and_then(|e| e.fresh(now))
+    fn watcher(&self) -> Option<&Watcher> {
+        self.watcher
+            .get_or_init(|| match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+                Ok(inotify) => Some(Watcher { inotify, watched: Mutex::new(Watched::default()) }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch the VM directories; every record is read from disk");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Applies every change reported so far. A write finished before this call is
+    /// seen by it: the kernel queues the event inside the writer's `rename` or `close`.
+    fn sync(&self) {
+        let Some(w) = self.watcher() else { return };
+        let mut gone = Vec::new();
         {
+            let mut st = w.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            while let Ok(events) = w.inotify.read_events() {
+                for ev in events {
+                    if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
+                        // Events were lost: nothing cached can be trusted.
+                        let all: Vec<_> = st.by_wd.keys().copied().collect();
+                        for wd in all {
+                            let _ = w.inotify.rm_watch(wd);
+                            gone.extend(st.forget(wd));
+                        }
+                        continue;
+                    }
+                    let ends = AddWatchFlags::IN_IGNORED | AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF;
+                    if ev.mask.intersects(ends) {
+                        // Moved away, the watch would follow the directory elsewhere.
+                        if ev.mask.contains(AddWatchFlags::IN_MOVE_SELF) {
+                            let _ = w.inotify.rm_watch(ev.wd);
+                        }
+                        gone.extend(st.forget(ev.wd));
+                    } else if ev.name.as_deref().is_none_or(|n| WATCHED_FILES.iter().any(|f| n == *f))
+                        && let Some(dir) = st.by_wd.get(&ev.wd).cloned()
+                    {
+                        let g = st.bump();
+                        if let Some(entry) = st.dirs.get_mut(&dir) {
+                            entry.1 = g;
+                        }
+                    }
+                }
+            }
+        }
+        for dir in gone {
+            self.specs.remove(&dir);
+            self.statuses.remove(&dir);
+        }
+    }
+
+    /// The generation of `dir`, watching it from now on if it was not; `None` when it
+    /// cannot be watched (gone, not a directory, or the watch limit reached).
+    fn generation(&self, dir: &Path) -> Option<u64> {
+        let w = self.watcher()?;
+        let mut st = w.watched.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, g)) = st.dirs.get(dir.as_os_str()) {
+            return Some(*g);
+        }
+        let wd = w.inotify.add_watch(dir, WATCH_MASK).ok()?;
+        // The same directory under another name (renamed since): one watch, one name.
+        if let Some(old) = st.by_wd.insert(wd, dir.as_os_str().to_owned()) {
+            st.dirs.remove(&old);
+        }
+        let g = st.bump();
+        st.dirs.insert(dir.as_os_str().to_owned(), (wd, g));
+        Some(g)
+    }
+
+    fn load(&self, paths: VmPaths, sync: bool) -> Loaded {
+        if sync {
+            self.sync();
+        }
+        let Some(g) = self.generation(&paths.state) else {
+            self.specs.remove(paths.state.as_os_str());
+            return load_from_disk(paths);
+        };
+        if let Some(spec) = self.specs.get(paths.state.as_os_str()).filter(|e| e.0 == g).map(|e| e.1.clone()) {
             return Loaded::Defined(Box::new(Vm { spec, paths }));
         }
-        let read_at = SystemTime::now();
         let loaded = load_from_disk(paths);
-        match (&loaded, now) {
-            (Loaded::Defined(vm), Some(stamp)) => {
-                self.specs.insert(spec_path, Entry { stamp, read_at, value: vm.spec.clone() });
+        match &loaded {
+            Loaded::Defined(vm) => {
+                self.specs.insert(vm.paths.state.clone().into_os_string(), (g, vm.spec.clone()));
             }
-            _ => {
-                self.specs.remove(&spec_path);
+            Loaded::Absent => {}
+            Loaded::Incomplete { paths, .. } => {
+                self.specs.remove(paths.state.as_os_str());
             }
         }
         loaded
     }
 
-    fn status(&self, paths: &VmPaths, created_at_s: u64) -> Status {
-        let path = paths.status();
-        let now = Stamp::of(&path);
-        if let Some(s) = self.statuses.get(&path).and_then(|e| e.fresh(now)) {
+    fn status(&self, paths: &VmPaths, created_at_s: u64, sync: bool) -> Status {
+        if sync {
+            self.sync();
+        }
+        let Some(g) = self.generation(&paths.state) else {
+            self.statuses.remove(paths.state.as_os_str());
+            return read_status(paths, created_at_s);
+        };
+        if let Some(s) = self.statuses.get(paths.state.as_os_str()).filter(|e| e.0 == g).map(|e| e.1.clone()) {
             return s;
         }
-        let read_at = SystemTime::now();
         let status = read_status(paths, created_at_s);
-        match now {
-            Some(stamp) => {
-                self.statuses.insert(path, Entry { stamp, read_at, value: status.clone() });
-            }
-            None => {
-                self.statuses.remove(&path);
-            }
-        }
+        self.statuses.insert(paths.state.clone().into_os_string(), (g, status.clone()));
         status
     }
 }
@@ -852,6 +974,91 @@ mod tests {
         std::fs::write(p.spec(), b"{").unwrap();
 
         assert_eq!((first, matches!(s.load(&n), Loaded::Incomplete { .. })), (true, true));
+    }
+
+    fn reason_of(s: &Store, name: &str) -> Reason {
+        match s.load(&VmName::new(name).unwrap()) {
+            Loaded::Defined(vm) => s.observe(&vm).status.reason,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn recreated_directory_is_read_again_and_the_old_entries_are_dropped() {
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        let cache = Arc::new(Cache::default());
+        let s = s.with_cache(cache.clone());
+        assert_eq!(reason_of(&s, "a"), Reason::Created);
+        std::fs::remove_dir_all(&p.state).unwrap();
+        let absent = matches!(s.load(&VmName::new("a").unwrap()), Loaded::Absent);
+        let left = (cache.specs.len(), cache.statuses.len());
+        let p = define(&s, "a");
+        let mut st = Status::created(0);
+        st.reason = Reason::StartFailed;
+        write_status(&p, &st).unwrap();
+
+        assert_eq!((absent, left, reason_of(&s, "a")), (true, (0, 0), Reason::StartFailed));
+    }
+
+    #[test]
+    fn directory_moved_away_stops_counting_for_its_old_name() {
+        let (d, s) = store();
+        let p = define(&s, "a");
+        let s = s.with_cache(Arc::new(Cache::default()));
+        assert_eq!(reason_of(&s, "a"), Reason::Created);
+        let elsewhere = d.path().join("moved");
+        std::fs::rename(&p.state, &elsewhere).unwrap();
+        let p = define(&s, "a");
+        let mut st = Status::created(0);
+        st.reason = Reason::StartFailed;
+        write_status(&p, &st).unwrap();
+        let first = reason_of(&s, "a");
+        // A change in the moved directory must not reach the name it left.
+        st.reason = Reason::Created;
+        write_status(&VmPaths { state: elsewhere, run: p.run.clone() }, &st).unwrap();
+
+        assert_eq!((first, reason_of(&s, "a")), (Reason::StartFailed, Reason::StartFailed));
+    }
+
+    #[test]
+    fn a_change_lost_to_a_full_event_queue_is_still_seen() {
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(16384);
+        assert!(limit <= 1 << 20, "max_queued_events {limit} is too large to overflow in a test");
+        let (_d, s) = store();
+        let p = define(&s, "a");
+        let s = s.with_cache(Arc::new(Cache::default()));
+        assert_eq!(reason_of(&s, "a"), Reason::Created);
+        // Events for other files fill the queue; the status change's own event is lost.
+        for i in 0..=limit {
+            std::fs::File::create(p.state.join(format!("f{i}"))).unwrap();
+        }
+        let mut st = Status::created(0);
+        st.reason = Reason::StartFailed;
+        write_status(&p, &st).unwrap();
+
+        assert_eq!(reason_of(&s, "a"), Reason::StartFailed);
+    }
+
+    #[test]
+    fn survey_lists_every_directory_once_with_what_it_holds() {
+        let (_d, s) = store();
+        define(&s, "b");
+        let broken = define(&s, "a");
+        std::fs::write(broken.spec(), b"{").unwrap();
+        let s = s.with_cache(Arc::new(Cache::default()));
+
+        let got: Vec<_> = s
+            .survey()
+            .unwrap()
+            .into_iter()
+            .map(|(n, l, o)| (n.to_string(), matches!(l, Loaded::Defined(_)), o.map(|o| o.status.reason)))
+            .collect();
+
+        assert_eq!(got, vec![("a".into(), false, None), ("b".into(), true, Some(Reason::Created))]);
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! delete. Each parses its arguments, calls `ops`, and formats a [`Reply`]; the long
 //! ones report progress and stop waiting when the caller cancels.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::params::Parameters;
@@ -31,9 +32,12 @@ fn list_summary(vms: &[VmSummary]) -> String {
     if vms.is_empty() {
         return "no VMs are defined; create one with create_vm".into();
     }
-    let items: Vec<String> =
-        vms.iter().map(|v| format!("{} ({})", v.name, v.state.map_or("incomplete", |s| s.as_str()))).collect();
-    format!("{} VM{}: {}", vms.len(), if vms.len() == 1 { "" } else { "s" }, items.join(", "))
+    let mut out = format!("{} VM{}: ", vms.len(), if vms.len() == 1 { "" } else { "s" });
+    for (i, v) in vms.iter().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(out, "{sep}{} ({})", v.name, v.state.map_or("incomplete", |s| s.as_str()));
+    }
+    out
 }
 
 #[tool_router(router = vm_tools, vis = "pub(super)")]

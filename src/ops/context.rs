@@ -130,32 +130,30 @@ impl Ops {
     /// # Errors
     /// The state directory exists but cannot be read.
     pub fn list(&self) -> Result<Vec<VmSummary>, OpsError> {
-        let store = self.store();
         let now = crate::state::now_ms();
-        let names =
-            store.names().map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(VMS_DIR)))?;
-        let out: Vec<VmSummary> = names
+        let surveyed = self
+            .store()
+            .survey()
+            .map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(VMS_DIR)))?;
+        let out: Vec<VmSummary> = surveyed
             .into_iter()
-            .map(|name| match store.load(&name) {
-                Loaded::Defined(vm) => {
-                    let obs = store.observe(&vm);
-                    VmSummary {
-                        name: vm.spec.name.to_string(),
-                        state: Some(obs.status.state),
-                        vcpus: vm.spec.vcpus,
-                        memory_mib: vm.spec.memory_mib,
-                        uptime_s: obs.uptime_s(),
-                        pid: obs.pid(),
-                        unsupervised: obs.unsupervised,
-                        unresponsive_s: obs.unresponsive_s(),
-                        incomplete: false,
-                        expires_in_s: vm.spec.lease.seconds_left(now),
-                        template: vm.spec.template,
-                        pool_of: vm.spec.pool_of.clone(),
-                        lease_ended: vm.spec.lease.ended(now).is_some(),
-                    }
-                }
-                Loaded::Absent | Loaded::Incomplete { .. } => VmSummary {
+            .map(|(name, loaded, observed)| match (loaded, observed) {
+                (Loaded::Defined(vm), Some(obs)) => VmSummary {
+                    name: vm.spec.name.to_string(),
+                    state: Some(obs.status.state),
+                    vcpus: vm.spec.vcpus,
+                    memory_mib: vm.spec.memory_mib,
+                    uptime_s: obs.uptime_s(),
+                    pid: obs.pid(),
+                    unsupervised: obs.unsupervised,
+                    unresponsive_s: obs.unresponsive_s(),
+                    incomplete: false,
+                    expires_in_s: vm.spec.lease.seconds_left(now),
+                    template: vm.spec.template,
+                    pool_of: vm.spec.pool_of.clone(),
+                    lease_ended: vm.spec.lease.ended(now).is_some(),
+                },
+                _ => VmSummary {
                     name: name.to_string(),
                     state: None,
                     vcpus: 0,
