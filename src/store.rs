@@ -410,6 +410,26 @@ impl Observed {
     }
 }
 
+/// [`Vm::observe_status`] for a definition and its paths.
+fn observe_parts(spec: &VmSpec, paths: &VmPaths, mut status: Status) -> Observed {
+    let mut unsupervised = false;
+    if status.state.is_active() {
+        let sup_alive = lock::is_held(&paths.supervisor_lock());
+        match qemu_liveness(&status, spec) {
+            Liveness::Alive => unsupervised = !sup_alive,
+            Liveness::Dead | Liveness::Reused if !sup_alive => {
+                status.state = VmState::Crashed;
+                status.reason = Reason::Unsupervised;
+                status.detail = Some("QEMU exited while no supervisor was watching it".into());
+                status.qemu = None;
+                status.log_tail = fsutil::tail_lines(&paths.qemu_log(), LOG_TAIL_LINES);
+            }
+            _ => {}
+        }
+    }
+    Observed { status, unsupervised }
+}
+
 impl Vm {
     /// The status file corrected by liveness: an active VM whose QEMU and supervisor
     /// are both gone is crashed; a live QEMU without a supervisor is unsupervised.
@@ -420,23 +440,8 @@ impl Vm {
 
     /// [`Vm::observe`] with the status record already read.
     #[must_use]
-    pub fn observe_status(&self, mut status: Status) -> Observed {
-        let mut unsupervised = false;
-        if status.state.is_active() {
-            let sup_alive = lock::is_held(&self.paths.supervisor_lock());
-            match qemu_liveness(&status, &self.spec) {
-                Liveness::Alive => unsupervised = !sup_alive,
-                Liveness::Dead | Liveness::Reused if !sup_alive => {
-                    status.state = VmState::Crashed;
-                    status.reason = Reason::Unsupervised;
-                    status.detail = Some("QEMU exited while no supervisor was watching it".into());
-                    status.qemu = None;
-                    status.log_tail = fsutil::tail_lines(&self.paths.qemu_log(), LOG_TAIL_LINES);
-                }
-                _ => {}
-            }
-        }
-        Observed { status, unsupervised }
+    pub fn observe_status(&self, status: Status) -> Observed {
+        observe_parts(&self.spec, &self.paths, status)
     }
 
     /// Whether the VM runs now: its status is active and its supervisor or its QEMU
@@ -564,26 +569,33 @@ impl Store {
         }
     }
 
-    /// Every VM with a directory, sorted by name, each loaded and (when defined)
-    /// observed: what [`Store::names`], [`Store::load`] and [`Store::observe`] give one
-    /// by one, with the cache brought up to date once for all of them.
+    /// `f` of every VM with a directory, sorted by name: its definition and observed
+    /// status, or `None` when it is incomplete. What [`Store::names`], [`Store::load`]
+    /// and [`Store::observe`] give one by one, with the cache brought up to date once
+    /// for all of them and the cached definitions lent, not copied.
     ///
     /// # Errors
     /// The state directory exists but cannot be read.
-    pub fn survey(&self) -> std::io::Result<Vec<(VmName, Loaded, Option<Observed>)>> {
-        if let Some(c) = &self.cache {
-            c.sync();
-        }
-        Ok(self
-            .names()?
-            .into_iter()
+    pub fn survey<T>(&self, mut f: impl FnMut(&VmName, Option<(&VmSpec, Observed)>) -> T) -> std::io::Result<Vec<T>> {
+        let names = self.names()?;
+        let Some(cache) = &self.cache else {
+            return Ok(names
+                .iter()
+                .map(|name| match load_from_disk(self.paths(name)) {
+                    Loaded::Defined(vm) => f(name, Some((&vm.spec, vm.observe()))),
+                    Loaded::Absent | Loaded::Incomplete { .. } => f(name, None),
+                })
+                .collect());
+        };
+        cache.sync();
+        Ok(names
+            .iter()
             .map(|name| {
-                let loaded = self.load_synced(&name, false);
-                let observed = match &loaded {
-                    Loaded::Defined(vm) => Some(self.observe_synced(vm, false)),
-                    Loaded::Absent | Loaded::Incomplete { .. } => None,
-                };
-                (name, loaded, observed)
+                let paths = self.paths(name);
+                cache.with_spec(&paths, |spec| {
+                    let observed = spec.map(|s| observe_parts(s, &paths, cache.status(&paths, s.created_at, false)));
+                    f(name, spec.zip(observed))
+                })
             })
             .collect())
     }
@@ -776,6 +788,20 @@ impl Cache {
             }
         }
         loaded
+    }
+
+    /// `f` of `paths`' definition (`None` when incomplete or absent), lent from the cache
+    /// when current, else read and remembered. Events are not taken first.
+    fn with_spec<R>(&self, paths: &VmPaths, f: impl FnOnce(Option<&VmSpec>) -> R) -> R {
+        if let Some(g) = self.generation(&paths.state)
+            && let Some(e) = self.specs.get(paths.state.as_os_str()).filter(|e| e.0 == g)
+        {
+            return f(Some(&e.1));
+        }
+        match self.load(paths.clone(), false) {
+            Loaded::Defined(vm) => f(Some(&vm.spec)),
+            Loaded::Absent | Loaded::Incomplete { .. } => f(None),
+        }
     }
 
     fn status(&self, paths: &VmPaths, created_at_s: u64, sync: bool) -> Status {
@@ -1051,14 +1077,10 @@ mod tests {
         std::fs::write(broken.spec(), b"{").unwrap();
         let s = s.with_cache(Arc::new(Cache::default()));
 
-        let got: Vec<_> = s
-            .survey()
-            .unwrap()
-            .into_iter()
-            .map(|(n, l, o)| (n.to_string(), matches!(l, Loaded::Defined(_)), o.map(|o| o.status.reason)))
-            .collect();
+        let got =
+            s.survey(|n, vm| (n.to_string(), vm.map(|(spec, o)| (spec.name.to_string(), o.status.reason)))).unwrap();
 
-        assert_eq!(got, vec![("a".into(), false, None), ("b".into(), true, Some(Reason::Created))]);
+        assert_eq!(got, vec![("a".into(), None), ("b".into(), Some(("b".into(), Reason::Created)))]);
     }
 
     #[tokio::test]

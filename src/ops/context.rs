@@ -131,29 +131,24 @@ impl Ops {
     /// The state directory exists but cannot be read.
     pub fn list(&self) -> Result<Vec<VmSummary>, OpsError> {
         let now = crate::state::now_ms();
-        let surveyed = self
-            .store()
-            .survey()
-            .map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(VMS_DIR)))?;
-        let out: Vec<VmSummary> = surveyed
-            .into_iter()
-            .map(|(name, loaded, observed)| match (loaded, observed) {
-                (Loaded::Defined(vm), Some(obs)) => VmSummary {
-                    name: vm.spec.name.to_string(),
+        self.store()
+            .survey(|name, vm| match vm {
+                Some((spec, obs)) => VmSummary {
+                    name: spec.name.to_string(),
                     state: Some(obs.status.state),
-                    vcpus: vm.spec.vcpus,
-                    memory_mib: vm.spec.memory_mib,
+                    vcpus: spec.vcpus,
+                    memory_mib: spec.memory_mib,
                     uptime_s: obs.uptime_s(),
                     pid: obs.pid(),
                     unsupervised: obs.unsupervised,
                     unresponsive_s: obs.unresponsive_s(),
                     incomplete: false,
-                    expires_in_s: vm.spec.lease.seconds_left(now),
-                    template: vm.spec.template,
-                    pool_of: vm.spec.pool_of.clone(),
-                    lease_ended: vm.spec.lease.ended(now).is_some(),
+                    expires_in_s: spec.lease.seconds_left(now),
+                    template: spec.template,
+                    pool_of: spec.pool_of.clone(),
+                    lease_ended: spec.lease.ended(now).is_some(),
                 },
-                _ => VmSummary {
+                None => VmSummary {
                     name: name.to_string(),
                     state: None,
                     vcpus: 0,
@@ -169,8 +164,7 @@ impl Ops {
                     lease_ended: false,
                 },
             })
-            .collect();
-        Ok(out)
+            .map_err(OpsError::io("cannot read state directory", self.cfg.state_dir.join(VMS_DIR)))
     }
 
     /// Starts `kvm-mcp ARGS… NAME` (with this config) in a session of its own, logging to
