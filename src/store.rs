@@ -501,12 +501,8 @@ impl Store {
     /// cache when unchanged.
     #[must_use]
     pub fn observe(&self, vm: &Vm) -> Observed {
-        self.observe_synced(vm, true)
-    }
-
-    fn observe_synced(&self, vm: &Vm, sync: bool) -> Observed {
         match &self.cache {
-            Some(c) => vm.observe_status(c.status(&vm.paths, vm.spec.created_at, sync)),
+            Some(c) => vm.observe_status(c.status(&vm.paths, vm.spec.created_at, true)),
             None => vm.observe(),
         }
     }
@@ -559,12 +555,8 @@ impl Store {
     /// What is on disk under `name`.
     #[must_use]
     pub fn load(&self, name: &VmName) -> Loaded {
-        self.load_synced(name, true)
-    }
-
-    fn load_synced(&self, name: &VmName, sync: bool) -> Loaded {
         match &self.cache {
-            Some(c) => c.load(self.paths(name), sync),
+            Some(c) => c.load(self.paths(name), true),
             None => load_from_disk(self.paths(name)),
         }
     }
