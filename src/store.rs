@@ -644,10 +644,10 @@ const WATCHED_FILES: [&str; 3] = ["spec.json", "status.json", "creating"];
 
 /// The VM directories watched, and the generation of each: a number that changes
 /// whenever something in [`WATCHED_FILES`] may have changed.
-#[derive(Debug, Default)]
 ///
 /// Directories are keyed by their path's bytes (`OsString`): hashing a `Path` splits it
 /// into components first, which was most of a cached lookup's cost.
+#[derive(Debug, Default)]
 struct Watched {
     by_wd: HashMap<WatchDescriptor, OsString>,
     dirs: HashMap<OsString, (WatchDescriptor, u64)>,
